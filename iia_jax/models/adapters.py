@@ -1,0 +1,135 @@
+"""Adapters from common network parameterisations to the EDM denoiser ``D(x, sigma)``.
+
+In sigma-space (DESIGN.md §2) a VP network sees ``x_vp = alpha x`` with
+``alpha = 1/sqrt(1 + sigma^2)`` at its own time ``t = t(sigma)``, and
+
+* eps-prediction: ``D = x - sigma * eps(alpha x, t)``
+* v-prediction (Salimans & Ho 2022, ``v = alpha eps - sigma_vp x0``):
+  ``D = alpha^2 x - sigma_vp v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v``
+* x0-prediction: ``D = x0(alpha x, t)``.
+
+Each adapter returns a :class:`jax.tree_util.Partial` over the wrapped network function, so a
+network given as a ``Partial`` carrying its params stays a pytree: pass it through ``jax.jit``
+as an ordinary argument, or close over it.  Networks receive ``t`` broadcast to shape ``[B]``.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from ..schedules import Schedule, _sigma_table
+
+__all__ = ["edm", "from_eps", "from_v", "from_x0", "from_discrete_eps", "from_discrete_v"]
+
+
+def _batch_time(t, x):
+    return jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+
+
+def _vp_scale(sigma, x):
+    sigma = jnp.asarray(sigma, x.dtype)
+    return sigma, jnp.reciprocal(jnp.sqrt(1.0 + sigma ** 2))
+
+
+def _expand(v, x):
+    return jnp.reshape(v, jnp.shape(v) + (1,) * (x.ndim - jnp.ndim(v)))
+
+
+def _checked(name, out, x):
+    if out.shape != x.shape:
+        raise ValueError(f"{name} returned shape {out.shape}, expected the input shape {x.shape}")
+    return out
+
+
+def _eps_denoiser(time_fn, eps_fn, x, sigma):
+    sigma, alpha = _vp_scale(sigma, x)
+    eps = _checked("eps_fn", eps_fn(alpha * x, _batch_time(time_fn(sigma), x)), x)
+    return x - _expand(sigma, x) * eps
+
+
+def _v_denoiser(time_fn, v_fn, x, sigma):
+    sigma, alpha = _vp_scale(sigma, x)
+    v = _checked("v_fn", v_fn(alpha * x, _batch_time(time_fn(sigma), x)), x)
+    return _expand(alpha ** 2, x) * x - _expand(sigma * alpha, x) * v
+
+
+def _x0_denoiser(time_fn, x0_fn, x, sigma):
+    sigma, alpha = _vp_scale(sigma, x)
+    return _checked("x0_fn", x0_fn(alpha * x, _batch_time(time_fn(sigma), x)), x)
+
+
+def _check_callable(name, fn):
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+
+
+def _check_schedule(schedule):
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an iia_jax.schedules.Schedule, got {type(schedule).__name__}")
+    if schedule.kind != "vp":
+        raise ValueError(f"schedule must be a VP schedule for this adapter, got kind={schedule.kind!r}")
+
+
+def edm(fn) -> Partial:
+    """A network that already is an EDM denoiser ``fn(x, sigma) -> x0_hat``."""
+    _check_callable("fn", fn)
+    return Partial(_identity_denoiser, fn)
+
+
+def _identity_denoiser(fn, x, sigma):
+    return _checked("fn", fn(x, jnp.asarray(sigma, x.dtype)), x)
+
+
+def from_eps(eps_fn, schedule: Schedule) -> Partial:
+    """Continuous-time VP eps-prediction network ``eps_fn(x_vp, t)``."""
+    _check_callable("eps_fn", eps_fn)
+    _check_schedule(schedule)
+    return Partial(functools.partial(_eps_denoiser, schedule.time), eps_fn)
+
+
+def from_v(v_fn, schedule: Schedule) -> Partial:
+    """Continuous-time VP v-prediction network ``v_fn(x_vp, t)``."""
+    _check_callable("v_fn", v_fn)
+    _check_schedule(schedule)
+    return Partial(functools.partial(_v_denoiser, schedule.time), v_fn)
+
+
+def from_x0(x0_fn, schedule: Schedule) -> Partial:
+    """Continuous-time VP data-prediction network ``x0_fn(x_vp, t)``."""
+    _check_callable("x0_fn", x0_fn)
+    _check_schedule(schedule)
+    return Partial(functools.partial(_x0_denoiser, schedule.time), x0_fn)
+
+
+class _DiscreteTime:
+    """sigma -> fractional DDPM timestep index, linear in log sigma between training steps.
+
+    On a training-grid sigma (same float32 value) the index is exactly that integer.
+    Sigmas outside the training range are clipped to its ends (as k-diffusion does).
+    ``quantize=True`` rounds to the nearest integer timestep.
+    """
+
+    def __init__(self, alphas_cumprod, quantize: bool):
+        self.log_sigmas = np.log(_sigma_table(alphas_cumprod).astype(np.float32))
+        self.quantize = bool(quantize)
+
+    def __call__(self, sigma):
+        log_sigmas = jnp.asarray(self.log_sigmas)
+        t = jnp.interp(jnp.log(sigma.astype(jnp.float32)), log_sigmas,
+                       jnp.arange(log_sigmas.size, dtype=jnp.float32))
+        return jnp.round(t) if self.quantize else t
+
+
+def from_discrete_eps(eps_fn, alphas_cumprod, quantize: bool = False) -> Partial:
+    """DDPM-style eps network ``eps_fn(x_vp, n)`` with float timestep indices ``n`` of shape [B]."""
+    _check_callable("eps_fn", eps_fn)
+    return Partial(functools.partial(_eps_denoiser, _DiscreteTime(alphas_cumprod, quantize)), eps_fn)
+
+
+def from_discrete_v(v_fn, alphas_cumprod, quantize: bool = False) -> Partial:
+    """DDPM-style v-prediction network ``v_fn(x_vp, n)`` with float timestep indices [B]."""
+    _check_callable("v_fn", v_fn)
+    return Partial(functools.partial(_v_denoiser, _DiscreteTime(alphas_cumprod, quantize)), v_fn)
