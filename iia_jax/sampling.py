@@ -1,0 +1,135 @@
+"""Step plans and the base sampler: one ``lax.scan`` over the steps of a plan."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import solvers
+
+__all__ = ["Plan", "plan", "sample", "run_steps", "check_state"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """A solver name (static) and its sigma grid ``[N + 1]`` (a leaf, strictly decreasing to 0)."""
+
+    sigmas: jax.Array
+    solver: str = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.sigmas.shape[0]) - 1
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations of one sampling run."""
+        return solvers.get(self.solver).nfe(self.num_steps)
+
+    def __repr__(self):
+        return f"Plan(solver={self.solver!r}, num_steps={self.num_steps}, nfe={self.nfe})"
+
+
+def _check_sigmas(sigmas) -> None:
+    if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {sigmas.shape}")
+    if isinstance(sigmas, jax.core.Tracer):
+        return  # values are unknown inside a trace; validated plans come from outside jit
+    s = np.asarray(sigmas, dtype=np.float64)
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"sigmas must be finite, got {s}")
+    if s[-1] != 0.0:
+        raise ValueError(f"sigmas must end with 0 (the clean data), got last value {s[-1]}")
+    if np.any(np.diff(s) >= 0):
+        bad = int(np.argmax(np.diff(s) >= 0))
+        raise ValueError(f"sigmas must be strictly decreasing, but sigmas[{bad}]={s[bad]} <= "
+                         f"sigmas[{bad + 1}]={s[bad + 1]}")
+
+
+def plan(solver: str, sigmas) -> Plan:
+    """Pair a solver name with a sigma grid (``num_steps + 1`` values ending in 0)."""
+    solvers.get(solver)
+    sigmas = sigmas if isinstance(sigmas, jax.core.Tracer) else jnp.asarray(sigmas, jnp.float32)
+    _check_sigmas(sigmas)
+    return Plan(sigmas, solver)
+
+
+def check_state(x_T, name: str = "x_T") -> None:
+    """Samples are float arrays with a leading batch axis."""
+    if not hasattr(x_T, "shape") or not hasattr(x_T, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(x_T).__name__}")
+    if x_T.ndim < 2:
+        raise ValueError(f"{name} must have shape [B, ...] (batch first, at least 2-D), got {x_T.shape}")
+    if not jnp.issubdtype(x_T.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {x_T.dtype}")
+
+
+def _check_plan(p) -> solvers.Solver:
+    if not isinstance(p, Plan):
+        raise TypeError(f"plan must be an iia_jax.Plan (use iia_jax.plan(solver, sigmas)), got "
+                        f"{type(p).__name__}")
+    return solvers.get(p.solver)
+
+
+def run_steps(body, carry, sigmas):
+    """Scan ``body(carry, index, sigma, sigma_next, final) -> (carry, out)`` over a grid.
+
+    The steps before the last go through one ``lax.scan``; the final step, to ``sigmas[-1]``,
+    runs once after it with ``final=True`` (a static flag).  Outputs are stacked over all steps.
+    """
+    n = sigmas.shape[0] - 1
+    index = jnp.arange(n - 1)
+
+    def scan_body(c, xs):
+        return body(c, *xs, False)
+
+    carry, outs = jax.lax.scan(scan_body, carry, (index, sigmas[:-2], sigmas[1:-1]))
+    carry, last = body(carry, jnp.asarray(n - 1), sigmas[-2], sigmas[-1], True)
+    return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]]), outs, last)
+
+
+def _base_body(denoiser, solver, trajectory):
+    def body(carry, index, sigma, sigma_next, final):
+        state, x = carry
+        state, x_next, denoised = solver.step(denoiser, state, x, sigma, sigma_next, final)
+        return (state, x_next), (x_next if trajectory else None, jnp.all(jnp.isfinite(denoised)))
+    return body
+
+
+def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_finite: bool = False):
+    """Integrate the probability-flow ODE from ``x_T`` (already in sigma-space) along ``plan``.
+
+    Returns the samples ``x_0`` (and, with ``return_trajectory``, the states at every sigma,
+    ``[N + 1, *x_T.shape]`` with ``x_T`` first).  Jittable: ``jax.jit(sample, static_argnums=0)``,
+    a closure over the denoiser, or a denoiser that is itself a pytree (``jax.tree_util.Partial``).
+
+    ``check_finite=True`` raises a ValueError naming the first step whose denoiser output was
+    NaN/Inf; it needs concrete values, so use it outside ``jax.jit`` (for debugging).
+    """
+    solver = _check_plan(plan)
+    check_state(x_T)
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
+    sigmas = plan.sigmas.astype(x_T.dtype)
+    (_, x0), (traj, finite) = run_steps(_base_body(denoiser, solver, return_trajectory),
+                                        (solver.init(x_T), x_T), sigmas)
+    if check_finite:
+        raise_if_not_finite(finite, sigmas)
+    if return_trajectory:
+        return x0, jnp.concatenate([x_T[None], traj])
+    return x0
+
+
+def raise_if_not_finite(finite, sigmas, what: str = "the denoiser"):
+    """Raise a ValueError naming the first step whose outputs were not finite."""
+    finite = np.asarray(finite)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{what} returned NaN or Inf at step {i} (sigma={float(sigmas[i]):.6g}); "
+                         "check the model and its inputs")
+
+
