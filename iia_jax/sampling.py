@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import numpy as np
 
 from . import solvers
 
-__all__ = ["Plan", "plan", "sample", "run_steps", "check_state"]
+__all__ = ["Plan", "plan", "sample", "integrate", "run_steps", "check_state"]
 
 
 @jax.tree_util.register_dataclass
@@ -98,6 +97,20 @@ def _base_body(denoiser, solver, trajectory):
         state, x_next, denoised = solver.step(denoiser, state, x, sigma, sigma_next, final)
         return (state, x_next), (x_next if trajectory else None, jnp.all(jnp.isfinite(denoised)))
     return body
+
+
+def integrate(denoiser, solver, sigmas, x, ends_at_zero: bool):
+    """Run ``solver`` from a fresh state over ``sigmas`` and return the end state.
+
+    ``ends_at_zero`` (static) says whether the last step goes to sigma = 0 (and so is final).
+    """
+    body = _base_body(denoiser, solver, False)
+    carry = (solver.init(x), x)
+    if ends_at_zero:
+        return run_steps(body, carry, sigmas)[0][1]
+    index = jnp.arange(sigmas.shape[0] - 1)
+    (_, x), _ = jax.lax.scan(lambda c, xs: body(c, *xs, False), carry, (index, sigmas[:-1], sigmas[1:]))
+    return x
 
 
 def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_finite: bool = False):
