@@ -1,11 +1,17 @@
 """iia_jax: improved integration approximation (IIA) for diffusion ODE samplers in JAX.
 
 Core: :func:`plan` pairs a solver with a sigma grid, :func:`sample` integrates the
-probability-flow ODE with one ``lax.scan``.  See DESIGN.md and docs/ for the maths.
+probability-flow ODE with one ``lax.scan``.  IIA: :func:`fit` finds per-step coefficients by
+closed-form least squares, :func:`iia_sample` uses them, :func:`save_coefficients` and
+:func:`load_coefficients` store them with orbax.  See DESIGN.md and docs/ for the maths.
 """
-from . import models, schedules, solvers
-from .sampling import Plan, plan, sample
-
 __version__ = "0.1.0"
 
-__all__ = ["Plan", "plan", "sample", "models", "schedules", "solvers", "__version__"]
+from . import metrics, models, schedules, solvers  # noqa: E402
+from .iia import (Coefficients, FitReport, FitResult, fit, iia_sample,  # noqa: E402
+                  load_coefficients, save_coefficients)
+from .sampling import Plan, plan, sample  # noqa: E402
+
+__all__ = ["Plan", "plan", "sample", "fit", "iia_sample", "save_coefficients", "load_coefficients",
+           "Coefficients", "FitResult", "FitReport", "metrics", "models", "schedules", "solvers",
+           "__version__"]

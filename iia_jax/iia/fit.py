@@ -1,0 +1,369 @@
+"""Fitting IIA coefficients by closed-form least squares (DESIGN.md §4).
+
+For each coarse step ``[sigma_i, sigma_{i+1}]`` with base step ``Phi`` and features ``F_i``
+(``[K, n]`` over a batch), minimise ``|x*_{i+1} - Phi(x_i) - c F_i|^2`` where ``x*_{i+1}`` is a
+much finer integration (the same solver, ``fine_steps`` sub-steps uniform in log sigma).  The
+final step (to sigma = 0) is corrected too: its target integrates down to
+``1e-3 sigma_{N-1}`` and then takes the final step.
+
+Numerics: columns are scaled to unit norm and a small ``ridge`` is added, so the solution is
+``c = S^-1 (A^T A + ridge I)^-1 A^T r`` with ``A = F^T S^-1``.  Unchunked, that is one
+``jnp.linalg.lstsq`` of the augmented system ``[A; sqrt(ridge) I] c = [r; 0]`` vmapped across
+steps; with ``chunk_size`` the Gram matrix ``F F^T`` and ``F r`` are summed chunk by chunk
+(memory bounded by the chunk) and the same normal equations are solved.
+
+Modes: ``teacher_forced`` (states from the fine trajectory; all steps independent, solved at
+once) and ``sequential`` (states from the IIA sampler with the earlier coefficients; one solve
+per step in a scan) with target ``local`` (the paper's: the fine solution of the interval from
+the current state) or ``trajectory`` (ours: the fine reference trajectory's state at
+``sigma_{i+1}``, so a correction also removes the error accumulated so far).
+
+Never worse: on held-out samples, steps are switched on greedily in order and kept only if
+they lower the median per-sample error at sigma = 0 against the fine reference.
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..metrics.ode import per_sample_rms
+from ..sampling import _check_plan, check_state, integrate, run_steps
+from .coefficients import FIT_MODES, TARGETS, Coefficients
+from .features import feature_spec
+from .sample import apply_correction, corrected_step, iia_sample
+
+TAIL_RATIO = 1e-3  # the final step's target integrates down to TAIL_RATIO * sigma_{N-1}
+
+
+class FitReport(NamedTuple):
+    """What a fit did, per step and end to end (arrays are numpy, ``[N]``)."""
+
+    mse_before: np.ndarray          # local MSE of the base step, training samples
+    mse_after: np.ndarray           # ... with the fitted correction
+    holdout_mse_before: np.ndarray  # the same on held-out samples (NaN without holdout)
+    holdout_mse_after: np.ndarray
+    kept: np.ndarray                # False where the never-worse check zeroed the step
+    holdout_median: tuple           # (base, IIA) median per-sample error at sigma = 0
+    holdout_rmse: tuple             # (base, IIA) RMSE at sigma = 0
+    train_size: int
+    holdout_size: int
+    fit_seconds: float
+
+    def summary(self) -> str:
+        """A plain-text table of the report."""
+        lines = [f"{'step':>4} {'train MSE base':>15} {'after':>11} {'held-out base':>14} "
+                 f"{'after':>11} {'kept':>5}"]
+        for i in range(len(self.kept)):
+            lines.append(f"{i:>4} {self.mse_before[i]:>15.4e} {self.mse_after[i]:>11.4e} "
+                         f"{self.holdout_mse_before[i]:>14.4e} {self.holdout_mse_after[i]:>11.4e} "
+                         f"{'yes' if self.kept[i] else 'no':>5}")
+        if self.holdout_size:
+            lines.append(f"held-out error at sigma=0 ({self.holdout_size} samples): median "
+                         f"{self.holdout_median[0]:.4g} -> {self.holdout_median[1]:.4g}, RMSE "
+                         f"{self.holdout_rmse[0]:.4g} -> {self.holdout_rmse[1]:.4g}")
+        else:
+            lines.append("no held-out samples: the never-worse check was skipped")
+        lines.append(f"trained on {self.train_size} samples in {self.fit_seconds:.2f} s")
+        return "\n".join(lines)
+
+
+class FitResult(NamedTuple):
+    coeffs: Coefficients
+    report: FitReport
+
+
+# ----------------------------------------------------------------------------- references
+
+def fine_grid(sigma, sigma_next, fine_steps: int, final: bool):
+    """``fine_steps`` sub-steps uniform in log sigma; the final interval stops at
+    ``TAIL_RATIO * sigma`` and then steps to 0."""
+    end = sigma * TAIL_RATIO if final else sigma_next
+    grid = jnp.exp(jnp.linspace(jnp.log(sigma), jnp.log(end), fine_steps + 1))
+    grid = jnp.concatenate([grid[:-1], jnp.reshape(end, (1,))])
+    return jnp.concatenate([grid, jnp.zeros((1,), grid.dtype)]) if final else grid
+
+
+def fine_solution(denoiser, solver, x, sigma, sigma_next, fine_steps: int, final: bool):
+    """The same solver over the fine sub-grid of one interval, from a fresh state at ``x``."""
+    return integrate(denoiser, solver, fine_grid(sigma, sigma_next, fine_steps, final), x, final)
+
+
+# ----------------------------------------------------------------------------- least squares
+
+def _flat(a):
+    """[..., *event] with the event axes of a batch flattened: features [K, B, ...] -> [K, n]."""
+    return a.reshape(a.shape[0], -1)
+
+
+def gram_stats(feats, residual, weights):
+    """``(F W F^T [K, K], F W r [K], r W r)`` with per-sample weights ``w [B]``."""
+    w = weights.reshape(weights.shape + (1,) * (residual.ndim - 1)).astype(residual.dtype)
+    f = _flat(feats * w[None])
+    r = (residual * w).reshape(-1)
+    fr = _flat(feats)
+    return f @ fr.T, f @ residual.reshape(-1), r @ residual.reshape(-1)
+
+
+def _column_scale(norms):
+    return jnp.where(norms > 0, norms, 1.0)
+
+
+def solve_lstsq(feats, residual, ridge):
+    """Ridge least squares with unit-norm columns by ``lstsq`` on the augmented system."""
+    f = _flat(feats)
+    scale = _column_scale(jnp.linalg.norm(f, axis=1))
+    k = f.shape[0]
+    a = jnp.concatenate([(f / scale[:, None]).T, jnp.sqrt(ridge) * jnp.eye(k, dtype=f.dtype)])
+    rhs = jnp.concatenate([residual.reshape(-1), jnp.zeros((k,), f.dtype)])
+    return jnp.linalg.lstsq(a, rhs)[0] / scale
+
+
+def solve_gram(gram, rhs, ridge):
+    """The same ridge problem from accumulated ``F F^T`` and ``F r`` (normal equations)."""
+    scale = _column_scale(jnp.sqrt(jnp.diagonal(gram)))
+    scaled = gram / jnp.outer(scale, scale) + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype)
+    return jnp.linalg.solve(scaled, rhs / scale) / scale
+
+
+def local_mse(stats, c, count):
+    """Mean squared residual before and after the correction ``c``, from Gram statistics."""
+    gram, rhs, rr = stats
+    after = rr - 2.0 * c @ rhs + c @ gram @ c
+    return rr / count, jnp.maximum(after, 0.0) / count
+
+
+# ----------------------------------------------------------------------------- passes
+
+def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights, keep_features):
+    """One scan along the fine trajectory from ``x``: per-step statistics (or features and
+    residuals), the fine states at every coarse sigma ``[N, B, ...]``, and finiteness flags."""
+
+    def body(carry, index, sigma, sigma_next, final):
+        x_fine = carry[1]
+        carry, feats, denoised = corrected_step(denoiser, solver, spec, carry, sigma, sigma_next, final)
+        target = fine_solution(denoiser, solver, x_fine, sigma, sigma_next, fine_steps, final)
+        residual = target - carry[1]
+        fit_data = (feats, residual) if keep_features else gram_stats(feats, residual, weights)
+        ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(target))
+        return (carry[0], target, carry[2]), (fit_data, target, ok)
+
+    carry = (solver.init(x), x, spec.init_history(x))
+    _, (fit_data, states, ok) = run_steps(body, carry, sigmas)
+    return fit_data, states, ok
+
+
+def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, w_train, w_hold, reference,
+                     target, ridge, chunked):
+    """The IIA sampler over chunks ``x [C, b, ...]``, fitting each step's coefficients on the
+    training rows before moving on.  ``reference [N, C, b, ...]`` is the fine trajectory."""
+
+    def body(carry, index, sigma, sigma_next, final):
+        def per_chunk(chunk):
+            x_cur = chunk[1]
+            new, feats, denoised = corrected_step(denoiser, solver, spec, chunk, sigma, sigma_next, final)
+            goal = (fine_solution(denoiser, solver, x_cur, sigma, sigma_next, fine_steps, final)
+                    if target == "local" else None)
+            return new, feats, jnp.all(jnp.isfinite(denoised)), goal
+
+        carry, feats, ok, goal = jax.lax.map(per_chunk, carry)
+        goal = reference[index] if target == "trajectory" else goal
+        residual = goal - carry[1]
+        stats = [jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(gram_stats)(feats, residual, w))
+                 for w in (w_train, w_hold)]
+        if chunked:
+            c = solve_gram(stats[0][0], stats[0][1], ridge)
+        else:
+            wt = w_train[0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
+            c = solve_lstsq(feats[0] * wt[None], residual[0] * wt, ridge)
+        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
+        return (carry[0], x_next, carry[2]), (c, stats[0], stats[1], jnp.all(ok))
+
+    carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
+    _, (values, train_stats, hold_stats, ok) = run_steps(body, carry, sigmas)
+    return values, train_stats, hold_stats, ok
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _jit_with_model(fn, denoiser):
+    """jit ``fn(denoiser, ...)``: the denoiser is a traced argument when it is a pytree of
+    arrays (e.g. a ``Partial`` holding params), otherwise it is closed over."""
+    leaves = jax.tree_util.tree_leaves(denoiser)
+    if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+        jitted = jax.jit(fn)
+        return lambda *args: jitted(denoiser, *args)
+    return jax.jit(lambda *args: fn(denoiser, *args))
+
+
+def _chunks(x, size):
+    """Pad ``x`` (by repeating its first row) to whole chunks: ``([C, size, ...], weights [C, size])``."""
+    n = x.shape[0]
+    count = -(-n // size)
+    pad = count * size - n
+    padded = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
+    weights = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))])
+    return padded.reshape((count, size) + x.shape[1:]), weights.reshape(count, size)
+
+
+def _raise_if_bad(ok, sigmas, what):
+    ok = np.asarray(ok)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise ValueError(f"IIA fit: {what} at step {i} (sigma={float(sigmas[i]):.6g}); the model "
+                         "returned NaN/Inf or the features are degenerate there")
+
+
+def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, batch):
+    if mode not in FIT_MODES:
+        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if not isinstance(fine_steps, int) or fine_steps < 2:
+        raise ValueError(f"fine_steps must be an integer >= 2, got {fine_steps!r}")
+    if not (np.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be finite and >= 0, got {ridge!r}")
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    n_hold = int(round(holdout * batch))
+    if batch - n_hold < 1:
+        raise ValueError(f"x_T has {batch} samples; with holdout={holdout} none is left to fit on")
+    return n_hold
+
+
+# ----------------------------------------------------------------------------- fit
+
+def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int = 16,
+        mode: str = "sequential", target: str = "trajectory", ridge: float = 1e-6,
+        holdout: float = 0.25, chunk_size: int | None = None, key=None,
+        fingerprint: str | None = None, progress: bool | None = None) -> FitResult:
+    """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
+
+    ``preset``/``history`` choose the features (see :mod:`iia_jax.iia.features`); ``fine_steps``
+    is M, the sub-steps of the target integration per interval; ``mode``/``target`` choose where
+    the states come from and what they aim at (module docstring).  A fraction ``holdout`` of the
+    batch (shuffled with ``key`` if given) is kept out of the fit and judges it: coefficients that
+    do not lower the held-out median error at sigma = 0 are zeroed.  ``chunk_size`` bounds memory
+    by accumulating Gram matrices over batch chunks.  ``fingerprint`` is stored with the
+    coefficients for a later check.  Raises a ValueError naming the step if anything is not finite.
+    """
+    start = time.perf_counter()
+    solver = _check_plan(plan)
+    check_state(x_T)
+    spec = feature_spec(plan.solver, preset, history)
+    n_hold = _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, x_T.shape[0])
+    if key is not None:
+        x_T = x_T[jax.random.permutation(key, x_T.shape[0])]
+    n_train = x_T.shape[0] - n_hold
+    train, hold = x_T[:n_train], x_T[n_train:]
+    sigmas = plan.sigmas.astype(x_T.dtype)
+    per_sample = int(np.prod(x_T.shape[1:]))
+    pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", disable=progress is False
+                if progress is not None else None, leave=False)
+
+    tf_stats, tf_features = (_jit_with_model(
+        lambda d, x, w, keep=keep: _teacher_forced_pass(d, solver, spec, sigmas, fine_steps, x, w, keep),
+        denoiser) for keep in (False, True))
+
+    def reference(x):
+        """Fine states ``[N, B, ...]`` and per-step Gram statistics along the fine trajectory."""
+        stats, states, ok = tf_stats(x, jnp.ones(x.shape[:1]))
+        _raise_if_bad(ok, sigmas, "non-finite reference")
+        return stats, states
+
+    hold_stats, hold_states = reference(hold) if n_hold else (None, None)
+    pbar.update(1)
+    if mode == "teacher_forced":
+        if chunk_size is None:
+            (feats, residual), _, ok = tf_features(train, jnp.ones((n_train,)))
+            _raise_if_bad(ok, sigmas, "non-finite model output")
+            values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats, residual, ridge)
+            train_stats = jax.vmap(gram_stats, in_axes=(0, 0, None))(feats, residual, jnp.ones((n_train,)))
+        else:
+            parts, weights = _chunks(train, chunk_size)
+            train_stats = None
+            for part, w in zip(parts, weights):
+                stats, _, ok = tf_stats(part, w)
+                _raise_if_bad(ok, sigmas, "non-finite model output")
+                train_stats = stats if train_stats is None else jax.tree_util.tree_map(jnp.add, train_stats, stats)
+            values = jax.vmap(solve_gram, in_axes=(0, 0, None))(train_stats[0], train_stats[1], ridge)
+    else:
+        rows = x_T if n_hold else train
+        ref_states = reference(rows)[1] if target == "trajectory" else None
+        size = chunk_size or rows.shape[0]
+        parts, valid = _chunks(rows, size)
+        is_train = _chunks(jnp.arange(rows.shape[0]) < n_train, size)[0]
+        w_train, w_hold = valid * is_train, valid * (1 - is_train)
+        if ref_states is not None:
+            ref_states = jax.vmap(lambda s: _chunks(s, size)[0])(ref_states)
+        seq = _jit_with_model(
+            lambda d, x, wt, wh, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, wt, wh,
+                                                       ref, target, ridge, chunk_size is not None),
+            denoiser)
+        values, train_stats, seq_hold_stats, ok = seq(parts, w_train, w_hold, ref_states)
+        _raise_if_bad(ok, sigmas, "non-finite model output")
+        hold_stats = seq_hold_stats if n_hold else None
+    pbar.update(1)
+    _raise_if_bad(np.all(np.isfinite(np.asarray(values)), axis=1), sigmas, "non-finite coefficients")
+
+    count = lambda n: n * per_sample  # noqa: E731
+    mse_before, mse_after = jax.vmap(local_mse, in_axes=(0, 0, None))(train_stats, values, count(n_train))
+    if n_hold:
+        h_before, h_after = jax.vmap(local_mse, in_axes=(0, 0, None))(hold_stats, values, count(n_hold))
+    else:
+        h_before = h_after = jnp.full((plan.num_steps,), jnp.nan)
+
+    make = lambda vals, kept: Coefficients(  # noqa: E731
+        vals, plan.sigmas, kept, plan.solver, spec.preset, spec.history, fine_steps, mode, target,
+        int(n_train), fingerprint, _guidance_scale(denoiser), __version__)
+    values = np.asarray(values)
+    kept = np.ones(plan.num_steps, bool)
+    medians = rmses = (float("nan"), float("nan"))
+    if n_hold:
+        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, hold,
+                                                    hold_states[-1], pbar)
+    pbar.close()
+    coeffs = make(jnp.asarray(values), jnp.asarray(kept))
+    report = FitReport(np.asarray(mse_before), np.asarray(mse_after), np.asarray(h_before),
+                       np.asarray(h_after), kept, medians, rmses, int(n_train), int(n_hold),
+                       time.perf_counter() - start)
+    return FitResult(coeffs, report)
+
+
+def _guidance_scale(denoiser):
+    scale = getattr(denoiser, "guidance_scale", None)
+    return None if scale is None else float(scale)
+
+
+def _never_worse(denoiser, plan, make, values, hold, reference, pbar):
+    """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
+    per-sample error at sigma = 0; otherwise leave them at zero."""
+    n = values.shape[0]
+
+    def errors(d, vals, x):
+        return per_sample_rms(iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x), reference)
+
+    err = _jit_with_model(errors, denoiser)
+    current = np.zeros_like(values)
+    base = np.asarray(err(jnp.asarray(current), hold))
+    best, best_err = np.median(base), base
+    kept = np.zeros(n, bool)
+    for i in range(n):
+        trial = current.copy()
+        trial[i] = values[i]
+        e = np.asarray(err(jnp.asarray(trial), hold))
+        if np.median(e) < best:
+            current, best, best_err, kept[i] = trial, np.median(e), e, True
+        pbar.update(1)
+    rms = lambda e: float(np.sqrt(np.mean(e.astype(np.float64) ** 2)))  # noqa: E731
+    return current, kept, (float(np.median(base)), float(best)), (rms(base), rms(best_err))
+
+
+__all__ = ["fit", "FitResult", "FitReport", "fine_grid", "fine_solution", "solve_lstsq", "solve_gram"]

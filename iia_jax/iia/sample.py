@@ -1,0 +1,56 @@
+"""The IIA sampler: the base solver plus ``sum_k c[i, k] f[i, k]`` at every step, one scan."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..sampling import _check_plan, check_state, raise_if_not_finite, run_steps
+from .coefficients import check_coefficients
+
+
+def corrected_step(denoiser, solver, spec, carry, sigma, sigma_next, final):
+    """One base step and its features; ``carry = (solver_state, x, feature_history)``.
+
+    Returns ``(carry_with_base_state, features [K, *x.shape], denoised)``; callers add the
+    correction ``c @ features`` to ``carry[1]``.
+    """
+    state, x, history = carry
+    state, x_base, denoised = solver.step(denoiser, state, x, sigma, sigma_next, final)
+    feats, history = spec.features(x, x_base, denoised, history, sigma, final)
+    return (state, x_base, history), feats, denoised
+
+
+def apply_correction(x_base, coeffs_row, feats):
+    """``x_base + sum_k c_k f_k``."""
+    return x_base + jnp.tensordot(coeffs_row.astype(x_base.dtype), feats, axes=1)
+
+
+def iia_sample(denoiser, plan, coeffs, x_T, return_trajectory: bool = False,
+               check_finite: bool = False):
+    """Sample with IIA: same model calls as :func:`iia_jax.sample`, plus fitted corrections.
+
+    ``coeffs`` must come from :func:`iia_jax.fit` for this plan (solver, sigmas, number of
+    steps) and, for a guided denoiser, the same guidance scale; a mismatch raises a ValueError
+    naming the field.  Jittable like ``sample`` (``jax.jit(iia_sample, static_argnums=0)``).
+    """
+    solver = _check_plan(plan)
+    check_state(x_T)
+    spec = check_coefficients(coeffs, plan, denoiser)
+    sigmas = plan.sigmas.astype(x_T.dtype)
+
+    def body(carry, index, sigma, sigma_next, final):
+        carry, feats, denoised = corrected_step(denoiser, solver, spec, carry, sigma, sigma_next, final)
+        state, x_base, history = carry
+        x_next = apply_correction(x_base, coeffs.values[index], feats)
+        out = (x_next if return_trajectory else None, jnp.all(jnp.isfinite(denoised)))
+        return (state, x_next, history), out
+
+    carry = (solver.init(x_T), x_T, spec.init_history(x_T))
+    (_, x0, _), (traj, finite) = run_steps(body, carry, sigmas)
+    if check_finite:
+        raise_if_not_finite(finite, sigmas)
+    if return_trajectory:
+        return x0, jnp.concatenate([x_T[None], traj])
+    return x0
+
+
+__all__ = ["iia_sample", "corrected_step", "apply_correction"]
