@@ -20,6 +20,7 @@ saved under the pre-0.14 names ``query/key/value/proj_attn`` are renamed to
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -163,7 +164,12 @@ def _rename_legacy_attention(state: Mapping[str, np.ndarray]) -> Dict[str, np.nd
 
 def _expected_shapes(module: UNet2D) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
     """Parameter shapes of ``module`` (shape inference only, nothing is computed)."""
-    cfg = module.config
+    return dict(_expected_shapes_cached(module.config))
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_shapes_cached(cfg: UNet2DConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    module = UNet2D(cfg)
     side = 2 ** (len(cfg.block_out_channels) - 1)
     x = jax.ShapeDtypeStruct((1, side, side, cfg.in_channels), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)

@@ -448,6 +448,10 @@ class UNet2D(nn.Module):
         if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
             raise ValueError(f"UNet2D expects x of shape [B, H, W, {cfg.in_channels}], "
                              f"got {x.shape}")
+        factor = 2 ** (n - 1)
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"UNet2D: height and width must be multiples of {factor} "
+                             f"(2 ** (levels - 1)), got {x.shape[1:3]}")
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
         if cfg.center_input_sample:
             x = 2 * x - 1.0
