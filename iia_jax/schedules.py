@@ -170,7 +170,10 @@ def _finish(sigmas) -> np.ndarray:
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> int:
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < minimum:
+    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
+        raise TypeError(f"num_steps must be an integer >= {minimum}, got {type(num_steps).__name__} "
+                        f"{num_steps!r}")
+    if num_steps < minimum:
         raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
     return int(num_steps)
 
@@ -201,6 +204,8 @@ def logsnr_uniform(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 
 
 
 def _time_grid(schedule: Schedule, num_steps: int, power: float) -> np.ndarray:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an iia_jax.schedules.Schedule, got {type(schedule).__name__}")
     n = _check_steps(num_steps)
     frac = (1.0 - np.arange(n) / n) ** power          # 1, ..., > 0; the end t_min maps to sigma 0
     t = schedule.t_min + (schedule.t_max - schedule.t_min) * frac

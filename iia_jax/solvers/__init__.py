@@ -6,8 +6,10 @@ SOLVERS = {s.name: s for s in (euler.SOLVER, heun.SOLVER, dpm_solver.SOLVER, pnd
 
 
 def get(name: str) -> Solver:
-    """The solver called ``name``; a ValueError lists the known names otherwise."""
-    if not isinstance(name, str) or name not in SOLVERS:
+    """The solver called ``name``; a ValueError lists the known names otherwise (TypeError if not a str)."""
+    if not isinstance(name, str):
+        raise TypeError(f"solver must be a string, one of {sorted(SOLVERS)}, got {type(name).__name__}")
+    if name not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {name!r}")
     return SOLVERS[name]
 
