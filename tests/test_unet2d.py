@@ -1,8 +1,9 @@
 """Flax UNet2D and the diffusers checkpoint loader against torch ``diffusers.UNet2DModel``.
 
 Tolerance: float32 on both sides; the Flax output must match the torch ``.sample``
-(transposed to NHWC) with max |error| <= 1e-4 * max |torch output|. Measured on CPU:
-about 2e-6 relative (2e-5 absolute at an output scale of ~9).
+(transposed to NHWC) with max |error| <= 1e-4 * max |torch output|. Measured on CPU
+(jax 0.10.2, torch 2.13.0): 1e-6 to 2e-6 relative, i.e. max |error| 5e-6 to 1.6e-5 at
+output scales of 5 to 8, for the three layouts below.
 """
 
 import json
@@ -33,8 +34,9 @@ CIFAR_LIKE = dict(
     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, act_fn="silu",
 )
-# Every block with multi-head attention, two layers per block, scale-shift time conditioning (the mid-block
-# attention then has no group norm), a mid-block scale factor, input centering.
+# Every block with multi-head attention, two layers per block, scale-shift time
+# conditioning (the mid-block attention then has no group norm), a mid-block scale
+# factor, input centering.
 ALL_ATTN = dict(
     sample_size=8, in_channels=1, out_channels=2, block_out_channels=(16, 32),
     norm_num_groups=4, layers_per_block=2, attention_head_dim=8,
