@@ -46,19 +46,19 @@ def _checked(name, out, x):
 
 def _eps_denoiser(time_fn, eps_fn, x, sigma):
     sigma, alpha = _vp_scale(sigma, x)
-    eps = _checked("eps_fn", eps_fn(alpha * x, _batch_time(time_fn(sigma), x)), x)
+    eps = _checked("eps_fn", eps_fn(_expand(alpha, x) * x, _batch_time(time_fn(sigma), x)), x)
     return x - _expand(sigma, x) * eps
 
 
 def _v_denoiser(time_fn, v_fn, x, sigma):
     sigma, alpha = _vp_scale(sigma, x)
-    v = _checked("v_fn", v_fn(alpha * x, _batch_time(time_fn(sigma), x)), x)
+    v = _checked("v_fn", v_fn(_expand(alpha, x) * x, _batch_time(time_fn(sigma), x)), x)
     return _expand(alpha ** 2, x) * x - _expand(sigma * alpha, x) * v
 
 
 def _x0_denoiser(time_fn, x0_fn, x, sigma):
     sigma, alpha = _vp_scale(sigma, x)
-    return _checked("x0_fn", x0_fn(alpha * x, _batch_time(time_fn(sigma), x)), x)
+    return _checked("x0_fn", x0_fn(_expand(alpha, x) * x, _batch_time(time_fn(sigma), x)), x)
 
 
 def _check_callable(name, fn):

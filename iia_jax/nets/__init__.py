@@ -4,3 +4,4 @@ from .classifier import DigitsClassifier, classifier_features, classifier_logits
 from .edm_unet import AttentionBlock, EDMUNet, FourierEmbedding, PositionalEmbedding, ResBlock
 from .mlp import MLPDenoiser
 from .precond import EDMCoefficients, bind, edm_coefficients, edm_precond
+from .unet2d import UNet2D, UNet2DConfig
