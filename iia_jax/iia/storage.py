@@ -59,7 +59,11 @@ def save_coefficients(path, coeffs: Coefficients, overwrite: bool = False) -> Pa
         if path.exists():
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
             os.rename(path, old)
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)  # put the old directory back: a failed save changes nothing
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
