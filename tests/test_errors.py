@@ -70,12 +70,14 @@ def test_denoiser_not_callable():
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "ipndm", "spndm"])
 def test_denoiser_returning_wrong_shape(solver):
-    with pytest.raises(ValueError, match=r"denoiser returned shape \(3, 1\), expected the input shape \(3, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"denoiser returned shape \(3, 1\), expected the input shape \(3, 2\)"):
         iia_jax.sample(lambda x, s: x[:, :1], iia_jax.plan(solver, GOOD), X)
 
 
 def test_gmm_event_shape_mismatch():
-    with pytest.raises(ValueError, match=r"x must have shape \[B, 2\] to match the mixture means, got \(3, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"x must have shape \[B, 2\] to match the mixture means, got \(3, 3\)"):
         iia_jax.sample(MIX, iia_jax.plan("euler", GOOD), jnp.ones((3, 3)))
 
 

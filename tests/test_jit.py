@@ -123,7 +123,8 @@ def test_compiles_once_per_plan_shape():
     assert jitted._cache_size() == 3
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun"])   # all solvers: test_solvers.test_point_mass_exact_image
+# every solver's trajectory: test_solvers.test_point_mass_exact_image
+@pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_return_trajectory(solver):
     p = iia_jax.plan(solver, schedules.karras(5))
     jitted = jax.jit(iia_jax.sample, static_argnums=(0, 3))
