@@ -16,7 +16,8 @@ in jax wrapped by :func:`iia_jax.models.from_discrete_eps` (checks the adapter).
 Both sides start from the same ``x_vp_T ~ N(0, I)`` (``init_noise_sigma = 1``); ours is
 ``x_T = x_vp_T * sqrt(1 + sigma_0^2)``.  Ours runs in float32, `diffusers` in float64 (its DPM
 update upcasts to float32 internally).  Tolerance: ``rtol = atol = 1e-4`` on the final samples
-(measured max abs difference: ~1e-6 for DDIM, ~1e-6 for DPM-Solver++(2M)).
+(measured max abs difference, |x_0| <= 1.8: <= 6e-7 on 2-D data and <= 8e-6 image-shaped,
+for both DDIM and DPM-Solver++(2M), 5/10/25 steps).
 """
 from __future__ import annotations
 
@@ -154,8 +155,8 @@ def _ours(sample_fn, denoiser, solver, sigmas, x_vp_T):
 
 def test_ddpm_alphas_cumprod_matches_diffusers(alphas_cumprod):
     ours = schedules.ddpm_alphas_cumprod("linear", 1e-4, 0.02, 1000)
-    # diffusers accumulates the product in float32: agreement is to float32 cumprod round-off.
-    np.testing.assert_allclose(ours, alphas_cumprod, rtol=2e-5)
+    # diffusers accumulates the product in float32: agreement is to float32 round-off (measured 3.6e-7).
+    np.testing.assert_allclose(ours, alphas_cumprod, rtol=2e-6)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
