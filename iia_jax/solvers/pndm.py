@@ -10,7 +10,9 @@ method is an Adams–Bashforth (AB) step on the stored directions ``d_j = (x_j -
   i.e. the exact integral of the polynomial through the stored directions.  On a uniform grid
   they are iPNDM's fixed weights 1; (3, -1)/2; (23, -16, 5)/12; (55, -59, 37, -9)/24.  We use the
   variable-step form so that the method keeps its order on the non-uniform grids people use
-  (Karras, log-SNR), where fixed weights lose it.
+  (Karras, log-SNR), where fixed weights lose it.  The step to sigma = 0 is first order (as
+  ``lower_order_final`` does for DPM-Solver): on fine grids it is far longer than the steps
+  before it, and extrapolating the cubic over it multiplies float32 round-off by ~(N/rho)^3.
 * ``spndm`` (S-PNDM): second-order pseudo linear multistep with the fixed weights
   ``(3 d_i - d_{i-1}) / 2`` as in the PNDM paper, with an Euler (DDIM) first step so that N
   steps cost N evaluations.
@@ -63,8 +65,10 @@ def ipndm_step(denoiser, state, x, sigma, sigma_next, final=False):
     d_cur = denoise(denoiser, x, sigma)
     slope = derivative(x, d_cur, sigma)
     nodes = jnp.concatenate([jnp.reshape(sigma, (1,)).astype(x.dtype), state.prev_sigmas])
-    weights = jnp.zeros((MAX_ORDER,), x.dtype)
-    for order in range(1, MAX_ORDER + 1):
+    weights = jnp.zeros((MAX_ORDER,), x.dtype).at[0].set(1.0)
+    if final:  # first order to sigma = 0, see the module docstring
+        return _push(state, slope, sigma), x + (sigma_next - sigma) * slope, d_cur[None]
+    for order in range(2, MAX_ORDER + 1):
         b = jnp.pad(adams_bashforth_weights(nodes, sigma_next, order), (0, MAX_ORDER - order))
         weights = jnp.where(jnp.minimum(state.count + 1, MAX_ORDER) == order, b, weights)
     x_next = x + (sigma_next - sigma) * _multistep(weights, slope, state)
