@@ -9,7 +9,7 @@ import numpy as np
 
 from . import solvers
 
-__all__ = ["Plan", "plan", "sample", "integrate", "run_steps", "check_state"]
+__all__ = ["Plan", "plan", "sample", "initial_noise", "integrate", "run_steps", "check_state"]
 
 
 @jax.tree_util.register_dataclass
@@ -65,6 +65,14 @@ def check_state(x_T, name: str = "x_T") -> None:
         raise ValueError(f"{name} must have shape [B, ...] (batch first, at least 2-D), got {x_T.shape}")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {x_T.dtype}")
+
+
+def initial_noise(key, plan: Plan, shape, vp: bool = False, dtype=jnp.float32):
+    """``x_T`` in sigma-space for ``plan``: ``sigma_max * N(0, I)`` for VE/EDM models, and
+    ``sqrt(1 + sigma_max^2) * N(0, I)`` for VP models (the image of ``x_T ~ N(0, I)``)."""
+    sigma_max = plan.sigmas[0].astype(dtype)
+    scale = jnp.sqrt(1.0 + sigma_max ** 2) if vp else sigma_max
+    return scale * jax.random.normal(key, tuple(shape), dtype)
 
 
 def _check_plan(p) -> solvers.Solver:
