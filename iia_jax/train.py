@@ -177,11 +177,11 @@ DIGITS_DENOISER = DenoiserConfig(
     net_kwargs={"channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True},
     sigma_data=0.75,
     batch_size=128,
-    steps=2400,
+    steps=1200,
     lr=2e-3,
-    warmup=200,
+    warmup=100,
     ema_decay=0.998,
-    ckpt_every=200,
+    ckpt_every=100,
 )
 DIGITS_CLASSIFIER = ClassifierConfig(
     name="digits_classifier",
