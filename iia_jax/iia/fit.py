@@ -169,7 +169,10 @@ def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, w_train, w_h
             new, feats, denoised = corrected_step(denoiser, solver, spec, chunk, sigma, sigma_next, final)
             goal = (fine_solution(denoiser, solver, x_cur, sigma, sigma_next, fine_steps, final)
                     if target == "local" else None)
-            return new, feats, jnp.all(jnp.isfinite(denoised)), goal
+            ok = jnp.all(jnp.isfinite(denoised))
+            if goal is not None:  # the local target's own model calls count too
+                ok = ok & jnp.all(jnp.isfinite(goal))
+            return new, feats, ok, goal
 
         carry, feats, ok, goal = jax.lax.map(per_chunk, carry)
         goal = reference[index] if target == "trajectory" else goal
