@@ -40,6 +40,12 @@ from .sample import apply_correction, corrected_step, iia_sample
 
 TAIL_RATIO = 1e-3  # the final step's target integrates down to TAIL_RATIO * sigma_{N-1}
 
+# The sequential target each solver does best with, from benchmarks/iia.py (docs/iia.md):
+# local for heun, whose corrected step already tracks the local solution closely; trajectory
+# for the first-order and multistep solvers, whose accumulated error it also removes.
+DEFAULT_TARGET = {"heun": "local", "euler": "trajectory", "dpmpp_2m": "trajectory",
+                  "ipndm": "trajectory", "spndm": "trajectory"}
+
 
 class FitReport(NamedTuple):
     """What a fit did, per step and end to end (arrays are numpy, ``[N]``)."""
@@ -244,14 +250,15 @@ def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, batch):
 # ----------------------------------------------------------------------------- fit
 
 def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int = 16,
-        mode: str = "sequential", target: str = "trajectory", ridge: float = 1e-6,
+        mode: str = "sequential", target: str | None = None, ridge: float = 1e-6,
         holdout: float = 0.25, chunk_size: int | None = None, key=None,
         fingerprint: str | None = None, progress: bool | None = None) -> FitResult:
     """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
 
     ``preset``/``history`` choose the features (see :mod:`iia_jax.iia.features`); ``fine_steps``
     is M, the sub-steps of the target integration per interval; ``mode``/``target`` choose where
-    the states come from and what they aim at (module docstring).  A fraction ``holdout`` of the
+    the states come from and what they aim at (module docstring); ``target=None`` takes the
+    solver's measured best, :data:`DEFAULT_TARGET`.  A fraction ``holdout`` of the
     batch (shuffled with ``key`` if given) is kept out of the fit and judges it: coefficients that
     do not lower the held-out median error at sigma = 0 are zeroed.  ``chunk_size`` bounds memory
     by accumulating Gram matrices over batch chunks.  ``fingerprint`` is stored with the
@@ -261,6 +268,7 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     solver = _check_plan(plan)
     check_state(x_T)
     spec = feature_spec(plan.solver, preset, history)
+    target = DEFAULT_TARGET[plan.solver] if target is None else target
     n_hold = _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, x_T.shape[0])
     if key is not None:
         x_T = x_T[jax.random.permutation(key, x_T.shape[0])]
