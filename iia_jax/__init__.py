@@ -7,11 +7,12 @@ closed-form least squares, :func:`iia_sample` uses them, :func:`save_coefficient
 """
 __version__ = "0.1.0"
 
-from . import metrics, models, schedules, solvers  # noqa: E402
+from . import metrics, models, nets, pretrained, schedules, solvers  # noqa: E402
 from .iia import (Coefficients, FitReport, FitResult, fit, iia_sample,  # noqa: E402
                   load_coefficients, save_coefficients)
 from .sampling import Plan, initial_noise, plan, sample  # noqa: E402
 
 __all__ = ["Plan", "plan", "sample", "initial_noise", "fit", "iia_sample", "save_coefficients", "load_coefficients",
-           "Coefficients", "FitResult", "FitReport", "metrics", "models", "schedules", "solvers",
+           "Coefficients", "FitResult", "FitReport", "metrics", "models", "nets", "pretrained",
+           "schedules", "solvers",
            "__version__"]
