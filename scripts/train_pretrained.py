@@ -120,6 +120,8 @@ def cmd_eval(args):
         "sampler": f"heun, karras grid sigma 80 -> 0.002 (rho 7), {args.steps} steps, NFE {2 * args.steps - 1}",
         "seed": args.seed,
         "fd_model_n300": digits_fd(x[:300]),
+        "fd_model_n300_mean_of_3": float(np.mean([digits_fd(x[i : i + 300]) for i in (0, 300, 600)]))
+        if len(x) >= 900 else None,
         f"fd_model_n{len(x)}": digits_fd(x),
         "fd_real_test_n300_floor": sanity["floor"],
         "fd_real_train_subset_n300": sanity["train_subset"],
