@@ -12,14 +12,16 @@ def _plt():
     return plt
 
 
-def tile(images, cols: int = 8) -> np.ndarray:
-    """``[N, H, W, C]`` images in [-1, 1] -> one ``[rows*H, cols*W]`` (or ``..., C``) mosaic in [0, 1]."""
+def tile(images, cols: int = 8, border: int = 1) -> np.ndarray:
+    """``[N, H, W, C]`` images in [-1, 1] -> one mosaic in [0, 1] with grey borders between tiles
+    (``[rows*(H+b), cols*(W+b)]``, or with a trailing C axis for colour images)."""
     x = np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    x = np.pad(x, ((0, 0), (0, border), (0, border), (0, 0)), constant_values=0.5)
     n, h, w, c = x.shape
     rows = -(-n // cols)
-    pad = np.ones((rows * cols - n, h, w, c), np.float32)
+    pad = np.full((rows * cols - n, h, w, c), 0.5, np.float32)
     grid = np.concatenate([x, pad]).reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
-    grid = grid.reshape(rows * h, cols * w, c)
+    grid = grid.reshape(rows * h, cols * w, c)[: rows * h - border, : cols * w - border]
     return grid[..., 0] if c == 1 else grid
 
 

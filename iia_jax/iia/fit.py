@@ -147,15 +147,17 @@ def local_mse(stats, c, count):
 # ----------------------------------------------------------------------------- passes
 
 def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights, keep_features):
-    """One scan along the fine trajectory from ``x``: per-step statistics (or features and
-    residuals), the fine states at every coarse sigma ``[N, B, ...]``, and finiteness flags."""
+    """One scan along the fine trajectory from ``x``: per-step Gram statistics for each row of
+    ``weights [W, B]`` (or the features and residuals themselves), the fine states at every
+    coarse sigma ``[N, B, ...]``, and finiteness flags."""
 
     def body(carry, index, sigma, sigma_next, final):
         x_fine = carry[1]
         carry, feats, denoised = corrected_step(denoiser, solver, spec, carry, sigma, sigma_next, final)
         target = fine_solution(denoiser, solver, x_fine, sigma, sigma_next, fine_steps, final)
         residual = target - carry[1]
-        fit_data = (feats, residual) if keep_features else gram_stats(feats, residual, weights)
+        fit_data = ((feats, residual) if keep_features else
+                    jax.vmap(gram_stats, in_axes=(None, None, 0))(feats, residual, weights))
         ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(target))
         return (carry[0], target, carry[2]), (fit_data, target, ok)
 
@@ -250,7 +252,7 @@ def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, batch):
 # ----------------------------------------------------------------------------- fit
 
 def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int = 16,
-        mode: str = "sequential", target: str | None = None, ridge: float = 1e-6,
+        mode: str = "sequential", target: str | None = None, ridge: float = 1e-4,
         holdout: float = 0.25, chunk_size: int | None = None, key=None,
         fingerprint: str | None = None, progress: bool | None = None) -> FitResult:
     """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
@@ -282,45 +284,56 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     tf_stats, tf_features = (_jit_with_model(
         lambda d, x, w, keep=keep: _teacher_forced_pass(d, solver, spec, sigmas, fine_steps, x, w, keep),
         denoiser) for keep in (False, True))
+    # Row weights [2, B]: training rows, held-out rows.  Each pass covers both, so every fit
+    # compiles each model-calling function once.
+    weights = jnp.stack([jnp.arange(x_T.shape[0]) < n_train, jnp.arange(x_T.shape[0]) >= n_train])
+    weights = weights.astype(x_T.dtype)
 
-    def reference(x):
-        """Fine states ``[N, B, ...]`` and per-step Gram statistics along the fine trajectory."""
-        stats, states, ok = tf_stats(x, jnp.ones(x.shape[:1]))
-        _raise_if_bad(ok, sigmas, "non-finite reference")
-        return stats, states
+    def check(ok, what="non-finite model output"):
+        _raise_if_bad(ok, sigmas, what)
 
-    hold_stats, hold_states = reference(hold) if n_hold else (None, None)
-    pbar.update(1)
-    if mode == "teacher_forced":
-        if chunk_size is None:
-            (feats, residual), _, ok = tf_features(train, jnp.ones((n_train,)))
-            _raise_if_bad(ok, sigmas, "non-finite model output")
-            values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats, residual, ridge)
-            train_stats = jax.vmap(gram_stats, in_axes=(0, 0, None))(feats, residual, jnp.ones((n_train,)))
-        else:
-            parts, weights = _chunks(train, chunk_size)
-            train_stats = None
-            for part, w in zip(parts, weights):
-                stats, _, ok = tf_stats(part, w)
-                _raise_if_bad(ok, sigmas, "non-finite model output")
-                train_stats = stats if train_stats is None else jax.tree_util.tree_map(jnp.add, train_stats, stats)
-            values = jax.vmap(solve_gram, in_axes=(0, 0, None))(train_stats[0], train_stats[1], ridge)
+    if mode == "teacher_forced" and chunk_size is None:
+        (feats, residual), states, ok = tf_features(x_T, weights)
+        check(ok)
+        values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats[:, :, :n_train], residual[:, :n_train], ridge)
+        stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
+            feats, residual, weights)
+        train_stats, hold_stats = (jax.tree_util.tree_map(lambda a, j=j: a[:, j], stats) for j in (0, 1))
+        hold_end = states[-1][n_train:]
+    elif mode == "teacher_forced":
+        parts, valid = _chunks(x_T, chunk_size)
+        row_w = jax.vmap(lambda w: _chunks(w, chunk_size)[0] * valid)(weights)   # [2, C, size]
+        stats, ends = None, []
+        for c in range(parts.shape[0]):
+            part_stats, states, ok = tf_stats(parts[c], row_w[:, c])
+            check(ok)
+            stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
+            ends.append(states[-1])
+        train_stats, hold_stats = (jax.tree_util.tree_map(lambda a, j=j: a[:, j], stats) for j in (0, 1))
+        values = jax.vmap(solve_gram, in_axes=(0, 0, None))(train_stats[0], train_stats[1], ridge)
+        hold_end = jnp.concatenate(ends)[n_train:x_T.shape[0]]
     else:
-        rows = x_T if n_hold else train
-        ref_states = reference(rows)[1] if target == "trajectory" else None
-        size = chunk_size or rows.shape[0]
-        parts, valid = _chunks(rows, size)
-        is_train = _chunks(jnp.arange(rows.shape[0]) < n_train, size)[0]
-        w_train, w_hold = valid * is_train, valid * (1 - is_train)
+        if target == "trajectory":   # the fine reference trajectory of every row
+            _, ref_states, ok = tf_stats(x_T, weights)
+            check(ok, "non-finite reference")
+            hold_end = ref_states[-1][n_train:]
+        else:                        # only the held-out end points are needed
+            ref_states, hold_end = None, None
+            if n_hold:
+                _, hold_states, ok = tf_stats(hold, weights[:, n_train:])
+                check(ok, "non-finite reference")
+                hold_end = hold_states[-1]
+        size = chunk_size or x_T.shape[0]
+        parts, valid = _chunks(x_T, size)
+        w_train, w_hold = (_chunks(w, size)[0] * valid for w in weights)
         if ref_states is not None:
             ref_states = jax.vmap(lambda s: _chunks(s, size)[0])(ref_states)
         seq = _jit_with_model(
             lambda d, x, wt, wh, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, wt, wh,
                                                        ref, target, ridge, chunk_size is not None),
             denoiser)
-        values, train_stats, seq_hold_stats, ok = seq(parts, w_train, w_hold, ref_states)
-        _raise_if_bad(ok, sigmas, "non-finite model output")
-        hold_stats = seq_hold_stats if n_hold else None
+        values, train_stats, hold_stats, ok = seq(parts, w_train, w_hold, ref_states)
+        check(ok)
     pbar.update(1)
     _raise_if_bad(np.all(np.isfinite(np.asarray(values)), axis=1), sigmas, "non-finite coefficients")
 
@@ -338,8 +351,7 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     kept = np.ones(plan.num_steps, bool)
     medians = rmses = (float("nan"), float("nan"))
     if n_hold:
-        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, hold,
-                                                    hold_states[-1], pbar)
+        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, hold, hold_end, pbar)
     pbar.close()
     coeffs = make(jnp.asarray(values), jnp.asarray(kept))
     report = FitReport(np.asarray(mse_before), np.asarray(mse_after), np.asarray(h_before),
