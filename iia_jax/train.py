@@ -68,7 +68,9 @@ __all__ = [
     "DIGITS_CLASSIFIER",
 ]
 
-# Config fields that may differ when resuming (they do not change what a step computes).
+# Config fields that may differ when resuming. All but ``steps`` leave every step unchanged;
+# a new ``steps`` extends or shortens the run (the cosine learning rate then follows the new
+# length from the resumed step on, so the result differs from a run started with it).
 _RESUMABLE_FIELDS = ("steps", "ckpt_every", "keep", "log_every")
 
 
