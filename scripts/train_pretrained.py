@@ -24,34 +24,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+import iia_jax
 from iia_jax import pretrained
 from iia_jax.data import digits
 from iia_jax.train import (DIGITS_CLASSIFIER, DIGITS_DENOISER, make_classifier_net, train_classifier,
                            train_denoiser)
-
-
-def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> np.ndarray:
-    ramp = np.linspace(0.0, 1.0, n)
-    s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return np.append(s, 0.0).astype(np.float32)
-
-
-def heun_sample(D, x, sigmas):
-    """EDM Algorithm 1 (deterministic Heun; Euler on the last step). NFE = 2N - 1."""
-
-    def step(x, s):
-        s0, s1 = s
-        d = (x - D(x, s0)) / s0
-        x_e = x + (s1 - s0) * d
-        d2 = (x_e - D(x_e, jnp.maximum(s1, 1e-8))) / jnp.maximum(s1, 1e-8)
-        x_h = x + (s1 - s0) * 0.5 * (d + d2)
-        return jnp.where(s1 > 0, x_h, x_e), None
-
-    pairs = jnp.stack([sigmas[:-1], sigmas[1:]], axis=1)
-    return jax.lax.scan(step, x * sigmas[0], pairs)[0]
 
 
 def cmd_classifier(args):
@@ -106,8 +85,8 @@ def cmd_eval(args):
     from iia_jax.metrics.fd import digits_fd, digits_fd_sanity
 
     D = pretrained.digits()
-    sigmas = jnp.asarray(karras_sigmas(args.steps))
-    sample = jax.jit(lambda x: heun_sample(D, x, sigmas))
+    plan = iia_jax.plan("heun", iia_jax.schedules.karras(args.steps, 0.002, 80.0))
+    sample = jax.jit(lambda z: iia_jax.sample(D, plan, 80.0 * z))
     key = jax.random.PRNGKey(args.seed)
     xs = []
     t0 = time.time()

@@ -275,11 +275,11 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     if key is not None:
         x_T = x_T[jax.random.permutation(key, x_T.shape[0])]
     n_train = x_T.shape[0] - n_hold
-    train, hold = x_T[:n_train], x_T[n_train:]
+    hold = x_T[n_train:]
     sigmas = plan.sigmas.astype(x_T.dtype)
     per_sample = int(np.prod(x_T.shape[1:]))
-    pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", disable=progress is False
-                if progress is not None else None, leave=False)
+    pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", leave=False,
+                disable=None if progress is None else not progress)
 
     tf_stats, tf_features = (_jit_with_model(
         lambda d, x, w, keep=keep: _teacher_forced_pass(d, solver, spec, sigmas, fine_steps, x, w, keep),
@@ -376,6 +376,7 @@ def _never_worse(denoiser, plan, make, values, hold, reference, pbar):
     err = _jit_with_model(errors, denoiser)
     current = np.zeros_like(values)
     base = np.asarray(err(jnp.asarray(current), hold))
+    pbar.update(1)
     best, best_err = np.median(base), base
     kept = np.zeros(n, bool)
     for i in range(n):
