@@ -262,8 +262,9 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     the states come from and what they aim at (module docstring); ``target=None`` takes the
     solver's measured best, :data:`DEFAULT_TARGET`.  A fraction ``holdout`` of the
     batch (shuffled with ``key`` if given) is kept out of the fit and judges it: coefficients that
-    do not lower the held-out median error at sigma = 0 are zeroed.  ``chunk_size`` bounds memory
-    by accumulating Gram matrices over batch chunks.  ``fingerprint`` is stored with the
+    do not lower the held-out median error at sigma = 0 are zeroed.  ``chunk_size`` bounds memory:
+    every model pass runs over chunks of that many rows and Gram matrices are summed over them
+    (only the fine states at the N coarse sigmas are kept for the whole batch).  ``fingerprint`` is stored with the
     coefficients for a later check.  Raises a ValueError naming the step if anything is not finite.
     """
     start = time.perf_counter()
@@ -292,6 +293,20 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     def check(ok, what="non-finite model output"):
         _raise_if_bad(ok, sigmas, what)
 
+    def reference_pass(x, w):
+        """The fine trajectory of the rows ``x``, chunk by chunk when ``chunk_size`` is set: Gram
+        statistics summed over chunks for each row of ``w``, and the fine states ``[N, B, ...]``."""
+        size = chunk_size or x.shape[0]
+        parts, valid = _chunks(x, size)
+        row_w = jax.vmap(lambda v: _chunks(v, size)[0] * valid)(w)   # [W, C, size]
+        stats, states = None, []
+        for c in range(parts.shape[0]):
+            part_stats, part_states, ok = tf_stats(parts[c], row_w[:, c])
+            check(ok, "non-finite model output or reference")
+            stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
+            states.append(part_states)
+        return stats, jnp.concatenate(states, axis=1)[:, :x.shape[0]]
+
     if mode == "teacher_forced" and chunk_size is None:
         (feats, residual), states, ok = tf_features(x_T, weights)
         check(ok)
@@ -301,28 +316,17 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
         train_stats, hold_stats = (jax.tree_util.tree_map(lambda a, j=j: a[:, j], stats) for j in (0, 1))
         hold_end = states[-1][n_train:]
     elif mode == "teacher_forced":
-        parts, valid = _chunks(x_T, chunk_size)
-        row_w = jax.vmap(lambda w: _chunks(w, chunk_size)[0] * valid)(weights)   # [2, C, size]
-        stats, ends = None, []
-        for c in range(parts.shape[0]):
-            part_stats, states, ok = tf_stats(parts[c], row_w[:, c])
-            check(ok)
-            stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
-            ends.append(states[-1])
+        stats, states = reference_pass(x_T, weights)
         train_stats, hold_stats = (jax.tree_util.tree_map(lambda a, j=j: a[:, j], stats) for j in (0, 1))
         values = jax.vmap(solve_gram, in_axes=(0, 0, None))(train_stats[0], train_stats[1], ridge)
-        hold_end = jnp.concatenate(ends)[n_train:x_T.shape[0]]
+        hold_end = states[-1][n_train:]
     else:
         if target == "trajectory":   # the fine reference trajectory of every row
-            _, ref_states, ok = tf_stats(x_T, weights)
-            check(ok, "non-finite reference")
+            ref_states = reference_pass(x_T, weights)[1]
             hold_end = ref_states[-1][n_train:]
         else:                        # only the held-out end points are needed
-            ref_states, hold_end = None, None
-            if n_hold:
-                _, hold_states, ok = tf_stats(hold, weights[:, n_train:])
-                check(ok, "non-finite reference")
-                hold_end = hold_states[-1]
+            ref_states = None
+            hold_end = reference_pass(hold, weights[:, n_train:])[1][-1] if n_hold else None
         size = chunk_size or x_T.shape[0]
         parts, valid = _chunks(x_T, size)
         w_train, w_hold = (_chunks(w, size)[0] * valid for w in weights)
@@ -351,7 +355,8 @@ def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int =
     kept = np.ones(plan.num_steps, bool)
     medians = rmses = (float("nan"), float("nan"))
     if n_hold:
-        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, hold, hold_end, pbar)
+        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, hold, hold_end,
+                                                    chunk_size or n_hold, pbar)
     pbar.close()
     coeffs = make(jnp.asarray(values), jnp.asarray(kept))
     report = FitReport(np.asarray(mse_before), np.asarray(mse_after), np.asarray(h_before),
@@ -365,24 +370,29 @@ def _guidance_scale(denoiser):
     return None if scale is None else float(scale)
 
 
-def _never_worse(denoiser, plan, make, values, hold, reference, pbar):
+def _never_worse(denoiser, plan, make, values, hold, reference, chunk_size, pbar):
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
-    per-sample error at sigma = 0; otherwise leave them at zero."""
+    per-sample error at sigma = 0; otherwise leave them at zero.  Runs in chunks of held-out rows."""
     n = values.shape[0]
 
-    def errors(d, vals, x):
-        return per_sample_rms(iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x), reference)
+    def errors(d, vals, x, ref):
+        return per_sample_rms(iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x), ref)
 
-    err = _jit_with_model(errors, denoiser)
+    jitted = _jit_with_model(errors, denoiser)
+    x_parts, ref_parts = _chunks(hold, chunk_size)[0], _chunks(reference, chunk_size)[0]
+
+    def err(vals):
+        return np.concatenate([np.asarray(jitted(vals, x, r)) for x, r in zip(x_parts, ref_parts)])[:hold.shape[0]]
+
     current = np.zeros_like(values)
-    base = np.asarray(err(jnp.asarray(current), hold))
+    base = err(jnp.asarray(current))
     pbar.update(1)
     best, best_err = np.median(base), base
     kept = np.zeros(n, bool)
     for i in range(n):
         trial = current.copy()
         trial[i] = values[i]
-        e = np.asarray(err(jnp.asarray(trial), hold))
+        e = err(jnp.asarray(trial))
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
         pbar.update(1)
