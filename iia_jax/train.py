@@ -77,8 +77,21 @@ _RESUMABLE_FIELDS = ("steps", "ckpt_every", "keep", "log_every")
 # --------------------------------------------------------------------------- configs
 
 
+class _JsonConfig:
+    """``to_json``/``from_json`` shared by the run configs (``net_kwargs`` made JSON-safe)."""
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["net_kwargs"] = _jsonable(dict(self.net_kwargs))
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]):
+        return _config_from_json(cls, d)
+
+
 @dataclasses.dataclass(frozen=True)
-class DenoiserConfig:
+class DenoiserConfig(_JsonConfig):
     """Everything that defines a denoiser training run (recorded in every checkpoint).
 
     ``net`` is ``"unet"`` (:class:`~iia_jax.nets.EDMUNet`, images ``[B, H, W, C]``) or
@@ -107,18 +120,9 @@ class DenoiserConfig:
     keep: int = 2
     log_every: int = 10
 
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["net_kwargs"] = _jsonable(dict(self.net_kwargs))
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "DenoiserConfig":
-        return _config_from_json(cls, d)
-
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(_JsonConfig):
     """A classifier training run (:class:`~iia_jax.nets.DigitsClassifier`, cross-entropy).
 
     ``shift`` > 0 augments each batch with random translations of up to ``shift``
@@ -142,15 +146,6 @@ class ClassifierConfig:
     ckpt_every: int = 250
     keep: int = 2
     log_every: int = 10
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["net_kwargs"] = _jsonable(dict(self.net_kwargs))
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "ClassifierConfig":
-        return _config_from_json(cls, d)
 
 
 def _jsonable(x):
