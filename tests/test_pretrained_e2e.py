@@ -96,8 +96,9 @@ def jitted():
 
 
 def _torch_ddim(model, scheduler_dir, x_vp_T_nhwc, num_steps):
-    sched = diffusers.DDIMScheduler.from_pretrained(scheduler_dir, clip_sample=False,
-                                                    set_alpha_to_one=True)
+    # The local scheduler folder written by the test (config only; nothing is downloaded).
+    config = diffusers.DDIMScheduler.load_config(scheduler_dir)
+    sched = diffusers.DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=True)
     sched.set_timesteps(num_steps)
     x = torch.from_numpy(np.ascontiguousarray(np.transpose(x_vp_T_nhwc, (0, 3, 1, 2))))
     with torch.no_grad():
