@@ -222,7 +222,7 @@ def markdown(result, args, command, total_s):
         "",
         "## Base vs IIA",
         "",
-        f"| solver | NFE | FD base | FD IIA | median err base | median err IIA | gain | RMSE base | "
+        "| solver | NFE | FD base | FD IIA | median err base | median err IIA | gain | RMSE base | "
         "RMSE IIA | IIA steps kept | fit s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
