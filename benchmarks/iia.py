@@ -65,29 +65,49 @@ def error_table(denoiser, solvers, nfes, fit_batch, eval_batch, fine_steps):
     return rows
 
 
-def overhead(repeats):
-    """Median wall time of jitted iia_sample / sample on a U-Net denoiser (same noise, NFE)."""
+def _cost(fn, x):
+    """XLA's cost model of the compiled function: (flops, bytes accessed)."""
+    cost = fn.lower(x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost["flops"], cost["bytes accessed"]
+
+
+def overhead(repeats, batch=64):
+    """iia_sample vs sample on a U-Net denoiser (same noise, same NFE), measured two ways.
+
+    * XLA's cost model of the two compiled programs (flops, bytes): deterministic, so it shows
+      the extra work even on a noisy machine.
+    * Wall time: ``repeats`` interleaved pairs (base, IIA) in one process; the reported ratio is
+      the median of the per-pair ratios with its interquartile range, which is robust to the
+      slow drifts of a shared machine that dominate a ratio of two separate medians.
+    """
     net = iia_jax.nets.EDMUNet(channels=32)
-    x = jax.random.normal(jax.random.PRNGKey(0), (256, 8, 8, 1))
-    params = net.init(jax.random.PRNGKey(1), x, jnp.zeros((256,)))
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, 8, 8, 1))
+    params = net.init(jax.random.PRNGKey(1), x, jnp.zeros((batch,)))
     denoise = iia_jax.nets.edm_precond(lambda p, y, c: net.apply(p, y, c))
     denoiser = iia_jax.nets.bind(denoise, params)
     out = []
-    for solver, steps in [("heun", 5), ("euler", 10), ("dpmpp_2m", 10)]:
+    for solver, steps in [("heun", 5), ("euler", 10), ("dpmpp_2m", 10), ("ipndm", 10)]:
         plan = iia_jax.plan(solver, schedules.karras(steps, 0.002, SIGMA_MAX))
-        coeffs = iia_jax.fit(denoiser, plan, 40 * x[:64], fine_steps=4, holdout=0.0, progress=False).coeffs
+        coeffs = iia_jax.fit(denoiser, plan, SIGMA_MAX * x[:16], fine_steps=2, holdout=0.0,
+                             progress=False).coeffs
         base = jax.jit(lambda y: iia_jax.sample(denoiser, plan, y))
         iia = jax.jit(lambda y: iia_jax.iia_sample(denoiser, plan, coeffs, y))
+        (flops_b, bytes_b), (flops_i, bytes_i) = _cost(base, x), _cost(iia, x)
         base(x).block_until_ready(), iia(x).block_until_ready()
-        times = {"base": [], "iia": []}
+        ratios = []
         for _ in range(repeats):
-            for name, fn in (("base", base), ("iia", iia)):
-                t = time.perf_counter()
-                fn(x).block_until_ready()
-                times[name].append(time.perf_counter() - t)
-        ratio = np.median(times["iia"]) / np.median(times["base"])
-        out.append(dict(solver=solver, nfe=plan.nfe, ratio=ratio))
-        print(f"overhead {solver:9s} NFE {plan.nfe:3d}: iia_sample / sample = {ratio:.3f}", flush=True)
+            t0 = time.perf_counter()
+            base(x).block_until_ready()
+            t1 = time.perf_counter()
+            iia(x).block_until_ready()
+            t2 = time.perf_counter()
+            ratios.append((t2 - t1) / (t1 - t0))
+        q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+        out.append(dict(solver=solver, nfe=plan.nfe, ratio=q50, q25=q25, q75=q75,
+                        flops=flops_i / flops_b, bytes=bytes_i / bytes_b, base_s=t1 - t0))
+        print(f"overhead {solver:9s} NFE {plan.nfe:3d}: wall iia/base {q50:.3f} (IQR {q25:.3f}-{q75:.3f}), "
+              f"flops {flops_i / flops_b:.6f}, bytes {bytes_i / bytes_b:.4f}", flush=True)
     return out
 
 
@@ -107,10 +127,14 @@ def write(rows, over, args, path_md, path_png):
                      f"{r['iia'].median:.4f} | {r['base'].median / r['iia'].median:.1f}x | "
                      f"{r['base'].rmse:.4f} | {r['iia'].rmse:.4f} | {r['kept']}/{r['steps']} | {r['fit_s']:.1f} |")
     lines += ["", "## Sampling overhead", "",
-              "Wall time of jitted `iia_sample` over jitted `sample` (median of interleaved repeats, "
-              "one process) on an `EDMUNet(channels=32)` denoiser, batch 256 of 8x8x1.", "",
-              "| solver | NFE | iia_sample / sample |", "|---|---|---|"]
-    lines += [f"| {o['solver']} | {o['nfe']} | {o['ratio']:.3f} |" for o in over]
+              "Jitted `iia_sample` over jitted `sample` on an `EDMUNet(channels=32)` denoiser, batch "
+              f"64 of 8x8x1, same noise and NFE. Wall: median (and interquartile range) of {args.repeats} "
+              "interleaved per-pair time ratios in one process. Flops and bytes: XLA's cost model of "
+              "the two compiled programs (deterministic).", "",
+              "| solver | NFE | wall iia/base | IQR | flops iia/base | bytes iia/base |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {o['solver']} | {o['nfe']} | {o['ratio']:.3f} | {o['q25']:.3f}-{o['q75']:.3f} | "
+              f"{o['flops']:.6f} | {o['bytes']:.4f} |" for o in over]
     path_md.write_text("\n".join(lines) + "\n")
 
     solvers = sorted({r["solver"] for r in rows}, key=[r["solver"] for r in rows].index)
@@ -140,7 +164,8 @@ def main(argv=None):
     nfes = [5, 9, 15] if args.quick else [5, 7, 9, 15, 25]
     rows = error_table(mixture(), ["heun", "euler", "dpmpp_2m", "ipndm"], nfes, args.fit_batch,
                        args.eval_batch, args.fine_steps)
-    over = overhead(5 if args.quick else 15)
+    args.repeats = 15 if args.quick else 41
+    over = overhead(args.repeats)
     DOCS.mkdir(exist_ok=True)
     write(rows, over, args, DOCS / "iia_results.md", DOCS / "iia_error_vs_nfe.png")
     print(f"wrote {DOCS / 'iia_results.md'} and {DOCS / 'iia_error_vs_nfe.png'}")
