@@ -72,7 +72,9 @@ class FitReport(NamedTuple):
         if self.holdout_size:
             lines.append(f"held-out error at sigma=0 ({self.holdout_size} samples): median "
                          f"{self.holdout_median[0]:.4g} -> {self.holdout_median[1]:.4g}, RMSE "
-                         f"{self.holdout_rmse[0]:.4g} -> {self.holdout_rmse[1]:.4g}")
+                         f"{self.holdout_rmse[0]:.4g} -> {self.holdout_rmse[1]:.4g} (against the "
+                         "fit's own reference: the same solver with fine_steps sub-steps per step, "
+                         "not the exact ODE solution)")
         else:
             lines.append("no held-out samples: the never-worse check was skipped")
         lines.append(f"trained on {self.train_size} samples in {self.fit_seconds:.2f} s")
