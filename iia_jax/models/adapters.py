@@ -11,10 +11,12 @@ In sigma-space (DESIGN.md §2) a VP network sees ``x_vp = alpha x`` with
 Each adapter returns a :class:`jax.tree_util.Partial` over the wrapped network function, so a
 network given as a ``Partial`` carrying its params stays a pytree: pass it through ``jax.jit``
 as an ordinary argument, or close over it.  Networks receive ``t`` broadcast to shape ``[B]``.
+The adapters' own functions are module-level and the time map is itself a ``Partial`` (for DDPM
+tables, over the table as a leaf array), so an adapter rebuilt around new params of the same
+network, with the same ``Schedule`` object (or any ``alphas_cumprod`` of the same length), has
+the same tree structure and ``jax.jit`` reuses its compilation.
 """
 from __future__ import annotations
-
-import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -87,53 +89,56 @@ def from_eps(eps_fn, schedule: Schedule) -> Partial:
     """Continuous-time VP eps-prediction network ``eps_fn(x_vp, t)``."""
     _check_callable("eps_fn", eps_fn)
     _check_schedule(schedule)
-    return Partial(functools.partial(_eps_denoiser, schedule.time), eps_fn)
+    return Partial(_eps_denoiser, Partial(schedule.time), eps_fn)
 
 
 def from_v(v_fn, schedule: Schedule) -> Partial:
     """Continuous-time VP v-prediction network ``v_fn(x_vp, t)``."""
     _check_callable("v_fn", v_fn)
     _check_schedule(schedule)
-    return Partial(functools.partial(_v_denoiser, schedule.time), v_fn)
+    return Partial(_v_denoiser, Partial(schedule.time), v_fn)
 
 
 def from_x0(x0_fn, schedule: Schedule) -> Partial:
     """Continuous-time VP data-prediction network ``x0_fn(x_vp, t)``."""
     _check_callable("x0_fn", x0_fn)
     _check_schedule(schedule)
-    return Partial(functools.partial(_x0_denoiser, schedule.time), x0_fn)
+    return Partial(_x0_denoiser, Partial(schedule.time), x0_fn)
 
 
-class _DiscreteTime:
+def _discrete_time(table, sigma):
     """sigma -> fractional DDPM timestep index, linear in log sigma between training steps.
 
-    On a training-grid sigma (same float32 value) the index is exactly that integer.
-    Sigmas outside the training range are clipped to its ends (as k-diffusion does).
-    ``quantize=True`` rounds to the nearest integer timestep.
+    ``table`` holds the training sigmas in increasing order.  On a training-grid sigma (same
+    float32 value) the index is exactly that integer; sigmas outside the training range are
+    clipped to its ends (as k-diffusion does).
     """
+    # Locate the interval by comparing sigmas (exact), then interpolate with log(s / s_lo):
+    # on a grid value s / s_lo == 1 exactly, so t is exactly the integer.  (Interpolating
+    # numpy-computed log knots at an XLA-computed log missed by 1 ulp for ~15% of steps.)
+    table = jnp.asarray(table)
+    s = jnp.clip(sigma.astype(jnp.float32), table[0], table[-1])
+    lo = jnp.clip(jnp.searchsorted(table, s, side="right") - 1, 0, table.size - 2)
+    return lo.astype(jnp.float32) + jnp.log(s / table[lo]) / jnp.log(table[lo + 1] / table[lo])
 
-    def __init__(self, alphas_cumprod, quantize: bool):
-        self.sigmas = _sigma_table(alphas_cumprod).astype(np.float32)
-        self.quantize = bool(quantize)
 
-    def __call__(self, sigma):
-        # Locate the interval by comparing sigmas (exact), then interpolate with log(s / s_lo):
-        # on a grid value s / s_lo == 1 exactly, so t is exactly the integer.  (Interpolating
-        # numpy-computed log knots at an XLA-computed log missed by 1 ulp for ~15% of steps.)
-        table = jnp.asarray(self.sigmas)
-        s = jnp.clip(sigma.astype(jnp.float32), table[0], table[-1])
-        lo = jnp.clip(jnp.searchsorted(table, s, side="right") - 1, 0, table.size - 2)
-        t = lo.astype(jnp.float32) + jnp.log(s / table[lo]) / jnp.log(table[lo + 1] / table[lo])
-        return jnp.round(t) if self.quantize else t
+def _discrete_time_rounded(table, sigma):
+    """:func:`_discrete_time` rounded to the nearest integer timestep (``quantize=True``)."""
+    return jnp.round(_discrete_time(table, sigma))
+
+
+def _discrete_time_map(alphas_cumprod, quantize: bool) -> Partial:
+    table = _sigma_table(alphas_cumprod).astype(np.float32)
+    return Partial(_discrete_time_rounded if quantize else _discrete_time, table)
 
 
 def from_discrete_eps(eps_fn, alphas_cumprod, quantize: bool = False) -> Partial:
     """DDPM-style eps network ``eps_fn(x_vp, n)`` with float timestep indices ``n`` of shape [B]."""
     _check_callable("eps_fn", eps_fn)
-    return Partial(functools.partial(_eps_denoiser, _DiscreteTime(alphas_cumprod, quantize)), eps_fn)
+    return Partial(_eps_denoiser, _discrete_time_map(alphas_cumprod, quantize), eps_fn)
 
 
 def from_discrete_v(v_fn, alphas_cumprod, quantize: bool = False) -> Partial:
     """DDPM-style v-prediction network ``v_fn(x_vp, n)`` with float timestep indices [B]."""
     _check_callable("v_fn", v_fn)
-    return Partial(functools.partial(_v_denoiser, _DiscreteTime(alphas_cumprod, quantize)), v_fn)
+    return Partial(_v_denoiser, _discrete_time_map(alphas_cumprod, quantize), v_fn)
