@@ -151,34 +151,24 @@ class _FailingCheckpointer:
         raise OSError("disk full (simulated)")
 
 
-@pytest.mark.parametrize("existing", [False, True])
-def test_failed_array_write_leaves_nothing_behind(tmp_path, monkeypatch, existing):
-    path = tmp_path / "c"
-    old = _coeffs(seed=1)
-    if existing:
-        iia_jax.save_coefficients(path, old)
+def _fail_array_write(monkeypatch):
     monkeypatch.setattr(storage, "ocp", types.SimpleNamespace(PyTreeCheckpointer=_FailingCheckpointer))
-    with pytest.raises(OSError, match="simulated"):
-        iia_jax.save_coefficients(path, _coeffs(seed=2), overwrite=True)
-    monkeypatch.undo()
-    assert _siblings(path) == []
-    if existing:
-        _assert_identical(old, iia_jax.load_coefficients(path))
-    else:
-        assert not path.exists()
 
 
-@pytest.mark.parametrize("existing", [False, True])
-def test_failed_metadata_write_leaves_nothing_behind(tmp_path, monkeypatch, existing):
-    path = tmp_path / "c"
-    old = _coeffs(seed=1)
-    if existing:
-        iia_jax.save_coefficients(path, old)
-
+def _fail_metadata_write(monkeypatch):
     def failing_dump(*args, **kwargs):
         raise OSError("metadata write failed (simulated)")
-
     monkeypatch.setattr(storage.json, "dump", failing_dump)
+
+
+@pytest.mark.parametrize("fail", [_fail_array_write, _fail_metadata_write], ids=["arrays", "metadata"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, existing, fail):
+    path = tmp_path / "c"
+    old = _coeffs(seed=1)
+    if existing:
+        iia_jax.save_coefficients(path, old)
+    fail(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
         iia_jax.save_coefficients(path, _coeffs(seed=2), overwrite=True)
     monkeypatch.undo()
