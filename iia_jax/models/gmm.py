@@ -67,8 +67,8 @@ def gmm(means, stds, weights=None) -> GaussianMixture:
     if means.ndim < 2:
         raise ValueError(f"means must have shape [K, *event_shape], got {means.shape}")
     k = means.shape[0]
-    stds = jnp.broadcast_to(jnp.asarray(stds, jnp.float32), (k,)) if jnp.ndim(stds) == 0 \
-        else jnp.asarray(stds, jnp.float32)
+    stds = jnp.asarray(stds, jnp.float32)
+    stds = jnp.broadcast_to(stds, (k,)) if stds.ndim == 0 else stds
     if stds.shape != (k,):
         raise ValueError(f"stds must be a scalar or have shape [{k}], got {stds.shape}")
     if not bool(jnp.all(stds >= 0)):
