@@ -6,10 +6,14 @@ and ``x = x_vp / alpha_t``; since ``alpha_t^2 + sigma_vp^2 = 1`` we have
 ``alpha_t = 1 / sqrt(1 + sigma^2)``.
 
 A :class:`Schedule` maps the model's own time ``t`` to sigma and back.  Step grids return
-``num_steps + 1`` strictly decreasing sigmas whose last entry is exactly 0.
+``num_steps + 1`` strictly decreasing sigmas whose last entry is exactly 0.  The continuous
+schedule factories return the identical object for equal arguments, so adapters built on
+``vp_linear()`` twice share their functions and jitted code is not recompiled.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Callable, NamedTuple
 
@@ -51,11 +55,26 @@ def _xp(a):
     return jnp
 
 
+def _shared(factory):
+    """Memoise a schedule factory on its (float) arguments, defaults filled in."""
+    cached = functools.lru_cache(maxsize=None)(factory)
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return cached(*(float(v) for v in bound.arguments.values()))
+    return wrapper
+
+
+@_shared
 def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> Schedule:
     """EDM (Karras et al. 2022): time is sigma itself."""
     return Schedule("ve", lambda t: t, lambda s: s, sigma_min, sigma_max)
 
 
+@_shared
 def ve(sigma_min: float = 0.01, sigma_max: float = 50.0) -> Schedule:
     """Song et al. (2021) VE SDE: ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``, t in [0, 1]."""
     ratio = math.log(sigma_max / sigma_min)
@@ -66,6 +85,7 @@ def ve(sigma_min: float = 0.01, sigma_max: float = 50.0) -> Schedule:
         0.0, 1.0)
 
 
+@_shared
 def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> Schedule:
     """Continuous VP SDE with linear beta(t) (Song et al. 2021), t in [t_min, 1].
 
@@ -86,6 +106,7 @@ def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3
     return Schedule("vp", sigma, time, t_min, 1.0)
 
 
+@_shared
 def vp_cosine(s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> Schedule:
     """Cosine VP schedule (Nichol & Dhariwal 2021): ``abar(t) = cos^2((t+s)/(1+s) pi/2) / abar_0``.
 

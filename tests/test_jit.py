@@ -76,8 +76,9 @@ def test_jit_adapter_over_partial_network():
 
 ABAR = schedules.ddpm_alphas_cumprod()
 VP_LINEAR, VP_COSINE = schedules.vp_linear(), schedules.vp_cosine()
-REBUILDERS = {   # the same schedule object each time; a DDPM table may be rebuilt
+REBUILDERS = {   # a schedule or DDPM table may be rebuilt from the same arguments
     "from_eps": lambda net: from_eps(net, VP_LINEAR),
+    "from_eps, schedule rebuilt": lambda net: from_eps(net, schedules.vp_linear(beta_max=20.0)),
     "from_v": lambda net: iia_jax.models.from_v(net, VP_COSINE),
     "from_discrete_eps": lambda net: iia_jax.models.from_discrete_eps(net, ABAR),
     "from_discrete_eps quantized": lambda net: iia_jax.models.from_discrete_eps(net, ABAR, quantize=True),

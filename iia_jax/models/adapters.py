@@ -13,8 +13,9 @@ network given as a ``Partial`` carrying its params stays a pytree: pass it throu
 as an ordinary argument, or close over it.  Networks receive ``t`` broadcast to shape ``[B]``.
 The adapters' own functions are module-level and the time map is itself a ``Partial`` (for DDPM
 tables, over the table as a leaf array), so an adapter rebuilt around new params of the same
-network, with the same ``Schedule`` object (or any ``alphas_cumprod`` of the same length), has
-the same tree structure and ``jax.jit`` reuses its compilation.
+network, with the same schedule (the factories return one object for equal arguments) or any
+``alphas_cumprod`` of the same length, has the same tree structure and ``jax.jit`` reuses its
+compilation.
 """
 from __future__ import annotations
 
