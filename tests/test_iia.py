@@ -47,8 +47,7 @@ import pytest
 import iia_jax
 from iia_jax import schedules
 from iia_jax.iia import Coefficients
-from iia_jax.iia.features import DEFAULT_PRESET, PRESET_SOLVERS, feature_spec
-from iia_jax.iia.fit import DEFAULT_TARGET
+from iia_jax.iia.features import DEFAULT_PRESET, DEFAULT_TARGET, PRESET_SOLVERS, feature_spec
 from iia_jax.metrics import ode_error, per_sample_rms
 from iia_jax.models import gmm
 

@@ -1,10 +1,10 @@
 """IIA: improved integration approximation (Zhang, Niwa & Kleijn, ICLR 2024)."""
 from .coefficients import Coefficients, check_coefficients
-from .features import DEFAULT_PRESET, PRESET_SOLVERS, FeatureSpec, feature_spec
+from .features import DEFAULT_PRESET, DEFAULT_TARGET, PRESET_SOLVERS, FeatureSpec, feature_spec
 from .fit import FitReport, FitResult, fit
 from .sample import iia_sample
 from .storage import load_coefficients, save_coefficients
 
 __all__ = ["Coefficients", "FitReport", "FitResult", "FeatureSpec", "feature_spec", "fit",
            "iia_sample", "save_coefficients", "load_coefficients", "check_coefficients",
-           "DEFAULT_PRESET", "PRESET_SOLVERS"]
+           "DEFAULT_PRESET", "DEFAULT_TARGET", "PRESET_SOLVERS"]

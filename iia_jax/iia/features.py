@@ -36,6 +36,11 @@ PRESET_SOLVERS = {
 }
 DEFAULT_PRESET = {"heun": "iia-edm", "euler": "iia-ddim", "dpmpp_2m": "iia-dpm-solver",
                   "ipndm": "iia-pndm", "spndm": "iia-pndm"}
+# The sequential target each solver does best with, from benchmarks/iia.py (docs/iia.md):
+# local for heun, whose corrected step already tracks the local solution closely; trajectory
+# for the first-order and multistep solvers, whose accumulated error it also removes.
+DEFAULT_TARGET = {"heun": "local", "euler": "trajectory", "dpmpp_2m": "trajectory",
+                  "ipndm": "trajectory", "spndm": "trajectory"}
 _PNDM_WINDOW = {"ipndm": 4, "spndm": 2}   # directions each PNDM solver combines
 
 

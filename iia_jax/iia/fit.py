@@ -35,16 +35,11 @@ from .. import __version__
 from ..metrics.ode import per_sample_rms
 from ..sampling import _check_plan, check_state, integrate, run_steps
 from .coefficients import FIT_MODES, TARGETS, Coefficients
-from .features import feature_spec
+from .features import DEFAULT_TARGET, feature_spec
 from .sample import apply_correction, corrected_step, iia_sample
 
 TAIL_RATIO = 1e-3  # the final step's target integrates down to TAIL_RATIO * sigma_{N-1}
 
-# The sequential target each solver does best with, from benchmarks/iia.py (docs/iia.md):
-# local for heun, whose corrected step already tracks the local solution closely; trajectory
-# for the first-order and multistep solvers, whose accumulated error it also removes.
-DEFAULT_TARGET = {"heun": "local", "euler": "trajectory", "dpmpp_2m": "trajectory",
-                  "ipndm": "trajectory", "spndm": "trajectory"}
 
 
 class FitReport(NamedTuple):
