@@ -11,10 +11,16 @@ preset             solvers      features at step i (j = i, ..., i - depth)
 ``iia-edm``        heun         ``x_j - D_j`` and ``D'_{j+1} - D_j`` (first, second gradient)
 ``biia-edm``       heun         the Heun increment ``Phi(x_j) - x_j``
 ``iia-ddim``       euler        ``D_j`` and ``eps_j = (x_j - D_j)/sigma_j``
-``iia-dpm-solver`` dpmpp_2m     ``x_i``, and ``D_j`` with depth ``r + 1``
+``iia-dpm-solver`` dpmpp_2m/3m  ``x_i``, and ``D_j`` with depth ``w - 1 + r``
+``iia-unipc``      unipc        ``x_i``, and ``D_j`` with depth ``w - 1 + r``
 ``iia-pndm``       ipndm/spndm  ``x_i``, and ``d_j`` over the solver's stored directions (or r)
 ``generic``        any          ``x_i``, and every denoiser output of step j
 =================  ===========  ==============================================================
+
+``w`` is the number of outputs one base step combines (2 for dpmpp_2m, 3 for dpmpp_3m and for
+unipc, whose corrector also uses ``D_{i-2}``), so ``r = 0`` spans exactly the base step and ``r``
+adds that many older outputs.  UniPC's ``D_j`` are the outputs at the states the sampler handed in
+(its corrected state is ``x_i`` plus a combination of them, so it adds nothing to the span).
 
 The Heun final step is Euler, so its second gradient is zero.  Features never call the model.
 """
@@ -30,18 +36,22 @@ PRESET_SOLVERS = {
     "iia-edm": ("heun",),
     "biia-edm": ("heun",),
     "iia-ddim": ("euler",),
-    "iia-dpm-solver": ("dpmpp_2m",),
+    "iia-dpm-solver": ("dpmpp_2m", "dpmpp_3m"),
+    "iia-unipc": ("unipc",),
     "iia-pndm": ("ipndm", "spndm"),
     "generic": None,
 }
 DEFAULT_PRESET = {"heun": "iia-edm", "euler": "iia-ddim", "dpmpp_2m": "iia-dpm-solver",
+                  "dpmpp_3m": "iia-dpm-solver", "unipc": "iia-unipc",
                   "ipndm": "iia-pndm", "spndm": "iia-pndm"}
 # The sequential target each solver does best with, from benchmarks/iia.py (docs/iia.md):
 # local for heun, whose corrected step already tracks the local solution closely; trajectory
 # for the first-order and multistep solvers, whose accumulated error it also removes.
 DEFAULT_TARGET = {"heun": "local", "euler": "trajectory", "dpmpp_2m": "trajectory",
+                  "dpmpp_3m": "trajectory", "unipc": "trajectory",
                   "ipndm": "trajectory", "spndm": "trajectory"}
 _PNDM_WINDOW = {"ipndm": 4, "spndm": 2}   # directions each PNDM solver combines
+_DPM_WINDOW = {"dpmpp_2m": 2, "dpmpp_3m": 3, "unipc": 3}   # outputs each exponential step combines
 
 
 class FeatureSpec(NamedTuple):
@@ -123,11 +133,13 @@ def feature_spec(solver: str, preset: str | None = None, history: int = 1) -> Fe
     if not isinstance(history, int) or history < 0:
         raise ValueError(f"history must be an integer >= 0, got {history!r}")
     r = history
+    exponential = (_state, 1, _first_denoised, 1, _DPM_WINDOW.get(solver, 1) - 1 + r)
     table = {
         "iia-edm": (_none, 0, _edm_gradients, 2, r),
         "biia-edm": (_none, 0, _heun_increment, 1, r),
         "iia-ddim": (_none, 0, _ddim_outputs, 2, r),
-        "iia-dpm-solver": (_state, 1, _first_denoised, 1, r + 1),
+        "iia-dpm-solver": exponential,
+        "iia-unipc": exponential,
         "iia-pndm": (_state, 1, _direction, 1, max(r, _PNDM_WINDOW.get(solver, 1) - 1)),
         "generic": (_state, 1, _denoised, evals, r),
     }

@@ -1,8 +1,9 @@
 """ODE solvers, one module a family; each is an (init, step) pair over a NamedTuple state."""
-from . import dpm_solver, euler, heun, pndm
+from . import dpm_solver, euler, heun, pndm, unipc
 from .base import Solver, derivative
 
-SOLVERS = {s.name: s for s in (euler.SOLVER, heun.SOLVER, dpm_solver.SOLVER, pndm.IPNDM, pndm.SPNDM)}
+SOLVERS = {s.name: s for s in (euler.SOLVER, heun.SOLVER, dpm_solver.SOLVER, dpm_solver.SOLVER_3M,
+                               unipc.SOLVER, pndm.IPNDM, pndm.SPNDM)}
 
 
 def get(name: str) -> Solver:
