@@ -2,23 +2,33 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import solvers
+from .rows import batch_sharding, check_cond, shard_rows
 
-__all__ = ["Plan", "plan", "sample", "initial_noise", "integrate", "run_steps", "check_state"]
+__all__ = ["Plan", "plan", "sample", "initial_noise", "integrate", "run_steps", "check_state",
+           "bind_condition", "grid_fingerprint"]
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Plan:
-    """A solver name (static) and its sigma grid ``[N + 1]`` (a leaf, strictly decreasing to 0)."""
+    """A solver name (static) and its sigma grid ``[N + 1]`` (a leaf, strictly decreasing to 0).
+
+    ``fingerprint`` (static) names the grid: solver, steps and a hash of the sigmas, computed by
+    :func:`plan` from concrete values (None for a plan built inside a trace).  Because it is
+    static it survives ``jax.jit``, so coefficients fitted for another grid are refused at trace
+    time even when the plan and the coefficients are traced arguments.
+    """
 
     sigmas: jax.Array
     solver: str = dataclasses.field(metadata=dict(static=True))
+    fingerprint: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def num_steps(self) -> int:
@@ -49,12 +59,21 @@ def _check_sigmas(sigmas) -> None:
                          f"sigmas[{bad + 1}]={s[bad + 1]}")
 
 
+def grid_fingerprint(solver: str, sigmas) -> str:
+    """``"solver:N:hash"`` of a concrete grid: the SHA-256 of its float32 sigmas, 16 hex digits."""
+    s = np.ascontiguousarray(np.asarray(sigmas, np.float32))
+    return f"{solver}:{s.shape[0] - 1}:{hashlib.sha256(s.tobytes()).hexdigest()[:16]}"
+
+
 def plan(solver: str, sigmas) -> Plan:
     """Pair a solver name with a sigma grid (``num_steps + 1`` values ending in 0)."""
     solvers.get(solver)
-    sigmas = sigmas if isinstance(sigmas, jax.core.Tracer) else jnp.asarray(sigmas, jnp.float32)
-    _check_sigmas(sigmas)
-    return Plan(sigmas, solver)
+    if isinstance(sigmas, jax.core.Tracer):
+        _check_sigmas(sigmas)
+        return Plan(sigmas, solver)
+    host = np.asarray(sigmas, np.float32)   # concrete: checked and hashed on the host
+    _check_sigmas(host)
+    return Plan(jnp.asarray(host), solver, grid_fingerprint(solver, host))
 
 
 def check_state(x_T, name: str = "x_T") -> None:
@@ -121,8 +140,22 @@ def integrate(denoiser, solver, sigmas, x, ends_at_zero: bool):
     return x
 
 
-def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_finite: bool = False):
+def bind_condition(denoiser, cond):
+    """``D(x, sigma)`` from a conditional ``D(x, sigma, cond)`` with its rows of ``cond`` fixed;
+    the denoiser itself when ``cond`` is None."""
+    if cond is None:
+        return denoiser
+    return lambda x, sigma: denoiser(x, sigma, cond)
+
+
+def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_finite: bool = False,
+           *, cond=None, mesh=None, batch_axis="data"):
     """Integrate the probability-flow ODE from ``x_T`` (already in sigma-space) along ``plan``.
+
+    ``cond`` (a pytree of arrays with a leading axis of ``x_T``'s rows: labels, embeddings) is
+    handed to a conditional denoiser as ``D(x, sigma, cond)``; leave it None for ``D(x, sigma)``.
+    A batch sharded along its rows stays sharded (the steps are elementwise over rows);
+    ``mesh``/``batch_axis`` shard a host batch (and ``cond``) along that mesh axis for you.
 
     Returns the samples ``x_0`` (and, with ``return_trajectory``, the states at every sigma,
     ``[N + 1, *x_T.shape]`` with ``x_T`` first).  Jittable: ``jax.jit(sample, static_argnums=0)``,
@@ -135,6 +168,9 @@ def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_fin
     check_state(x_T)
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
+    check_cond(cond, x_T.shape[0])
+    x_T, cond = shard_rows((x_T, cond), batch_sharding(x_T, mesh, batch_axis) if mesh else None)
+    denoiser = bind_condition(denoiser, cond)
     sigmas = plan.sigmas.astype(x_T.dtype)
     (_, x0), (traj, finite) = run_steps(_base_body(denoiser, solver, return_trajectory),
                                         (solver.init(x_T), x_T), sigmas)

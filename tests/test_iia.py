@@ -232,6 +232,8 @@ def test_fit_report(solver, num_steps):
     assert np.all(report.mse_after <= report.mse_before * (1 + 1e-4) + 1e-12)
     assert report.train_size + report.holdout_size == FIT_BATCH
     assert report.holdout_size == round(0.25 * FIT_BATCH) and coeffs.batch_size == report.train_size
+    # without a key, the last row of every group of four is held out (iia_jax.rows)
+    np.testing.assert_array_equal(report.holdout_rows, np.arange(3, FIT_BATCH, 4))
     # kept flags: the never-worse check zeroes the rest, and the coefficients say the same
     assert report.kept.dtype == bool and report.kept.any()
     np.testing.assert_array_equal(np.asarray(coeffs.kept), report.kept)
@@ -251,7 +253,7 @@ def test_fit_report(solver, num_steps):
                   for i in range(n - 1)]
         pieces.append(np.exp(np.linspace(np.log(sig[-2]), np.log(1e-3 * sig[-2]), FINE_STEPS + 1)))
         fine = iia_jax.plan("heun", np.concatenate(pieces + [[0.0]]))
-        hold = noise("4d-wide")[0][report.train_size:]
+        hold = noise("4d-wide")[0][report.holdout_rows]
         ref = _sample(mixture("4d-wide"), fine, hold)
         base = per_sample_rms(_sample(mixture("4d-wide"), coarse(solver, n), hold), ref)
         iia = per_sample_rms(_iia_sample(mixture("4d-wide"), coarse(solver, n), coeffs, hold), ref)

@@ -2,6 +2,7 @@
 and trajectories."""
 from __future__ import annotations
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,19 +119,29 @@ def test_compiles_once_per_plan_shape():
     out_a = jitted(counting, iia_jax.plan("euler", schedules.karras(8)), X_T)
     traced = len(calls)
     assert traced > 0 and jitted._cache_size() == 1
-    # a different grid with the same number of steps reuses the compilation ...
-    out_b = jitted(counting, iia_jax.plan("euler", schedules.logsnr_uniform(8)), X_T)
+    # the same grid built again reuses the compilation ...
+    jitted(counting, iia_jax.plan("euler", schedules.karras(8)), X_T)
     assert len(calls) == traced and jitted._cache_size() == 1
+    # ... another grid carries another static fingerprint (checked against coefficients at trace
+    # time) and compiles again; without its fingerprint it reuses the compilation
+    other = iia_jax.plan("euler", schedules.logsnr_uniform(8))
+    out_b = jitted(counting, other, X_T)
+    assert len(calls) > traced and jitted._cache_size() == 2
+    traced = len(calls)
+    anonymous = [dataclasses.replace(p, fingerprint=None) for p in
+                 (iia_jax.plan("euler", schedules.karras(8)), other)]
+    outs = [jitted(counting, p, X_T) for p in anonymous]
+    assert jitted._cache_size() == 3   # one compilation for both anonymous grids
+    np.testing.assert_array_equal(np.asarray(outs[0]), np.asarray(out_a))
+    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(out_b))
     assert not np.allclose(np.asarray(out_a), np.asarray(out_b))
     np.testing.assert_allclose(
-        np.asarray(out_b),
-        np.asarray(iia_jax.sample(MIX, iia_jax.plan("euler", schedules.logsnr_uniform(8)), X_T)),
-        rtol=1e-5, atol=1e-5)
+        np.asarray(out_b), np.asarray(iia_jax.sample(MIX, other, X_T)), rtol=1e-5, atol=1e-5)
     # ... a different number of steps, or another solver, compiles again
     jitted(counting, iia_jax.plan("euler", schedules.karras(9)), X_T)
-    assert len(calls) > traced and jitted._cache_size() == 2
+    assert jitted._cache_size() == 4
     jitted(counting, iia_jax.plan("dpmpp_2m", schedules.karras(8)), X_T)
-    assert jitted._cache_size() == 3
+    assert jitted._cache_size() == 5
 
 
 # every solver's trajectory: test_solvers.test_point_mass_exact_image

@@ -19,7 +19,8 @@ class Coefficients:
     """IIA coefficients ``values [N, K]`` for one plan, plus what they were fitted for.
 
     A pytree: ``values`` and ``sigmas`` are leaves; the rest is static metadata (DESIGN.md §4).
-    ``kept[i]`` is False where the never-worse check zeroed step i.
+    ``kept[i]`` is False where the never-worse check zeroed step i.  ``plan_fingerprint`` is the
+    fitted plan's :attr:`~iia_jax.Plan.fingerprint`: static, so checked even under ``jax.jit``.
     """
 
     values: jax.Array
@@ -35,6 +36,7 @@ class Coefficients:
     fingerprint: str | None = dataclasses.field(default=None, metadata=dict(static=True))
     guidance_scale: float | None = dataclasses.field(default=None, metadata=dict(static=True))
     version: str = dataclasses.field(default="", metadata=dict(static=True))
+    plan_fingerprint: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def num_steps(self) -> int:
@@ -74,6 +76,11 @@ def check_coefficients(coeffs, plan: Plan, denoiser=None):
             i = int(np.argmax(~np.isclose(a, b, rtol=1e-6, atol=0.0)))
             raise ValueError(f"coeffs were fitted for other sigmas: sigmas[{i}]={a[i]:.6g} in the "
                              f"coefficients, {b[i]:.6g} in the plan")
+    # Static, so this also refuses a mismatch inside jit, where the sigmas are traced.
+    fitted, given = coeffs.plan_fingerprint, getattr(plan, "fingerprint", None)
+    if fitted is not None and given is not None and fitted != given:
+        raise ValueError(f"coeffs were fitted for the grid {fitted!r}, but the plan is {given!r} "
+                         "(solver:steps:hash of the sigmas); fit again for this plan")
     spec = feature_spec(coeffs.solver, coeffs.preset, coeffs.history)
     if coeffs.values.shape != (plan.num_steps, spec.num_features):
         raise ValueError(f"coeffs values have shape {coeffs.values.shape}, but preset "

@@ -20,6 +20,12 @@ the current state) or ``trajectory`` (ours: the fine reference trajectory's stat
 
 Never worse: on held-out samples, steps are switched on greedily in order and kept only if
 they lower the median per-sample error at sigma = 0 against the fine reference.
+
+Rows: the batch ``(x_T, cond)`` is split into training and held-out rows, chunks and padding by
+one helper, :mod:`iia_jax.rows`, so conditions and a sharding of the rows cannot disagree about
+which row is which.  Every pass runs over all rows with per-row weights; on a batch sharded along
+its rows, the only cross-device reductions are the per-step sums ``F W F^T``, ``F W r``, ``r W r``
+(K x K numbers) and the per-sample held-out errors (one scalar a row) for the median.
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..metrics.ode import per_sample_rms
-from ..sampling import _check_plan, check_state, integrate, run_steps
+from ..rows import Layout, batch_sharding, check_cond, make_layout, shard_rows
+from ..sampling import _check_plan, bind_condition, check_state, integrate, run_steps
 from .coefficients import FIT_MODES, TARGETS, Coefficients
 from .features import DEFAULT_TARGET, feature_spec
 from .sample import apply_correction, corrected_step, iia_sample
@@ -55,6 +62,7 @@ class FitReport(NamedTuple):
     train_size: int
     holdout_size: int
     fit_seconds: float
+    holdout_rows: np.ndarray = np.zeros(0, int)   # indices into x_T of the held-out rows
 
     def summary(self) -> str:
         """A plain-text table of the report."""
@@ -163,38 +171,43 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
     return fit_data, states, ok
 
 
-def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, w_train, w_hold, reference,
-                     target, ridge, chunked):
-    """The IIA sampler over chunks ``x [C, b, ...]``, fitting each step's coefficients on the
-    training rows before moving on.  ``reference [N, C, b, ...]`` is the fine trajectory."""
+def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
+                     target, ridge, exact):
+    """The IIA sampler over chunks ``x [C, b, ...]`` (conditions ``cond`` alike), fitting each
+    step's coefficients on the training rows before moving on.  ``weights [C, 2, b]`` (training,
+    held-out); ``reference [N, C, b, ...]`` is the fine trajectory (trajectory target only).
+    ``exact`` (one chunk, one device): lstsq on the features instead of the normal equations."""
 
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
-            x_cur = chunk[1]
-            new, feats, denoised = corrected_step(denoiser, solver, spec, chunk, sigma, sigma_next, final)
-            goal = (fine_solution(denoiser, solver, x_cur, sigma, sigma_next, fine_steps, final)
+            (state, x_cur, history), c = chunk
+            d = bind_condition(denoiser, c)
+            new, feats, denoised = corrected_step(d, solver, spec, (state, x_cur, history), sigma,
+                                                  sigma_next, final)
+            goal = (fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final)
                     if target == "local" else None)
             ok = jnp.all(jnp.isfinite(denoised))
             if goal is not None:  # the local target's own model calls count too
                 ok = ok & jnp.all(jnp.isfinite(goal))
             return new, feats, ok, goal
 
-        carry, feats, ok, goal = jax.lax.map(per_chunk, carry)
+        carry, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
         goal = reference[index] if target == "trajectory" else goal
         residual = goal - carry[1]
-        stats = [jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(gram_stats)(feats, residual, w))
-                 for w in (w_train, w_hold)]
-        if chunked:
-            c = solve_gram(stats[0][0], stats[0][1], ridge)
-        else:
-            wt = w_train[0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
+        stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
+            jax.vmap(gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
+        train = jax.tree_util.tree_map(lambda a: a[0], stats)
+        if exact:
+            wt = weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
             c = solve_lstsq(feats[0] * wt[None], residual[0] * wt, ridge)
+        else:
+            c = solve_gram(train[0], train[1], ridge)
         x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
-        return (carry[0], x_next, carry[2]), (c, stats[0], stats[1], jnp.all(ok))
+        return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
 
     carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
-    _, (values, train_stats, hold_stats, ok) = run_steps(body, carry, sigmas)
-    return values, train_stats, hold_stats, ok
+    _, (values, stats, ok) = run_steps(body, carry, sigmas)
+    return values, stats, ok
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -209,16 +222,6 @@ def _jit_with_model(fn, denoiser):
     return jax.jit(lambda *args: fn(denoiser, *args))
 
 
-def _chunks(x, size):
-    """Pad ``x`` (by repeating its first row) to whole chunks: ``([C, size, ...], weights [C, size])``."""
-    n = x.shape[0]
-    count = -(-n // size)
-    pad = count * size - n
-    padded = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
-    weights = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))])
-    return padded.reshape((count, size) + x.shape[1:]), weights.reshape(count, size)
-
-
 def _raise_if_bad(ok, sigmas, what):
     ok = np.asarray(ok)
     if not ok.all():
@@ -227,7 +230,7 @@ def _raise_if_bad(ok, sigmas, what):
                          "returned NaN/Inf or the features are degenerate there")
 
 
-def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, batch):
+def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size):
     if mode not in FIT_MODES:
         raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
     if target not in TARGETS:
@@ -240,126 +243,209 @@ def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, batch):
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    n_hold = int(round(holdout * batch))
-    if batch - n_hold < 1:
-        raise ValueError(f"x_T has {batch} samples; with holdout={holdout} none is left to fit on")
-    return n_hold
+
+
+class _Rows(NamedTuple):
+    """The fit batch after :mod:`iia_jax.rows` split it: chunked rows ``x``/``cond``
+    ``[C, b, ...]``, row weights ``[C, 2, b]`` (training, held-out), the held-out rows of each
+    chunk ``hold_x``/``hold_cond`` ``[C, h, ...]`` with weights ``hold_weights [C, h]`` (0 on
+    padding) and the in-group held-out positions."""
+
+    layout: Layout
+    x: jax.Array
+    cond: object
+    weights: jax.Array
+    hold_x: jax.Array
+    hold_cond: object
+    hold_weights: jax.Array
+    positions: jax.Array
+
+
+def _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis) -> _Rows:
+    """Pad, shard, chunk and split ``(x_T, cond)`` (see :mod:`iia_jax.rows`)."""
+    sharding = batch_sharding(x_T, mesh, batch_axis)
+    layout = make_layout(x_T.shape[0], holdout, chunk_size, sharding)
+    if layout.hold and layout.hold_rows == 0:
+        raise ValueError(f"holdout={holdout} holds out {layout.hold} row(s) in every group of "
+                         f"{layout.group}, but x_T has only {layout.rows} rows; pass at least "
+                         f"{layout.group} rows or holdout=0")
+    if layout.train_rows < 1:
+        raise ValueError(f"x_T has {layout.rows} samples; with holdout={holdout} none is left to fit on")
+    if sharding is not None and mesh is None and layout.padded != layout.rows:
+        raise ValueError(f"x_T is sharded over {sharding.shards} devices; with holdout={holdout} and "
+                         f"chunk_size={chunk_size} the fit needs a multiple of "
+                         f"{layout.padded // layout.chunks // layout.groups_per_chunk * sharding.shards} "
+                         f"rows, got {layout.rows}: pass a host array with mesh= (padded with "
+                         "zero-weight rows for you) or trim the batch")
+    rows = shard_rows(layout.pad((x_T, cond)), sharding)
+    positions = layout.holdout_positions(key)
+
+    @jax.jit
+    def split(rows, positions):
+        weights = layout.to_chunks(layout.weights(positions, x_T.dtype), row_axis=1)
+        x, c = layout.to_chunks(rows)
+        hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
+        return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w
+
+    return _Rows(layout, *split(rows, positions), positions)
+
+
+def _holdout_indices(rows: _Rows) -> np.ndarray:
+    """Indices into x_T of the real held-out rows (host ints: the positions are tiny)."""
+    layout = rows.layout
+    pos = np.asarray(rows.positions)
+    index = np.arange(pos.shape[0])[:, None] * layout.group + pos
+    return index[: layout.rows // layout.group].reshape(-1)
 
 
 # ----------------------------------------------------------------------------- fit
 
-def fit(denoiser, plan, x_T, *, preset=None, history: int = 1, fine_steps: int = 16,
+def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_steps: int = 16,
         mode: str = "sequential", target: str | None = None, ridge: float = 1e-4,
         holdout: float = 0.25, chunk_size: int | None = None, key=None,
-        fingerprint: str | None = None, progress: bool | None = None) -> FitResult:
+        fingerprint: str | None = None, progress: bool | None = None, mesh=None,
+        batch_axis="data") -> FitResult:
     """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
 
-    ``preset``/``history`` choose the features (see :mod:`iia_jax.iia.features`); ``fine_steps``
-    is M, the sub-steps of the target integration per interval; ``mode``/``target`` choose where
-    the states come from and what they aim at (module docstring); ``target=None`` takes the
-    solver's measured best, :data:`DEFAULT_TARGET`.  A fraction ``holdout`` of the
-    batch (shuffled with ``key`` if given) is kept out of the fit and judges it: coefficients that
-    do not lower the held-out median error at sigma = 0 are zeroed.  ``chunk_size`` bounds memory:
-    every model pass runs over chunks of that many rows and Gram matrices are summed over them
-    (only the fine states at the N coarse sigmas are kept for the whole batch).  ``fingerprint`` is stored with the
-    coefficients for a later check.  Raises a ValueError naming the step if anything is not finite.
+    ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
+    ``D(x, sigma, cond)`` row by row through every split of the batch.  ``preset``/``history``
+    choose the features (see :mod:`iia_jax.iia.features`); ``fine_steps`` is M, the sub-steps of
+    the target integration per interval; ``mode``/``target`` choose where the states come from and
+    what they aim at (module docstring); ``target=None`` takes the solver's measured best,
+    :data:`~iia_jax.iia.features.DEFAULT_TARGET`.  About a fraction ``holdout`` of the rows (one in
+    every four for 0.25; which one drawn with ``key``, see :mod:`iia_jax.rows`) is kept out of the
+    fit and judges it: coefficients that do not lower the held-out median error at sigma = 0 are
+    zeroed.  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
+    rows and Gram matrices are summed over them.  A batch sharded along its rows (or a host batch
+    with ``mesh=``/``batch_axis=``) is fitted data-parallel (docs/scaling.md).  ``fingerprint``
+    is stored with the coefficients for a later check.  Raises a ValueError naming the step if
+    anything is not finite.
     """
     start = time.perf_counter()
     solver = _check_plan(plan)
     check_state(x_T)
+    check_cond(cond, x_T.shape[0])
     spec = feature_spec(plan.solver, preset, history)
     target = DEFAULT_TARGET[plan.solver] if target is None else target
-    n_hold = _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, x_T.shape[0])
-    if key is not None:
-        x_T = x_T[jax.random.permutation(key, x_T.shape[0])]
-    n_train = x_T.shape[0] - n_hold
-    hold = x_T[n_train:]
+    _check_args(mode, target, fine_steps, ridge, holdout, chunk_size)
+    rows = _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis)
+    layout = rows.layout
     sigmas = plan.sigmas.astype(x_T.dtype)
-    per_sample = int(np.prod(x_T.shape[1:]))
     pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", leave=False,
                 disable=None if progress is None else not progress)
+    passes = _Passes(denoiser, solver, spec, sigmas, fine_steps)
 
-    tf_stats, tf_features = (_jit_with_model(
-        lambda d, x, w, keep=keep: _teacher_forced_pass(d, solver, spec, sigmas, fine_steps, x, w, keep),
-        denoiser) for keep in (False, True))
-    # Row weights [2, B]: training rows, held-out rows.  Each pass covers both, so every fit
-    # compiles each model-calling function once.
-    weights = jnp.stack([jnp.arange(x_T.shape[0]) < n_train, jnp.arange(x_T.shape[0]) >= n_train])
-    weights = weights.astype(x_T.dtype)
-
-    def check(ok, what="non-finite model output"):
-        _raise_if_bad(ok, sigmas, what)
-
-    def reference_pass(x, w):
-        """The fine trajectory of the rows ``x``, chunk by chunk when ``chunk_size`` is set: Gram
-        statistics summed over chunks for each row of ``w``, and the fine states ``[N, B, ...]``."""
-        size = chunk_size or x.shape[0]
-        parts, valid = _chunks(x, size)
-        row_w = jax.vmap(lambda v: _chunks(v, size)[0] * valid)(w)   # [W, C, size]
-        stats, states = None, []
-        for c in range(parts.shape[0]):
-            part_stats, part_states, ok = tf_stats(parts[c], row_w[:, c])
-            check(ok, "non-finite model output or reference")
-            stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
-            states.append(part_states)
-        return stats, jnp.concatenate(states, axis=1)[:, :x.shape[0]]
-
-    if mode == "teacher_forced" and chunk_size is None:
-        (feats, residual), states, ok = tf_features(x_T, weights)
-        check(ok)
-        values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats[:, :, :n_train], residual[:, :n_train], ridge)
-        stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
-            feats, residual, weights)
-        train_stats, hold_stats = (jax.tree_util.tree_map(lambda a, j=j: a[:, j], stats) for j in (0, 1))
-        hold_end = states[-1][n_train:]
-    elif mode == "teacher_forced":
-        stats, states = reference_pass(x_T, weights)
-        train_stats, hold_stats = (jax.tree_util.tree_map(lambda a, j=j: a[:, j], stats) for j in (0, 1))
-        values = jax.vmap(solve_gram, in_axes=(0, 0, None))(train_stats[0], train_stats[1], ridge)
-        hold_end = states[-1][n_train:]
-    else:
-        if target == "trajectory":   # the fine reference trajectory of every row
-            ref_states = reference_pass(x_T, weights)[1]
-            hold_end = ref_states[-1][n_train:]
-        else:                        # only the held-out end points are needed
-            ref_states = None
-            hold_end = reference_pass(hold, weights[:, n_train:])[1][-1] if n_hold else None
-        size = chunk_size or x_T.shape[0]
-        parts, valid = _chunks(x_T, size)
-        w_train, w_hold = (_chunks(w, size)[0] * valid for w in weights)
-        if ref_states is not None:
-            ref_states = jax.vmap(lambda s: _chunks(s, size)[0])(ref_states)
-        seq = _jit_with_model(
-            lambda d, x, wt, wh, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, wt, wh,
-                                                       ref, target, ridge, chunk_size is not None),
-            denoiser)
-        values, train_stats, hold_stats, ok = seq(parts, w_train, w_hold, ref_states)
-        check(ok)
+    values, stats, hold_end = _fit_values(passes, rows, mode, target, ridge)
     pbar.update(1)
     _raise_if_bad(np.all(np.isfinite(np.asarray(values)), axis=1), sigmas, "non-finite coefficients")
-
-    count = lambda n: n * per_sample  # noqa: E731
-    mse_before, mse_after = jax.vmap(local_mse, in_axes=(0, 0, None))(train_stats, values, count(n_train))
-    if n_hold:
-        h_before, h_after = jax.vmap(local_mse, in_axes=(0, 0, None))(hold_stats, values, count(n_hold))
-    else:
-        h_before = h_after = jnp.full((plan.num_steps,), jnp.nan)
+    local = _local_errors(stats, values, layout, int(np.prod(x_T.shape[1:])))
 
     make = lambda vals, kept: Coefficients(  # noqa: E731
         vals, plan.sigmas, kept, plan.solver, spec.preset, spec.history, fine_steps, mode, target,
-        int(n_train), fingerprint, _guidance_scale(denoiser), __version__)
+        layout.train_rows, fingerprint, _guidance_scale(denoiser), __version__, plan.fingerprint)
     values = np.asarray(values)
     kept = np.ones(plan.num_steps, bool)
     medians = rmses = (float("nan"), float("nan"))
-    if n_hold:
-        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, hold, hold_end,
-                                                    chunk_size or n_hold, pbar)
+    if layout.hold_rows:
+        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, rows, hold_end, pbar)
     pbar.close()
-    coeffs = make(jnp.asarray(values), jnp.asarray(kept))
-    report = FitReport(np.asarray(mse_before), np.asarray(mse_after), np.asarray(h_before),
-                       np.asarray(h_after), kept, medians, rmses, int(n_train), int(n_hold),
-                       time.perf_counter() - start)
-    return FitResult(coeffs, report)
+    report = FitReport(*local, kept, medians, rmses, layout.train_rows, layout.hold_rows,
+                       time.perf_counter() - start, _holdout_indices(rows))
+    return FitResult(make(jnp.asarray(values), jnp.asarray(kept)), report)
+
+
+class _Passes:
+    """The jitted model passes of one fit (each compiles once, whatever the chunk)."""
+
+    def __init__(self, denoiser, solver, spec, sigmas, fine_steps):
+        self.sigmas = sigmas
+
+        def teacher(d, x, c, w, keep):
+            return _teacher_forced_pass(bind_condition(d, c), solver, spec, sigmas, fine_steps, x, w, keep)
+
+        self._stats = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, False), denoiser)
+        self._features = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, True), denoiser)
+        self._sequential = {}
+        self._args = (denoiser, solver, spec, sigmas, fine_steps)
+
+    def check(self, ok, what="non-finite model output"):
+        _raise_if_bad(ok, self.sigmas, what)
+
+    def reference(self, x, cond, weights):
+        """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
+        summed over chunks for each row of ``weights [C, W, b]``, and the fine states ``[N, C, b, ...]``."""
+        stats, states = None, []
+        for c in range(x.shape[0]):
+            part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
+            part_stats, part_states, ok = self._stats(x[c], part, weights[c])
+            self.check(ok, "non-finite model output or reference")
+            stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
+            states.append(part_states)
+        return stats, jnp.stack(states, axis=1)
+
+    def features(self, x, cond, weights):
+        """Features and residuals ``[N, K, b, ...]``, ``[N, b, ...]`` of one chunk, and its states."""
+        (feats, residual), states, ok = self._features(x, cond, weights)
+        self.check(ok)
+        return feats, residual, states
+
+    def sequential(self, rows, reference, target, ridge, exact):
+        key = (target, ridge, exact)
+        if key not in self._sequential:
+            denoiser, solver, spec, sigmas, fine_steps = self._args
+            self._sequential[key] = _jit_with_model(
+                lambda d, x, c, w, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, c, w,
+                                                         ref, target, ridge, exact), denoiser)
+        values, stats, ok = self._sequential[key](rows.x, rows.cond, rows.weights, reference)
+        self.check(ok)
+        return values, stats
+
+
+def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge):
+    """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
+    ``[N, 2]`` (training, held-out rows) and the fine reference at sigma = 0 of the held-out rows
+    ``[C, h, ...]`` (None without held-out rows)."""
+    layout = rows.layout
+    exact = layout.chunks == 1 and layout.sharding is None   # lstsq on the features themselves
+    hold_end = lambda states: layout.holdout_of_chunks(states[-1], rows.positions, 1)  # noqa: E731
+    if mode == "teacher_forced" and exact:
+        feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
+        w = rows.weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
+        values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats * w[None, None], residual * w[None], ridge)
+        stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
+            feats, residual, rows.weights[0])
+        return values, stats, hold_end(states[:, None])
+    if mode == "teacher_forced":
+        stats, states = passes.reference(rows.x, rows.cond, rows.weights)
+        values = jax.vmap(solve_gram, in_axes=(0, 0, None))(stats[0][:, 0], stats[1][:, 0], ridge)
+        return values, stats, hold_end(states)
+    if target == "trajectory":   # the fine reference trajectory of every row
+        reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
+        end = hold_end(reference)
+    else:                        # only the held-out end points are needed
+        reference = None
+        held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
+        end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
+    values, stats = passes.sequential(rows, reference, target, ridge, exact)
+    return values, stats, end
+
+
+def _first(tree):
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
+def _local_errors(stats, values, layout: Layout, per_sample: int):
+    """Local MSE before/after the correction on training and held-out rows (NaN without any)."""
+    def mse(j, n):
+        if not n:
+            nan = np.full((values.shape[0],), np.nan)
+            return nan, nan
+        part = jax.tree_util.tree_map(lambda a: a[:, j], stats)
+        before, after = jax.vmap(local_mse, in_axes=(0, 0, None))(part, values, n * per_sample)
+        return np.asarray(before), np.asarray(after)
+
+    (b, a), (hb, ha) = mse(0, layout.train_rows), mse(1, layout.hold_rows)
+    return b, a, hb, ha
 
 
 def _guidance_scale(denoiser):
@@ -367,19 +453,24 @@ def _guidance_scale(denoiser):
     return None if scale is None else float(scale)
 
 
-def _never_worse(denoiser, plan, make, values, hold, reference, chunk_size, pbar):
+def _never_worse(denoiser, plan, make, values, rows: _Rows, reference, pbar):
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
-    per-sample error at sigma = 0; otherwise leave them at zero.  Runs in chunks of held-out rows."""
+    per-sample error at sigma = 0; otherwise leave them at zero.  Runs over the held-out rows of
+    each chunk; only their per-sample errors (one scalar a row) come to the host for the median."""
     n = values.shape[0]
+    layout = rows.layout
+    real = np.asarray(rows.hold_weights).reshape(-1) > 0
 
-    def errors(d, vals, x, ref):
-        return per_sample_rms(iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x), ref)
+    def errors(d, vals, x, c, ref):
+        coeffs = make(vals, jnp.ones((n,), bool))
+        return per_sample_rms(iia_sample(d, plan, coeffs, x, cond=c), ref)
 
     jitted = _jit_with_model(errors, denoiser)
-    x_parts, ref_parts = _chunks(hold, chunk_size)[0], _chunks(reference, chunk_size)[0]
 
     def err(vals):
-        return np.concatenate([np.asarray(jitted(vals, x, r)) for x, r in zip(x_parts, ref_parts)])[:hold.shape[0]]
+        parts = [jitted(vals, rows.hold_x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.hold_cond),
+                        reference[c]) for c in range(layout.chunks)]
+        return np.concatenate([np.asarray(p) for p in parts])[real]
 
     current = np.zeros_like(values)
     base = err(jnp.asarray(current))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..sampling import _check_plan, check_state, raise_if_not_finite, run_steps
+from ..rows import batch_sharding, check_cond, shard_rows
+from ..sampling import _check_plan, bind_condition, check_state, raise_if_not_finite, run_steps
 from .coefficients import check_coefficients
 
 
@@ -27,16 +28,20 @@ def apply_correction(x_base, coeffs_row, feats):
 
 
 def iia_sample(denoiser, plan, coeffs, x_T, return_trajectory: bool = False,
-               check_finite: bool = False):
+               check_finite: bool = False, *, cond=None, mesh=None, batch_axis="data"):
     """Sample with IIA: same model calls as :func:`iia_jax.sample`, plus fitted corrections.
 
     ``coeffs`` must come from :func:`iia_jax.fit` for this plan (solver, sigmas, number of
     steps) and, for a guided denoiser, the same guidance scale; a mismatch raises a ValueError
-    naming the field.  Jittable like ``sample`` (``jax.jit(iia_sample, static_argnums=0)``).
+    naming the field, also inside ``jax.jit`` (the grid fingerprints are static).  ``cond``,
+    ``mesh`` and ``batch_axis`` as in :func:`iia_jax.sample`.  Jittable like ``sample``.
     """
     solver = _check_plan(plan)
     check_state(x_T)
     spec = check_coefficients(coeffs, plan, denoiser)
+    check_cond(cond, x_T.shape[0])
+    x_T, cond = shard_rows((x_T, cond), batch_sharding(x_T, mesh, batch_axis) if mesh else None)
+    denoiser = bind_condition(denoiser, cond)
     sigmas = plan.sigmas.astype(x_T.dtype)
 
     def body(carry, index, sigma, sigma_next, final):
