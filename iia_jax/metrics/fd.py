@@ -33,6 +33,7 @@ __all__ = [
     "frechet_distance",
     "fd_from_features",
     "digits_features",
+    "apply_in_batches",
     "digits_reference_stats",
     "digits_fd",
     "digits_fd_sanity",
@@ -103,15 +104,22 @@ def digits_features(images, batch_size: int = 500) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         bad = int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
         raise ValueError(f"{bad} of {len(x)} images contain NaN or Inf")
-    x = np.clip(x, -1.0, 1.0)
-    feats = digits_classifier().features
+    return apply_in_batches(digits_classifier().features, np.clip(x, -1.0, 1.0), batch_size)
+
+
+def apply_in_batches(fn, images, batch_size: int = 500) -> np.ndarray:
+    """``fn`` over ``images [N, ...]`` in batches of ``batch_size``, float64 ``[N, ...]`` out.
+
+    A short last batch is padded with copies of its last image, so ``fn`` compiles for one shape.
+    """
+    x = np.asarray(images, np.float32)
     out = []
     for i in range(0, len(x), batch_size):
         chunk = x[i : i + batch_size]
-        pad = batch_size - len(chunk) if len(x) > batch_size else 0  # keep one compiled shape
+        pad = batch_size - len(chunk) if len(x) > batch_size else 0
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(np.asarray(feats(chunk), np.float64)[: batch_size - pad])
+        out.append(np.asarray(fn(chunk), np.float64)[: batch_size - pad])
     return np.concatenate(out)
 
 

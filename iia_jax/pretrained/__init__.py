@@ -9,6 +9,8 @@ any evaluation numbers).
 
 - :func:`digits` -> ``D(x, sigma)`` for ``x [B, 8, 8, 1]`` in ``[-1, 1]``: the EDM-
   preconditioned U-Net (:class:`iia_jax.nets.EDMUNet`) with its EMA weights.
+- :func:`digits_cond` -> ``D(x, sigma, cond)``: the class-conditional version (integer
+  labels ``cond [B]``, 0-9, and 10 = the null label, i.e. the unconditional model).
 - :func:`digits_classifier` -> :class:`Classifier` (logits and penultimate features),
   the feature extractor of :func:`iia_jax.metrics.fd.digits_fd`.
 """
@@ -35,6 +37,9 @@ __all__ = [
     "digits",
     "digits_model",
     "digits_classifier",
+    "digits_cond",
+    "digits_cond_model",
+    "digits_judge",
 ]
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
@@ -119,9 +124,13 @@ def digits_model():
     ``denoise(variables, x, sigma)`` is EDM-preconditioned; ``config`` the
     :class:`iia_jax.train.DenoiserConfig` it was trained with.
     """
+    return _denoiser_model("digits")
+
+
+def _denoiser_model(name: str):
     from ..train import DenoiserConfig, make_denoiser
 
-    p = load("digits")
+    p = load(name)
     config = DenoiserConfig.from_json(p.record["config"])
     _, denoise = make_denoiser(config)
     return denoise, p.variables, config
@@ -153,3 +162,52 @@ def digits_classifier() -> Classifier:
     logits = jax.jit(lambda x: net.apply(variables, x))
     features = jax.jit(lambda x: net.apply(variables, x, method=DigitsClassifier.features))
     return Classifier(logits, features, net, variables, p.record)
+
+
+@functools.lru_cache(maxsize=1)
+def digits_judge() -> Classifier:
+    """The digits *judge* (a :class:`Classifier`): same network as :func:`digits_classifier`,
+    trained only on the ``"judge_train"`` digits (``scripts/train_judge.py``), so its features
+    favour neither the reference digits nor the check digits of :mod:`iia_jax.metrics.quality`."""
+    from ..nets.classifier import DigitsClassifier
+    from ..train import ClassifierConfig, make_classifier_net
+
+    p = load("digits_judge")
+    net = make_classifier_net(ClassifierConfig.from_json(p.record["config"]))
+    logits = jax.jit(lambda x: net.apply(p.variables, x))
+    features = jax.jit(lambda x: net.apply(p.variables, x, method=DigitsClassifier.features))
+    return Classifier(logits, features, net, p.variables, p.record)
+
+
+def digits_cond_model():
+    """``(denoise, variables, config)`` of the shipped class-conditional digits denoiser.
+
+    ``denoise(variables, x, sigma, cond)`` is EDM-preconditioned, ``cond [B]`` integer
+    labels in ``0..config.num_classes`` (``config.num_classes`` = 10 is the null label).
+    """
+    return _denoiser_model("digits_cond")
+
+
+@functools.lru_cache(maxsize=1)
+def digits_cond():
+    """The shipped class-conditional digits denoiser ``D(x, sigma, cond)``.
+
+    ``x [B, 8, 8, 1]`` in ``[-1, 1]`` (EDM sigma-space), ``sigma`` a scalar or ``[B]``,
+    ``cond [B]`` integer labels: the digit 0-9, or 10 = the null label, which gives the
+    unconditional model (it was trained with 10% label dropout, Ho & Salimans 2022,
+    "Classifier-Free Diffusion Guidance"). Guide it with
+    ``D_u + s (D_c - D_u)`` (:func:`iia_jax.models.cfg_single` with ``null_cond`` 10).
+    Labels of the wrong shape or dtype are refused; concrete labels outside 0..10 too
+    (under an outer ``jit`` such labels give NaN). The network is jitted; the training
+    record is ``load("digits_cond").record``.
+    """
+    from ..nets.edm_unet import check_labels
+
+    denoise, variables, config = digits_cond_model()
+    jitted = jax.jit(functools.partial(denoise, variables))
+
+    def D(x, sigma, cond):
+        check_labels(cond, jnp.shape(x)[0], config.num_classes)
+        return jitted(x, sigma, cond)
+
+    return D
