@@ -19,8 +19,11 @@ is exactly eps-space guidance, and the guided denoiser drops into every solver.
   the very same object, one call is made.
 * :func:`cfg_single` is the usual one-network form: ``denoiser_fn(x, sigma, c)`` is
   evaluated once on the doubled batch ``[x, x]`` with conditions ``[cond, null_cond]``.
+* :func:`guided` keeps the conditions as data: it returns a conditional denoiser
+  ``D_g(x, sigma, cond)`` (one batched call per evaluation), so per-sample conditions travel
+  with the batch through :func:`iia_jax.sample` and :func:`iia_jax.fit` (``cond=``).
 
-Both return a pytree denoiser with attribute ``guidance_scale`` (a Python float, kept
+All return a pytree denoiser with attribute ``guidance_scale`` (a Python float, kept
 as static metadata so it survives ``jax.jit`` and is stored with fitted coefficients).
 """
 
@@ -32,7 +35,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cfg", "cfg_single", "GuidedDenoiser", "SingleNetworkGuidance"]
+__all__ = ["cfg", "cfg_single", "guided", "GuidedDenoiser", "SingleNetworkGuidance",
+           "ConditionalGuidance"]
 
 
 def _check_scale(scale) -> float:
@@ -149,6 +153,16 @@ def _double_sigma(sigma, batch: int):
     return sigma  # a scalar (or a size-1 leading axis) broadcasts over the doubled batch
 
 
+def _guided_call(denoiser_fn, x, sigma, cond, null_cond, scale):
+    """``D_u + s (D_c - D_u)`` from one call of ``denoiser_fn`` on ``[x; x]``, ``[cond; null_cond]``."""
+    batch = x.shape[0]
+    out = denoiser_fn(jnp.concatenate([x, x], axis=0), _double_sigma(sigma, batch),
+                      _double_cond(cond, null_cond, batch))
+    if out.shape[:1] != (2 * batch,):
+        raise ValueError(f"denoiser_fn returned shape {out.shape} for a doubled batch of {2 * batch}")
+    return _combine(out[:batch], out[batch:], scale)
+
+
 @jax.tree_util.register_pytree_node_class
 class SingleNetworkGuidance:
     """Guidance with one conditional network evaluated on the doubled batch.
@@ -163,13 +177,7 @@ class SingleNetworkGuidance:
         self.guidance_scale = guidance_scale
 
     def __call__(self, x, sigma):
-        batch = x.shape[0]
-        out = self.denoiser_fn(jnp.concatenate([x, x], axis=0), _double_sigma(sigma, batch),
-                               _double_cond(self.cond, self.null_cond, batch))
-        if out.shape[:1] != (2 * batch,):
-            raise ValueError(f"denoiser_fn returned shape {out.shape} for a doubled batch "
-                             f"of {2 * batch}")
-        return _combine(out[:batch], out[batch:], self.guidance_scale)
+        return _guided_call(self.denoiser_fn, x, sigma, self.cond, self.null_cond, self.guidance_scale)
 
     def tree_flatten(self):
         (fn,), (static,) = _split_static((self.denoiser_fn,))
@@ -205,3 +213,52 @@ def cfg_single(denoiser_fn: Callable, cond: Any, null_cond: Any,
     """
     _check_callable("denoiser_fn", denoiser_fn)
     return SingleNetworkGuidance(denoiser_fn, cond, null_cond, _check_scale(scale))
+
+
+@jax.tree_util.register_pytree_node_class
+class ConditionalGuidance:
+    """Guidance that takes the conditions per call: ``D_g(x, sigma, cond)``. Build with :func:`guided`."""
+
+    def __init__(self, denoiser_fn: Callable, null_cond: Any, guidance_scale: float):
+        self.denoiser_fn = denoiser_fn
+        self.null_cond = null_cond
+        self.guidance_scale = guidance_scale
+
+    def __call__(self, x, sigma, cond):
+        return _guided_call(self.denoiser_fn, x, sigma, cond, self.null_cond, self.guidance_scale)
+
+    def tree_flatten(self):
+        (fn,), (static,) = _split_static((self.denoiser_fn,))
+        return (fn, self.null_cond), (static, self.guidance_scale)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        static, scale = aux
+        fn, null_cond = children
+        (fn,) = _merge_static((fn,), (static,))
+        return cls(fn, null_cond, scale)
+
+    def __repr__(self):
+        return f"ConditionalGuidance(guidance_scale={self.guidance_scale})"
+
+
+def guided(denoiser_fn: Callable, scale: float, null_cond: Any) -> ConditionalGuidance:
+    """Classifier-free guidance of a conditional denoiser, keeping the condition an argument.
+
+    Args:
+      denoiser_fn: ``denoiser_fn(x, sigma, c) -> x0_hat`` for a batch ``x [B, ...]``.
+      scale: guidance scale ``s`` (finite Python number).
+      null_cond: the "no condition" input, a pytree like one row of the conditions: leaves with a
+        leading axis of 1 (broadcast over the batch) or ``B``; a scalar leaf (e.g. the null label
+        ``10``) is taken as one row.
+    Returns:
+      ``D_g(x, sigma, cond) = D_u + s (D_c - D_u)`` with ``[D_c; D_u] = denoiser_fn([x; x],
+      [sigma; sigma], [cond; null_cond])``: one network call on ``2B`` samples.  Pass the
+      per-sample ``cond`` with ``cond=`` to :func:`iia_jax.sample`, :func:`iia_jax.iia_sample`
+      and :func:`iia_jax.fit`.  ``.guidance_scale`` is ``float(scale)`` and is stored with fitted
+      coefficients, so coefficients fitted for another scale are refused.
+    """
+    _check_callable("denoiser_fn", denoiser_fn)
+    null_cond = jax.tree.map(lambda a: jnp.reshape(a, (1,)) if jnp.ndim(a) == 0 else jnp.asarray(a),
+                             null_cond)
+    return ConditionalGuidance(denoiser_fn, null_cond, _check_scale(scale))
