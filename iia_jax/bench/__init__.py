@@ -1,0 +1,11 @@
+"""Benchmarks against the peers in one run: ``python -m iia_jax.bench [--quick]``.
+
+Quality vs NFE (our solvers, base and IIA, beside the `diffusers` schedulers and `diffrax`
+solvers stepping the same model on the same grids), speed ratios and fit cost; writes
+``docs/benchmarks.md`` and ``docs/bench_*.png``.  Modules: :mod:`.models`, :mod:`.grids`,
+:mod:`.peers`, :mod:`.accuracy`, :mod:`.speed`, :mod:`.fitcost`, :mod:`.report`,
+:mod:`.markdown`, :mod:`.runner`.
+"""
+from .runner import main
+
+__all__ = ["main"]

@@ -1,0 +1,186 @@
+"""Error and quality vs NFE: our solvers (base and IIA) beside the peers, on one model.
+
+Every sampler starts from the same evaluation noise ``x_T = sigma_max N(0, I)`` (never used in a
+fit) and is compared with the reference: heun on a fine Karras grid from the same noise
+(``iia_jax.metrics.ode_error``: median per-sample RMS and RMSE).  The reference's own error is
+estimated against the same heun with half the steps.  For digits, sample quality is
+``iia_jax.metrics.quality.digits_score`` (1000 x KID against real digits in the features of the
+judge classifier; lower is better) when that module is present.
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..iia import fit, iia_sample
+from ..metrics import ode_error
+from ..sampling import plan, sample
+from ..solvers import SOLVERS
+from . import peers
+from .grids import grid, steps_for
+
+SAMPLE = jax.jit(sample, static_argnums=0)
+IIA_SAMPLE = jax.jit(iia_sample, static_argnums=0)
+DIFFRAX_FIXED = jax.jit(peers.diffrax_fixed, static_argnums=(0, 1))   # compiled once per solver and N
+DEFAULTS = "defaults"
+
+
+class Row(NamedTuple):
+    """One sampler on one model, grid and NFE.  ``family``: ours, IIA, diffusers or diffrax."""
+
+    model: str
+    family: str
+    method: str
+    variant: str
+    grid: str
+    nfe: float
+    median: float
+    rmse: float
+    quality: float = float("nan")
+    kept: str = ""
+    fit_s: float = float("nan")
+
+
+def quality_judge():
+    """``(name, score(images) -> float)`` for digits, or None when the judge is not installed."""
+    try:
+        from ..metrics.quality import digits_score
+    except ImportError:
+        return None
+    return "digits_score (1000 x KID, judge features)", digits_score
+
+
+def variants(solver: str, quick: bool) -> list:
+    """The IIA settings tried besides the library defaults: ``(label, fit kwargs)``."""
+    from ..iia.features import DEFAULT_PRESET, DEFAULT_TARGET
+    out = [("history=0", dict(history=0)), ("history=2", dict(history=2)),
+           ("teacher_forced", dict(mode="teacher_forced")),
+           ("fine_steps=4", dict(fine_steps=4)), ("fine_steps=32", dict(fine_steps=32))]
+    other = {"local": "trajectory", "trajectory": "local"}[DEFAULT_TARGET.get(solver, "trajectory")]
+    out.append((f"target={other}", dict(target=other)))
+    if DEFAULT_PRESET.get(solver) != "generic":
+        out.append(("preset=generic", dict(preset="generic")))
+    if solver == "heun":
+        out.append(("preset=biia-edm", dict(preset="biia-edm")))
+    if quick:
+        out = [v for v in out if v[0] not in ("fine_steps=32", "history=2")]
+    return out
+
+
+class Bench(NamedTuple):
+    """One model with its noise, reference and judge."""
+
+    model: object
+    x_eval: jax.Array
+    x_fit: jax.Array
+    reference: np.ndarray
+    reference_error: float
+    judge: object
+    fit_key: jax.Array
+
+    def score(self, family, method, variant, grid_name, nfe, x0, kept="", fit_s=float("nan")) -> Row:
+        x0 = np.asarray(x0, np.float32)
+        err = ode_error(x0, self.reference)
+        q = self.judge[1](x0) if self.judge else float("nan")
+        return Row(self.model.name, family, method, variant, grid_name, float(nfe), err.median, err.rmse,
+                   float(q), kept, fit_s)
+
+
+def setup(model, eval_batch: int, fit_batch: int, ref_steps: int, seed: int = 0) -> Bench:
+    """Noise (evaluation: ``seed + 1``, fit: ``seed``, fit shuffling key ``seed + 2``) and the reference."""
+    shape = (eval_batch,) + model.shape
+    x_eval = model.sigma_max * jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
+    x_fit = model.sigma_max * jax.random.normal(jax.random.PRNGKey(seed), (fit_batch,) + model.shape)
+    ref = [np.asarray(SAMPLE(model.denoiser, plan("heun", grid("karras", n, model.sigma_min, model.sigma_max)),
+                             x_eval)) for n in (ref_steps // 2, ref_steps)]
+    judge = quality_judge() if model.name == "digits" else None
+    return Bench(model, x_eval, x_fit, ref[1], ode_error(ref[0], ref[1]).median, judge,
+                 jax.random.PRNGKey(seed + 2))
+
+
+def ours(bench: Bench, solver: str, grid_name: str, nfe: int, iia_variants=((DEFAULTS, {}),)) -> list:
+    """Base and IIA rows of one of our solvers (nothing if it has no plan at this NFE); no IIA
+    rows for an empty ``iia_variants``."""
+    m = bench.model
+    n = steps_for(nfe, SOLVERS[solver].evals_per_step)
+    if n is None:
+        return []
+    p = plan(solver, grid(grid_name, n, m.sigma_min, m.sigma_max))
+    rows = [bench.score("ours", solver, "base", grid_name, p.nfe, SAMPLE(m.denoiser, p, bench.x_eval))]
+    for label, kwargs in iia_variants:
+        res = fit(m.denoiser, p, bench.x_fit, key=bench.fit_key, progress=False, **kwargs)
+        x0 = IIA_SAMPLE(m.denoiser, p, res.coeffs, bench.x_eval)
+        rows.append(bench.score("IIA", solver, label, grid_name, p.nfe, x0,
+                                f"{int(res.report.kept.sum())}/{n}", res.report.fit_seconds))
+    return rows
+
+
+def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int) -> list:
+    m, rows = bench.model, []
+    x_T = np.asarray(bench.x_eval)
+    for peer in peers.DIFFUSERS_PEERS:
+        n = steps_for(nfe, 2 if peer.name == "Heun" else 1)
+        if n is None:
+            continue
+        x0, counted = peers.run_diffusers(peer, eps, grid(grid_name, n, m.sigma_min, m.sigma_max), x_T)
+        if counted != nfe:
+            raise RuntimeError(f"{peer.name} made {counted} model calls, expected {nfe}")
+        rows.append(bench.score("diffusers", peer.name, "", grid_name, counted, x0))
+    return rows
+
+
+def diffrax_rows(bench: Bench, grid_name: str, nfe: int) -> list:
+    m, rows = bench.model, []
+    for name, (_, per_step, first) in peers.DIFFRAX_FIXED.items():
+        n = steps_for(nfe - first, per_step)
+        if n is None:
+            continue
+        sigmas = jnp.asarray(grid(grid_name, n, m.sigma_min, m.sigma_max))
+        x0, counted = DIFFRAX_FIXED(name, m.denoiser, sigmas, bench.x_eval)
+        rows.append(bench.score("diffrax", name, "", grid_name, int(counted), x0))
+    return rows
+
+
+def adaptive_rows(bench: Bench, tolerances) -> list:
+    m, rows = bench.model, []
+    run = jax.jit(lambda x, tol: peers.diffrax_adaptive(m.denoiser, m.sigma_min, m.sigma_max, x, tol))
+    for tol in tolerances:
+        x0, nfe = run(bench.x_eval, jnp.float32(tol))
+        rows.append(bench.score("diffrax", peers.DIFFRAX_ADAPTIVE, f"tol={tol:g}", "adaptive",
+                                float(np.mean(nfe)), x0))
+    return rows
+
+
+def run_model(model, cfg, log=print) -> tuple[list, dict]:
+    """Every row for one model: the NFE x grid table, the IIA variants, the adaptive peer."""
+    start = time.perf_counter()
+    bench = setup(model, cfg.eval_batch(model.name), cfg.fit_batch(model.name), cfg.ref_steps)
+    log(f"[{model.name}] reference ready ({time.perf_counter() - start:.0f} s), its own median error "
+        f"{bench.reference_error:.2e}")
+    eps = peers.eps_function(model.denoiser)
+    rows = []
+    for grid_name in cfg.model_grids(model.name):
+        for nfe in cfg.nfes(model.name):
+            for solver in cfg.solvers:
+                rows += ours(bench, solver, grid_name, nfe,
+                             ((DEFAULTS, {}),) if solver in cfg.iia_solvers(model.name) else ())
+            rows += diffusers_rows(bench, eps, grid_name, nfe)
+            rows += diffrax_rows(bench, grid_name, nfe)
+            best = min((r for r in rows if r.nfe == nfe and r.grid == grid_name), key=lambda r: r.median)
+            log(f"[{model.name}] {grid_name:12s} NFE {nfe:2d}: best {best.family} {best.method} "
+                f"{best.variant} median {best.median:.3e} ({time.perf_counter() - start:.0f} s)")
+    for nfe in cfg.variant_nfes(model.name):
+        for solver in cfg.variant_solvers:
+            rows += [r for r in ours(bench, solver, cfg.variant_grid, nfe, variants(solver, cfg.quick))
+                     if r.family == "IIA"]
+        log(f"[{model.name}] variants NFE {nfe} done ({time.perf_counter() - start:.0f} s)")
+    rows += adaptive_rows(bench, cfg.tolerances)
+    extra = {"reference_error": bench.reference_error, "seconds": time.perf_counter() - start,
+             "judge": bench.judge[0] if bench.judge else None,
+             "reference_quality": bench.judge[1](bench.reference) if bench.judge else float("nan")}
+    log(f"[{model.name}] done in {extra['seconds']:.0f} s")
+    return rows, extra

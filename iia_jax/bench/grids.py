@@ -1,0 +1,47 @@
+"""The step grid as an axis of its own: four grid families over one sigma range.
+
+Every grid returns ``N + 1`` decreasing sigmas ending in 0 (see :mod:`iia_jax.schedules`):
+
+- ``karras``: EDM's grid (Karras et al. 2022), uniform in ``sigma^(1/7)``;
+- ``logsnr``: uniform in ``lambda = -log sigma`` (DPM-Solver, Lu et al. 2022);
+- ``time_uniform``: DDIM's grid (Song et al. 2021), uniform in the time ``t`` of a continuous
+  linear-beta VP schedule restricted to ``[sigma_min, sigma_max]``; its last non-zero sigma is
+  ``sigma(t_min + (t_max - t_min)/N)``, as DDIM ends;
+- ``quadratic``: ``t_i = t_min + (t_max - t_min)(1 - i/N)^2`` on the same VP time.
+
+Peers get the same sigmas (diffusers as a custom timestep table, diffrax as its step times).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import schedules
+
+GRIDS = ("karras", "logsnr", "time_uniform", "quadratic")
+
+
+def vp_time(sigma_min: float, sigma_max: float) -> schedules.Schedule:
+    """The linear-beta VP time (beta 0.1..20) restricted to ``[sigma_min, sigma_max]``."""
+    vp = schedules.vp_linear()
+    return schedules.Schedule("vp", vp.sigma, vp.time, float(vp.time(np.float64(sigma_min))),
+                              float(vp.time(np.float64(sigma_max))))
+
+
+def grid(name: str, num_steps: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """The ``name`` grid with ``num_steps`` steps from ``sigma_max`` to 0 (float32)."""
+    if name == "karras":
+        return schedules.karras(num_steps, sigma_min, sigma_max)
+    if name == "logsnr":
+        return schedules.logsnr_uniform(num_steps, sigma_min, sigma_max)
+    if name == "time_uniform":
+        return schedules.time_uniform(vp_time(sigma_min, sigma_max), num_steps)
+    if name == "quadratic":
+        return schedules.quadratic(vp_time(sigma_min, sigma_max), num_steps)
+    raise ValueError(f"grid must be one of {GRIDS}, got {name!r}")
+
+
+def steps_for(nfe: int, evals_per_step: int) -> int | None:
+    """Steps N whose NFE ``evals_per_step (N - 1) + 1`` equals ``nfe``; None if there is none
+    (heun, 2N - 1, only has odd NFE) or fewer than 2 steps."""
+    n, rest = divmod(nfe - 1, evals_per_step)
+    return n + 1 if rest == 0 and n + 1 >= 2 else None

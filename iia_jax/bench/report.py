@@ -1,0 +1,229 @@
+"""The benchmark's markdown report and plots (from the rows of :mod:`iia_jax.bench.accuracy`)."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+GOAL_NFE = 10
+
+
+def fmt(v, digits=3):
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+
+
+def table(header, rows) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _label(r):
+    if r.family == "ours":
+        return f"{r.method} (base)"
+    if r.family == "IIA":
+        return f"{r.method} + IIA" + ("" if r.variant == "defaults" else f" [{r.variant}]")
+    return r.method
+
+
+def is_peer(r):
+    return r.family in ("diffusers", "diffrax") and r.grid != "adaptive"
+
+
+def main_rows(rows, model):
+    return [r for r in rows if r.model == model and r.grid != "adaptive" and r.variant in ("base", "defaults", "")]
+
+
+def best(rows, key="median"):
+    rows = [r for r in rows if not math.isnan(getattr(r, key))]
+    return min(rows, key=lambda r: getattr(r, key)) if rows else None
+
+
+def nfe_table(rows, model, key, nfes, grids):
+    """Rows: method x grid; columns: NFE."""
+    sel = main_rows(rows, model)
+    order = list(dict.fromkeys(_label(r) for r in sel))
+    cells = {(_label(r), r.grid, int(r.nfe)): getattr(r, key) for r in sel}
+    out = []
+    for lab in order:
+        for g in grids:
+            vals = [cells.get((lab, g, n)) for n in nfes]
+            if any(v is not None for v in vals):
+                out.append([lab, g] + [fmt(v) for v in vals])
+    return table(["method", "grid"] + [f"NFE {n}" for n in nfes], out)
+
+
+def goals(rows, model, nfes, key="median"):
+    """At each NFE <= GOAL_NFE: best IIA (any solver, variant, grid) vs every peer on its best grid
+    and on Karras; returns markdown rows and whether every NFE was won."""
+    out, won = [], True
+    for n in [n for n in nfes if n <= GOAL_NFE]:
+        at = [r for r in rows if r.model == model and r.grid != "adaptive" and int(r.nfe) == n
+              and not math.isnan(getattr(r, key))]
+        ours = best([r for r in at if r.family == "IIA"], key)
+        peers = defaultdict(list)
+        for r in at:
+            if is_peer(r):
+                peers[r.method].append(r)
+        if ours is None or not peers:
+            continue
+        per_peer = {name: best(rs, key) for name, rs in peers.items()}
+        top = min(per_peer.values(), key=lambda r: getattr(r, key))
+        karras = best([r for r in at if is_peer(r) and r.grid == "karras"], key)
+        beaten = sum(getattr(ours, key) < getattr(p, key) for p in per_peer.values())
+        ok = beaten == len(per_peer)
+        won &= ok
+        out.append([n, f"{_label(ours)}, {ours.grid}", fmt(getattr(ours, key)), f"{top.method}, {top.grid}",
+                    fmt(getattr(top, key)), f"{getattr(top, key) / getattr(ours, key):.2f}x",
+                    f"{karras.method}: {fmt(getattr(karras, key))}" if karras else "—",
+                    f"{beaten}/{len(per_peer)}", "yes" if ok else "**no**"])
+    return out, won
+
+
+def geo_mean(v):
+    v = [x for x in v if x > 0 and not math.isnan(x)]
+    return float(np.exp(np.mean(np.log(v)))) if v else float("nan")
+
+
+def variant_verdict(rows, variant_grid):
+    """Per solver and variant: geometric-mean ratio of its median error to the defaults' at the
+    same model and NFE (on the variant grid); < 1 means the variant is better."""
+    ref = {(r.model, r.method, int(r.nfe)): r.median for r in rows
+           if r.family == "IIA" and r.variant == "defaults" and r.grid == variant_grid}
+    ratios = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.family == "IIA" and r.variant != "defaults" and r.grid == variant_grid:
+            d = ref.get((r.model, r.method, int(r.nfe)))
+            if d:
+                ratios[r.method][r.variant].append((r.model, r.median / d))
+    out = []
+    for solver, per in ratios.items():
+        for variant, vals in per.items():
+            by_model = defaultdict(list)
+            for m, v in vals:
+                by_model[m].append(v)
+            out.append([solver, variant] + [fmt(geo_mean(by_model[m]), 3) if m in by_model else "—"
+                                            for m in sorted({r.model for r in rows})] +
+                       [fmt(geo_mean([v for _, v in vals]), 3)])
+    return out
+
+
+def grid_verdict(rows, grids):
+    """Per model and solver: geometric-mean IIA (defaults) median over NFE <= GOAL_NFE, per grid."""
+    out = []
+    for model in dict.fromkeys(r.model for r in rows):
+        for solver in dict.fromkeys(r.method for r in rows if r.family == "IIA"):
+            sel = [r for r in rows if r.model == model and r.method == solver and r.family == "IIA"
+                   and r.variant == "defaults" and r.nfe <= GOAL_NFE]
+            nfes = set.intersection(*[{int(r.nfe) for r in sel if r.grid == g} for g in grids]) if sel else set()
+            if not nfes:
+                continue
+            vals = {g: geo_mean([r.median for r in sel if r.grid == g and int(r.nfe) in nfes]) for g in grids}
+            top = min(vals, key=vals.get)
+            out.append([model, solver, ", ".join(map(str, sorted(nfes)))] + [fmt(vals[g]) for g in grids] + [top])
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+PEER_STYLE = dict(linestyle="--", linewidth=1.0, alpha=0.8)
+
+
+def _envelope(rows, key):
+    """min over grids per NFE: sorted (nfe, value) pairs."""
+    per = defaultdict(list)
+    for r in rows:
+        if not math.isnan(getattr(r, key)):
+            per[int(r.nfe)].append(getattr(r, key))
+    return sorted((n, min(v)) for n, v in per.items())
+
+
+def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.4), squeeze=False)
+    handles = {}
+    for ax, model in zip(axes[0], models):
+        sel = main_rows(rows, model)
+        ours = [r for r in sel if r.family == "ours"]
+        env = _envelope(ours, key)
+        if env:
+            handles["ours base (best solver and grid)"] = ax.plot(*zip(*env), "k:", marker=".")[0]
+        for i, solver in enumerate(dict.fromkeys(r.method for r in sel if r.family == "IIA")):
+            env = _envelope([r for r in sel if r.family == "IIA" and r.method == solver], key)
+            if env:
+                handles[f"{solver} + IIA"] = ax.plot(*zip(*env), "-o", color=f"C{i}", markersize=3)[0]
+        peer_names = list(dict.fromkeys(r.method for r in sel if is_peer(r)))
+        cmap = plt.get_cmap("Greys")
+        for j, name in enumerate(peer_names):
+            env = _envelope([r for r in sel if r.method == name and is_peer(r)], key)
+            if env:
+                marker = "^" if name.startswith("diffrax") else "s"
+                handles[name] = ax.plot(*zip(*env), marker=marker, markersize=3,
+                                        color=cmap(0.35 + 0.6 * j / max(1, len(peer_names) - 1)),
+                                        **PEER_STYLE)[0]
+        ada = [r for r in rows if r.model == model and r.grid == "adaptive" and not math.isnan(getattr(r, key))]
+        if ada:
+            handles["diffrax Tsit5 (adaptive)"] = ax.plot([r.nfe for r in ada], [getattr(r, key) for r in ada],
+                                                        "rx", markersize=6)[0]
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlim(2.5, 40)
+        ax.set_title(model)
+        ax.set_xlabel("NFE")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=6, fontsize=7)
+    fig.suptitle(f"{ylabel} vs NFE; each curve on its best grid per NFE (dashed grey: peers)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_speed(speed, fitcost, path):
+    panels = [p for p in ("overhead", "peer", "scaling", "memory") if speed.get(p) or fitcost.get(p)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        if name == "overhead":
+            o = speed["overhead"]
+            ax.bar([r["solver"] for r in o], [r["ratio"] for r in o],
+                   yerr=[[r["ratio"] - r["q25"] for r in o], [r["q75"] - r["ratio"] for r in o]], color="C0")
+            ax.axhline(1.03, color="r", linestyle="--", linewidth=1, label="goal 1.03")
+            ax.set_ylim(0.8, max(1.2, max(r["q75"] for r in o) + 0.05))
+            ax.set_title("iia_sample / sample (wall)")
+            ax.tick_params(axis="x", rotation=45)
+            ax.legend(fontsize=7)
+        elif name == "peer":
+            o = speed["peer"]
+            ax.bar([f"{r['peer']}\nvs {r['ours']}" for r in o], [r["ratio"] for r in o], color="C1")
+            ax.set_title("diffusers loop / our jitted scan")
+            ax.set_yscale("log")
+        elif name == "scaling":
+            for nfe in sorted({r["nfe"] for r in speed["scaling"]}):
+                sel = [r for r in speed["scaling"] if r["nfe"] == nfe]
+                ax.plot([r["batch"] for r in sel], [r["per_eval_us"] for r in sel], "-o", label=f"NFE {nfe}")
+            ax.set_xscale("log")
+            ax.set_xlabel("batch")
+            ax.set_ylabel("µs per sample per evaluation")
+            ax.set_title("sample: time / (batch x NFE)")
+            ax.legend(fontsize=7)
+        else:
+            for mode in dict.fromkeys(r["mode"] for r in fitcost["memory"]):
+                for chunked in (False, True):
+                    sel = [r for r in fitcost["memory"] if r["mode"] == mode and (r["chunk"] is not None) == chunked]
+                    ax.plot([r["batch"] for r in sel], [max(r["fit_mb"], 0.5) for r in sel],
+                            "-o" if chunked else "--s",
+                            label=f"{mode}, {'chunk ' + str(sel[0]['chunk']) if chunked else 'no chunk'}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("fit batch")
+            ax.set_ylabel("fit's own peak RSS (MiB)")
+            ax.set_title("fit memory")
+            ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

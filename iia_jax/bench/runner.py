@@ -1,0 +1,219 @@
+"""Run the benchmark and write ``docs/benchmarks.md`` and ``docs/bench_*.png``."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from . import accuracy, fitcost, report, speed
+from .grids import GRIDS
+from .models import MODELS
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+SECTIONS = ("accuracy", "speed", "fitcost")
+
+
+class ModelSettings(NamedTuple):
+    """What runs on one model: NFE values, grids, batches, which solvers get IIA, the variant NFE."""
+
+    nfes: tuple
+    grids: tuple
+    eval_batch: int
+    fit_batch: int
+    iia_solvers: tuple
+    variant_nfes: tuple
+
+
+class Config(NamedTuple):
+    quick: bool
+    models: tuple
+    per_model: dict            # model name -> ModelSettings
+    solvers: tuple             # base rows for every one of these
+    variant_solvers: tuple
+    variant_grid: str
+    ref_steps: int
+    tolerances: tuple
+    sections: tuple
+    speed_solvers: tuple
+    speed_batch: int
+    repeats: int
+    fit_batch_time: int
+    memory_batches: tuple
+    out: Path
+
+    def __getattr__(self, name):   # cfg.nfes(model), cfg.eval_batch(model), ...
+        if name in ModelSettings._fields:
+            return lambda model: getattr(self.per_model[model], name)
+        raise AttributeError(name)
+
+    def model_grids(self, model):
+        return self.per_model[model].grids
+
+    @property
+    def grids(self):
+        return tuple(g for g in GRIDS if any(g in s.grids for s in self.per_model.values()))
+
+
+def config(args) -> Config:
+    from ..solvers import SOLVERS
+    solvers = tuple(args.solvers or SOLVERS)
+    if args.quick:
+        # a few minutes of CPU: two grids on the mixtures, Karras on digits, IIA for four solvers
+        iia = tuple(s for s in ("euler", "heun", "dpmpp_2m", "unipc") if s in solvers)
+        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, ()),
+               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (5,)),
+               "digits": ModelSettings((5, 10), ("karras",), 48, 48, iia, ())}
+    else:
+        nfes = (3, 4, 5, 6, 8, 10, 15, 20)
+        per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10)),
+               "overlapping": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10)),
+               "digits": ModelSettings(nfes, GRIDS, 128, 128, solvers, (5, 10))}
+    models = tuple(args.models or MODELS)
+    per = {m: per[m] for m in models}
+    if args.nfe:
+        per = {m: s._replace(nfes=tuple(args.nfe), variant_nfes=tuple(n for n in s.variant_nfes if n in args.nfe))
+               for m, s in per.items()}
+    if args.grids:
+        per = {m: s._replace(grids=tuple(args.grids)) for m, s in per.items()}
+    if args.batch:
+        per = {m: s._replace(eval_batch=args.batch, fit_batch=args.batch) for m, s in per.items()}
+    return Config(
+        quick=args.quick, models=models, per_model=per, solvers=solvers,
+        variant_solvers=tuple(s for s in (("euler", "heun", "dpmpp_2m") if args.quick else solvers)
+                              if s in solvers),
+        variant_grid="karras", ref_steps=64 if args.quick else 256,
+        tolerances=(1.0, 0.1) if args.quick else (1.0, 0.3, 0.1, 0.03, 0.01),
+        sections=tuple(args.sections or SECTIONS),
+        speed_solvers=tuple(s for s in (("euler", "heun", "dpmpp_2m") if args.quick else solvers) if s in solvers),
+        speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 15,
+        fit_batch_time=32 if args.quick else 128,
+        memory_batches=(256, 2048) if args.quick else (256, 1024, 4096, 16384),
+        out=Path(args.out) if args.out else DOCS)
+
+
+def versions() -> str:
+    names = ["jax", "jaxlib", "flax", "torch", "diffusers", "diffrax", "numpy", "iia_jax"]
+    out = []
+    for n in names:
+        try:
+            out.append(f"{n} {importlib.metadata.version(n)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{n} (not installed)")
+    return ", ".join(out)
+
+
+def machine() -> str:
+    import jax
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPU cores visible, "
+            f"jax backend {jax.default_backend()} ({jax.devices()[0].device_kind}), Python {platform.python_version()}")
+
+
+def git_revision() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "iia_jax"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(cfg: Config, log=print) -> dict:
+    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}}
+    if "accuracy" in cfg.sections:
+        for name in cfg.models:
+            rows, extra = accuracy.run_model(MODELS[name](), cfg, log)
+            results["rows"] += rows
+            results["extra"][name] = extra
+    model = MODELS["digits" if "digits" in cfg.models else cfg.models[0]]()
+    results["speed_model"] = model.name
+    if "speed" in cfg.sections:
+        t = time.perf_counter()
+        s = results["speed"]
+        s["overhead"] = speed.iia_overhead(model, cfg.speed_solvers, 10, cfg.speed_batch, cfg.repeats)
+        s["peer"] = speed.peer_loop(model, [("euler", "DDIM"), ("dpmpp_2m", "DPM++2M"), ("unipc", "UniPC")]
+                                    if "unipc" in cfg.solvers else [("euler", "DDIM")], 10, cfg.speed_batch,
+                                    max(3, cfg.repeats // 3))
+        s["compile"] = speed.compile_times(model, cfg.speed_solvers,
+                                           (5, 10) if cfg.quick else (5, 10, 20), cfg.speed_batch)
+        s["scaling"] = speed.scaling(model, "euler", (8, 32, 128) if cfg.quick else (8, 32, 128, 512),
+                                     (5, 20) if cfg.quick else (5, 10, 20), 3)
+        log(f"speed done ({time.perf_counter() - t:.0f} s)")
+    if "fitcost" in cfg.sections:
+        t = time.perf_counter()
+        f = results["fitcost"]
+        modes = [("teacher_forced", "local"), ("sequential", None)]
+        f["time"] = []
+        for solver in ("euler", "heun", "dpmpp_2m") if not cfg.quick else ("euler",):
+            f["time"] += fitcost.fit_time(model, solver, 5 if cfg.quick else 9, cfg.fit_batch_time, 16, modes)
+        f["memory_model"] = "overlapping"
+        f["memory"] = fitcost.peak_memory("overlapping", "euler", 5, cfg.memory_batches, 256,
+                                          ("sequential",) if cfg.quick else ("sequential", "teacher_forced"), log)
+        log(f"fit cost done ({time.perf_counter() - t:.0f} s)")
+    return results
+
+
+def main(argv=None) -> int:
+    """``python -m iia_jax.bench [--quick]``: run, print progress, write the report and plots."""
+    ap = argparse.ArgumentParser(prog="python -m iia_jax.bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller batches, fewer NFE (a few minutes)")
+    ap.add_argument("--out", help="directory for benchmarks.md and bench_*.png (default: docs/)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of the models")
+    ap.add_argument("--grids", nargs="+", choices=list(GRIDS), help="subset of the grids")
+    ap.add_argument("--nfe", nargs="+", type=int, help="NFE values (all models)")
+    ap.add_argument("--solvers", nargs="+", help="subset of our solvers")
+    ap.add_argument("--batch", type=int, help="evaluation and fit batch (all models)")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
+    args = ap.parse_args(argv)
+    cfg = config(args)
+    if args.solvers:
+        from ..solvers import SOLVERS
+        unknown = set(args.solvers) - set(SOLVERS)
+        if unknown:
+            ap.error(f"--solvers: unknown {sorted(unknown)}; known: {sorted(SOLVERS)}")
+    command = "python -m iia_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    results = run(cfg, lambda s: print(s, flush=True))
+    results["seconds"] = time.perf_counter() - start
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    paths = write(results, cfg, command.strip())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def write(results, cfg: Config, command: str) -> list:
+    from .markdown import markdown
+    rows, out = results["rows"], cfg.out
+    paths = [out / "benchmarks.md"]
+    models = [m for m in cfg.models if any(r.model == m for r in rows)]
+    if rows:
+        report.plot_vs_nfe(rows, models, "median", "median ODE error", out / "bench_error_vs_nfe.png")
+        paths.append(out / "bench_error_vs_nfe.png")
+        if any(r.model == "digits" and r.quality == r.quality for r in rows):
+            report.plot_vs_nfe(rows, ["digits"], "quality", "digits_score (lower is better)",
+                               out / "bench_quality_vs_nfe.png", log_y=False)
+            paths.append(out / "bench_quality_vs_nfe.png")
+    if results["speed"] or results["fitcost"].get("memory"):
+        report.plot_speed(results["speed"], results["fitcost"], out / "bench_speed.png")
+        paths.append(out / "bench_speed.png")
+    meta = dict(command=command, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                machine=machine(), versions=versions(), revision=git_revision())
+    paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
+    return paths

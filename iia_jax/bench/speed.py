@@ -1,0 +1,106 @@
+"""Speed, as ratios measured in one process (DESIGN.md §5).
+
+* ``iia_sample`` over ``sample`` at equal NFE: interleaved pairs (base, IIA) on the same noise;
+  the median of the per-pair time ratios and its interquartile range, which a slow drift of a
+  shared machine does not move the way it moves a ratio of two separate medians.
+* Our jitted ``lax.scan`` sampler against a Python loop stepping a `diffusers` scheduler around
+  the same jitted network (the peer's per-step cost: torch/numpy transfers and scheduler code).
+* Compile time of one plan (``jit(...).lower(...).compile()``), per solver and per step count.
+* Time over batch size and NFE (base ``sample``), normalised per sample and per evaluation.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from ..iia import fit, iia_sample
+from ..sampling import plan, sample
+from ..solvers import SOLVERS
+from . import peers
+from .grids import grid, steps_for
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+def paired_ratio(fn_base, fn_other, args_base, args_other, repeats: int) -> tuple:
+    """Median and quartiles of ``time(other) / time(base)`` over interleaved pairs (warm)."""
+    _timed(fn_base, *args_base), _timed(fn_other, *args_other)
+    ratios = []
+    for _ in range(repeats):
+        tb = _timed(fn_base, *args_base)
+        ratios.append(_timed(fn_other, *args_other) / tb)
+    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+    return float(q50), float(q25), float(q75), tb
+
+
+def _plan(model, solver, nfe):
+    n = steps_for(nfe, SOLVERS[solver].evals_per_step) or steps_for(nfe - 1, SOLVERS[solver].evals_per_step)
+    return plan(solver, grid("karras", n, model.sigma_min, model.sigma_max))
+
+
+def iia_overhead(model, solvers, nfe: int, batch: int, repeats: int) -> list:
+    """``iia_sample`` / ``sample`` per solver at NFE ``nfe`` (heun: the odd NFE below)."""
+    x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(3), (batch,) + model.shape)
+    out = []
+    for solver in solvers:
+        p = _plan(model, solver, nfe)
+        coeffs = fit(model.denoiser, p, x[:16], fine_steps=2, holdout=0.0, progress=False).coeffs
+        base = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
+        iia = jax.jit(lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y))
+        q50, q25, q75, tb = paired_ratio(base, iia, (x,), (x,), repeats)
+        out.append(dict(solver=solver, nfe=p.nfe, ratio=q50, q25=q25, q75=q75, base_s=tb))
+    return out
+
+
+def peer_loop(model, pairs, nfe: int, batch: int, repeats: int) -> list:
+    """A `diffusers` scheduler's Python loop (same jitted network) over our jitted sampler."""
+    x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(4), (batch,) + model.shape)
+    x_np = np.asarray(x)
+    eps = peers.eps_function(model.denoiser)
+    out = []
+    for solver, peer_name in pairs:
+        p = _plan(model, solver, nfe)
+        peer = peers.DIFFUSERS_BY_NAME[peer_name]
+        ours = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
+        theirs = lambda y, peer=peer, s=np.asarray(p.sigmas): peers.run_diffusers(peer, eps, s, y)[0]  # noqa: E731
+        q50, q25, q75, tb = paired_ratio(ours, theirs, (x,), (x_np,), repeats)
+        out.append(dict(ours=solver, peer=peer_name, nfe=p.nfe, ratio=q50, q25=q25, q75=q75, ours_s=tb))
+    return out
+
+
+def compile_times(model, solvers, step_counts, batch: int) -> list:
+    """Seconds to lower and compile ``sample`` and ``iia_sample`` for one plan."""
+    x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(5), (batch,) + model.shape)
+    out = []
+    for solver in solvers:
+        for n in step_counts:
+            p = plan(solver, grid("karras", n, model.sigma_min, model.sigma_max))
+            coeffs = fit(model.denoiser, p, x[:8], fine_steps=2, holdout=0.0, progress=False).coeffs
+            row = dict(solver=solver, steps=n, nfe=p.nfe)
+            for name, fn in (("sample", lambda y, p=p: sample(model.denoiser, p, y)),
+                             ("iia_sample", lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y))):
+                t = time.perf_counter()
+                jax.jit(fn).lower(x).compile()
+                row[name] = time.perf_counter() - t
+            out.append(row)
+    return out
+
+
+def scaling(model, solver, batches, nfes, repeats: int) -> list:
+    """Warm wall time of jitted ``sample`` over batch sizes and NFE (median of ``repeats``)."""
+    out = []
+    for nfe in nfes:
+        p = _plan(model, solver, nfe)
+        fn = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
+        for b in batches:
+            x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(6), (b,) + model.shape)
+            _timed(fn, x)
+            t = float(np.median([_timed(fn, x) for _ in range(repeats)]))
+            out.append(dict(solver=solver, nfe=p.nfe, batch=b, seconds=t, per_eval_us=1e6 * t / (b * p.nfe)))
+    return out

@@ -1,0 +1,97 @@
+"""The benchmark's peer adapters against independent references, and a miniature bench run.
+
+* A diffusers DDIM scheduler stepping an exact mixture through :mod:`iia_jax.bench.peers` is the
+  Euler step in sigma-space (DESIGN.md §2), so it must equal our ``euler`` on the same grid.
+* diffusers' Euler (sigma-space, ``scale_model_input``) must equal it too, and DPM-Solver++ 2M
+  must equal our ``dpmpp_2m`` (the same algorithm, Lu et al. 2022).
+* diffrax Euler and Heun on ``dx/dsigma = (x - D)/sigma`` must equal our euler and heun (EDM's
+  Heun ends with an Euler step, as the diffrax peer does), with the NFE each claims, counted here
+  by a callback on every model call.
+* A miniature ``main`` run writes its table and plot.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+diffrax = pytest.importorskip("diffrax")
+
+import iia_jax  # noqa: E402
+from iia_jax.bench import grids, main, models, peers  # noqa: E402
+
+TOL = 2e-4   # float32 (ours) vs float64 (diffusers) over a trajectory starting at |x| ~ 80
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = models.separated_mixture()
+    x_T = m.sigma_max * np.asarray(jax.random.normal(jax.random.PRNGKey(0), (16,) + m.shape))
+    return m, x_T, peers.eps_function(m.denoiser)
+
+
+@pytest.mark.parametrize("peer,solver", [("DDIM", "euler"), ("Euler", "euler"), ("DPM++2M", "dpmpp_2m")])
+@pytest.mark.parametrize("grid", ["karras", "quadratic"])
+def test_diffusers_peer_equals_our_solver(setup, peer, solver, grid):
+    m, x_T, eps = setup
+    sigmas = grids.grid(grid, 6, m.sigma_min, m.sigma_max)
+    p = peers.DIFFUSERS_BY_NAME[peer]
+    np.testing.assert_allclose(peers.peer_grid(p, sigmas), sigmas, rtol=1e-6)  # the peer steps on our grid
+    theirs, nfe = peers.run_diffusers(p, eps, sigmas, x_T)
+    ours = iia_jax.sample(m.denoiser, iia_jax.plan(solver, sigmas), jnp.asarray(x_T))
+    assert nfe == 6
+    np.testing.assert_allclose(theirs, np.asarray(ours), rtol=TOL, atol=TOL)
+
+
+def _counting(denoiser, calls):
+    def counted(x, sigma):
+        jax.debug.callback(lambda: calls.append(1))
+        return denoiser(x, sigma)
+    return counted
+
+
+@pytest.mark.parametrize("name,solver", [("diffrax Euler", "euler"), ("diffrax Heun", "heun")])
+def test_diffrax_peer_equals_our_solver(setup, name, solver):
+    m, x_T, _ = setup
+    sigmas = jnp.asarray(grids.grid("karras", 5, m.sigma_min, m.sigma_max))
+    calls = []
+    x0, nfe = peers.diffrax_fixed(name, _counting(m.denoiser, calls), sigmas, jnp.asarray(x_T))
+    p = iia_jax.plan(solver, sigmas)
+    assert nfe == len(calls) == p.nfe
+    np.testing.assert_allclose(np.asarray(x0), np.asarray(iia_jax.sample(m.denoiser, p, jnp.asarray(x_T))),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_diffrax_nfe_claims_match_counted_calls(setup):
+    """Bosh3 (FSAL) and adaptive Tsit5 report the model calls they make."""
+    m, x_T, _ = setup
+    calls = []
+    sigmas = jnp.asarray(grids.grid("logsnr", 4, m.sigma_min, m.sigma_max))
+    _, nfe = peers.diffrax_fixed("diffrax Bosh3", _counting(m.denoiser, calls), sigmas, jnp.asarray(x_T))
+    assert nfe == len(calls) == 3 * 4 - 1
+    calls.clear()
+    _, nfe = peers.diffrax_adaptive(_counting(m.denoiser, calls), m.sigma_min, m.sigma_max,
+                                    jnp.asarray(x_T[:1]), 0.1)
+    assert int(nfe[0]) == len(calls) > 8
+
+
+def test_miniature_bench_writes_table_and_plot(tmp_path):
+    assert main(["--out", str(tmp_path), "--models", "separated", "--nfe", "4", "6", "--grids", "karras",
+                 "--solvers", "euler", "dpmpp_2m", "--batch", "16", "--sections", "accuracy"]) == 0
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert (tmp_path / "bench_error_vs_nfe.png").stat().st_size > 10_000
+    for needle in ("## Goals", "euler + IIA", "DPM++2M", "diffrax Heun", "diffrax Tsit5", "Machine", "Versions",
+                   "PRNGKey(1)"):
+        assert needle in text, needle
+    # every table row of the error table has a value at both NFE
+    row = next(line for line in text.splitlines() if line.startswith("| euler + IIA | karras |"))
+    assert row.count("—") == 0
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(SystemExit):
+        main(["--solvers", "no_such_solver", "--sections", "accuracy"])
+    with pytest.raises(ValueError, match="grid must be one of"):
+        grids.grid("cosine", 5, 0.002, 80.0)
