@@ -2,7 +2,7 @@
 
 Layout (Song et al. 2021 DDPM++, as used by Karras et al. 2022 EDM, shrunk):
 
-    c_noise [B] -> noise embedding (positional or Fourier) -> MLP -> emb [B, 4C]
+    c_noise [B] -> noise embedding (positional or Fourier) [+ label embedding] -> MLP -> emb [B, 4C]
     x [B, H, W, C_in] -> conv3x3 -> encoder: per level ``num_res_blocks`` residual
     blocks (then a stride-2 down-sampling block except at the last level)
     -> middle: res block, self-attention, res block
@@ -15,6 +15,14 @@ applied at the lowest resolution. The last conv of every residual branch and of
 the output is zero-initialised, so the untrained network outputs 0 and an
 EDM-preconditioned denoiser starts at ``c_skip * x``.
 
+**Class labels** (``num_classes > 0``): as in EDM's class-conditional DDPM++, a learnt
+table of ``num_classes + 1`` rows of width ``C`` is looked up by the integer label and
+added to the noise embedding before its MLP. The last row (index ``num_classes``) is the
+*null label*: trained with label dropout it gives the unconditional model, the second
+half of classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion
+Guidance"). With ``num_classes = 0`` (the default) the network has no table, takes no
+labels, and its parameters and outputs are those of the unconditional network.
+
 The network is the raw ``F`` of EDM: wrap it with :func:`iia_jax.nets.edm_precond`.
 """
 
@@ -24,10 +32,38 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["EDMUNet", "PositionalEmbedding", "FourierEmbedding", "ResBlock", "AttentionBlock"]
+__all__ = ["EDMUNet", "PositionalEmbedding", "FourierEmbedding", "ResBlock", "AttentionBlock", "check_labels"]
+
+
+def check_labels(cond, batch: int, num_classes: int) -> jnp.ndarray:
+    """Validate integer class labels ``cond [batch]`` in ``[0, num_classes]`` (``num_classes`` = null).
+
+    Shape and dtype are checked always; the range only for concrete (non-traced) values,
+    since a traced value is unknown until run time (the network then maps an out-of-range
+    label to NaN rather than to some other class). Returns ``cond`` as int32.
+    """
+    if cond is None:
+        raise ValueError(
+            f"cond: this network is class-conditional (num_classes={num_classes}) and needs integer labels "
+            f"[B] in 0..{num_classes} ({num_classes} = the null label); got None"
+        )
+    shape, dtype = jnp.shape(cond), jnp.result_type(cond)
+    if shape != (batch,):
+        raise ValueError(f"cond: expected integer labels of shape [B] = ({batch},); got shape {shape}")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"cond: expected an integer dtype (class labels); got {dtype}")
+    if not isinstance(cond, jax.core.Tracer):
+        host = np.asarray(cond)
+        if host.size and (host.min() < 0 or host.max() > num_classes):
+            raise ValueError(
+                f"cond: labels must lie in 0..{num_classes} ({num_classes} = the null label); "
+                f"got values in [{host.min()}, {host.max()}]"
+            )
+    return jnp.asarray(cond, jnp.int32)
 
 
 class PositionalEmbedding(nn.Module):
@@ -63,6 +99,13 @@ class FourierEmbedding(nn.Module):
         freqs = self.scale * np.random.default_rng(self.seed).standard_normal(self.dim // 2)
         arg = c.astype(jnp.float32)[:, None] * jnp.asarray(2.0 * math.pi * freqs, jnp.float32)[None, :]
         return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=-1)
+
+
+def _label_rows(table: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Rows ``table[labels]``; NaN rows for labels outside the table (never another class)."""
+    last = table.shape[0] - 1
+    valid = (labels >= 0) & (labels <= last)
+    return jnp.where(valid[:, None], table[jnp.clip(labels, 0, last)], jnp.nan)
 
 
 def _group_norm(channels: int, max_groups: int) -> nn.GroupNorm:
@@ -121,6 +164,8 @@ class EDMUNet(nn.Module):
       num_heads: attention heads.
       norm_groups: at most this many GroupNorm groups (``gcd(channels, norm_groups)``).
       out_channels: output channels (default: same as the input).
+      num_classes: ``0`` (unconditional) or the number of classes; then ``__call__``
+        needs integer labels ``cond [B]`` in ``0..num_classes`` (``num_classes`` = null).
     """
 
     channels: int = 32
@@ -132,9 +177,12 @@ class EDMUNet(nn.Module):
     num_heads: int = 1
     norm_groups: int = 8
     out_channels: int | None = None
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, c_noise: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, c_noise: jnp.ndarray, cond: jnp.ndarray | None = None, train: bool = False
+    ) -> jnp.ndarray:
         if x.ndim != 4:
             raise ValueError(f"EDMUNet expects NHWC images [B, H, W, C]; got shape {x.shape}")
         factor = 2 ** (len(self.channel_mults) - 1)
@@ -156,6 +204,12 @@ class EDMUNet(nn.Module):
             emb = FourierEmbedding(self.channels)(c_noise)
         else:
             raise ValueError(f"embedding must be 'positional' or 'fourier'; got {self.embedding!r}")
+        if self.num_classes > 0:
+            labels = check_labels(cond, x.shape[0], self.num_classes)
+            table = self.param("label_embedding", nn.initializers.normal(1.0), (self.num_classes + 1, self.channels))
+            emb = emb + _label_rows(table, labels)
+        elif cond is not None:
+            raise ValueError("cond: this network is unconditional (num_classes=0) and takes no labels")
         emb = nn.silu(nn.Dense(emb_dim)(emb))
         emb = nn.silu(nn.Dense(emb_dim)(emb))
 

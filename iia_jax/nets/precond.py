@@ -11,7 +11,9 @@ Models", Table 1 (column "EDM"). With ``s_d = sigma_data``:
     D(x, sigma) = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma))
 
 where ``F`` is the raw network. ``x = x0 + sigma * n`` is the EDM sigma-space of
-DESIGN.md §2, so the result plugs straight into every solver of the library.
+DESIGN.md §2, so the result plugs straight into every solver of the library. A
+conditional network ``F(x, c_noise, cond)`` (e.g. class labels ``cond [B]``) gives
+``D(x, sigma, cond)``: the condition passes through to ``F`` untouched.
 
 Example::
 
@@ -19,6 +21,10 @@ Example::
     apply = lambda params, x, c_noise: net.apply(params, x, c_noise)
     denoise = edm_precond(apply, sigma_data=0.5)   # denoise(params, x, sigma)
     D = bind(denoise, params)                      # D(x, sigma)
+
+    net = EDMUNet(channels=32, num_classes=10)     # class-conditional
+    denoise = edm_precond(lambda p, x, c, y: net.apply(p, x, c, y), sigma_data=0.5)
+    D = bind(denoise, params)                      # D(x, sigma, labels)
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ __all__ = [
     "bind",
 ]
 
-# A raw network ``apply(params, x, c_noise) -> F`` with ``c_noise`` of shape [B].
-NetApply = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+# A raw network ``apply(params, x, c_noise[, cond]) -> F`` with ``c_noise`` of shape [B].
+NetApply = Callable[..., jnp.ndarray]
 
 
 class EDMCoefficients(NamedTuple):
@@ -77,28 +83,31 @@ def _per_example_sigma(sigma, x: jnp.ndarray) -> jnp.ndarray:
 
 
 def edm_precond(apply: NetApply, sigma_data: float = 0.5):
-    """Wrap a raw network ``apply(params, x, c_noise)`` as ``denoise(params, x, sigma)``.
+    """Wrap a raw network ``apply(params, x, c_noise[, cond])`` as ``denoise(params, x, sigma[, cond])``.
 
     ``sigma`` may be a scalar or a ``[B]`` vector (one noise level per example);
     the network always receives ``c_noise`` as a ``[B]`` vector. The output is the
-    denoised estimate ``x0_hat`` with the shape and dtype of ``x``.
+    denoised estimate ``x0_hat`` with the shape and dtype of ``x``. ``cond``, when
+    given, is passed to ``apply`` as its fourth argument (and omitted when ``None``,
+    so an unconditional ``apply`` is called exactly as before).
     """
 
-    def denoise(params, x, sigma):
+    def denoise(params, x, sigma, cond=None):
         x = jnp.asarray(x, jnp.float32)
         sigma_b = _per_example_sigma(sigma, x)
         c = edm_coefficients(sigma_b, sigma_data)
         expand = (slice(None),) + (None,) * (x.ndim - 1)  # [B] -> [B, 1, ..., 1]
-        f = apply(params, c.c_in[expand] * x, c.c_noise)
+        x_in = c.c_in[expand] * x
+        f = apply(params, x_in, c.c_noise) if cond is None else apply(params, x_in, c.c_noise, cond)
         return c.c_skip[expand] * x + c.c_out[expand] * f.astype(jnp.float32)
 
     return denoise
 
 
 def bind(denoise, params):
-    """Bind parameters: ``denoise(params, x, sigma)`` -> ``D(x, sigma)``."""
+    """Bind parameters: ``denoise(params, x, sigma[, cond])`` -> ``D(x, sigma[, cond])``."""
 
-    def D(x, sigma):
-        return denoise(params, x, sigma)
+    def D(x, sigma, cond=None):
+        return denoise(params, x, sigma) if cond is None else denoise(params, x, sigma, cond)
 
     return D
