@@ -15,9 +15,13 @@ where ``D~_i`` estimates the data prediction over the step from the stored outpu
   derivative estimates ``D1 = q0 + r0 (q0 - q1)/(r0 + r1)`` and ``D2 = (q0 - q1)/(r0 + r1)``, and
 
       x_{i+1} = (sigma_{i+1}/sigma_i) x_i - phi1 D_i + phi2 D1 - phi3 D2,
-      phi1 = expm1(-h),  phi2 = phi1/h + 1,  phi3 = (phi1 + h)/h^2 - 1/2,
+      phi1 = expm1(-h),  phi2 = phi1/h + 1,  phi3 = (phi1 + h)/h^2 - 1/2.
 
-  the exact integral of the quadratic through the three outputs (in lambda) against ``e^-lambda``.
+This is the 3M update of ``diffusers`` and of the DPM-Solver reference code.  Expanding ``D`` in
+lambda, ``D1 ~ h D'`` and ``D2 ~ h^2 D''/2``, while the exact integral of the quadratic term has
+the weight ``2 phi3`` on ``D2``; so this update cancels only half of the third-order term: it converges at order 2 (measured 2.05, with about 3x less error
+than 2M; tests/test_solvers_multistep.py).  The doubled weight converges at order 3 but had larger
+errors on Karras grids at NFE 5-50 (docs/solvers.md), so we keep the update peers use.
 
 The first steps warm up with the lower orders (3M: orders 1, 2, 3).  The step to sigma = 0 returns
 ``D_i`` (first order: as ``diffusers``' ``DPMSolverMultistepScheduler`` does with a zero final
@@ -69,12 +73,16 @@ def second_order_estimate(d_cur, d_prev, h, h_prev):
     return (1.0 + half_inv_r) * d_cur - half_inv_r * d_prev
 
 
-def _third_order_step(x, sigma, sigma_next, h, d_cur, state):
+def derivative_estimates(d_cur, state, h):
+    """3M's ``(D1, D2)`` from ``D_i`` and the two stored outputs (see the module docstring)."""
     d1, d2 = state.prev_denoised[0], state.prev_denoised[1]
     r0, r1 = state.prev_h[0] / h, state.prev_h[1] / h
     q0, q1 = (d_cur - d1) / r0, (d1 - d2) / r1
-    first = q0 + (r0 / (r0 + r1)) * (q0 - q1)
-    second = (q0 - q1) / (r0 + r1)
+    return q0 + (r0 / (r0 + r1)) * (q0 - q1), (q0 - q1) / (r0 + r1)
+
+
+def _third_order_step(x, sigma, sigma_next, h, d_cur, state):
+    first, second = derivative_estimates(d_cur, state, h)
     phi1 = jnp.expm1(-h)
     phi2 = phi1 / h + 1.0
     phi3 = (phi1 + h) / h ** 2 - 0.5
