@@ -200,7 +200,7 @@ def test_history(history):
 
 PRESETS = [(solver, preset) for preset, solvers in PRESET_SOLVERS.items() if solvers
            for solver in solvers] + [(s, "generic") for s in sorted(iia_jax.solvers.SOLVERS)]
-PRESET_STEPS = {"heun": 5, "euler": 8, "dpmpp_2m": 8, "ipndm": 8, "spndm": 8}
+PRESET_STEPS = {"heun": 5, "euler": 8, "dpmpp_2m": 8, "dpmpp_3m": 8, "unipc": 8, "ipndm": 8, "spndm": 8}
 
 
 @pytest.mark.slow
