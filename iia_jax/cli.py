@@ -1,8 +1,9 @@
-"""``iia-jax``: demo, train, fit and sample from the command line.
+"""``iia-jax``: demo, train, fit, sample and bench from the command line.
 
 Every command writes only under its ``--out`` directory.  Models (``--model``):
-``digits`` (the shipped digits denoiser, EDM sigma-space) or ``diffusers:PATH`` (a local
-``UNet2DModel`` folder, DDPM schedule from its scheduler config).
+``digits`` (the shipped digits denoiser, EDM sigma-space), ``digits-cond`` (the shipped
+class-conditional one: ``--label L|all``, ``--guidance W`` for classifier-free guidance) or
+``diffusers:PATH`` (a local ``UNet2DModel`` folder, DDPM schedule from its scheduler config).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-GRIDS = ("karras", "logsnr_uniform", "time_uniform", "quadratic", "ddim")
+GRIDS = ("karras", "logsnr_uniform", "time_uniform", "quadratic", "ddim", "fitted")
+NULL_LABEL = 10   # digits-cond: the label that gives the unconditional model
 
 
 class Model(NamedTuple):
@@ -28,6 +30,7 @@ class Model(NamedTuple):
     alphas_cumprod: object  # DDPM models only
     default_grid: str
     fingerprint: str
+    conditional: bool = False   # D(x, sigma, cond) with integer labels
 
 
 def _file_sha256(path) -> str:
@@ -38,13 +41,20 @@ def _file_sha256(path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_model(spec: str) -> Model:
-    """Resolve ``--model``: ``digits`` or ``diffusers:PATH``."""
-    from . import pretrained, schedules
-    if spec == "digits":
-        record = pretrained.load("digits").record
-        return Model("digits", pretrained.digits(), (8, 8, 1), False, schedules.edm(0.002, 80.0), None,
-                     "karras", f"digits:{record.get('sha256', 'unknown')[:16]}")
+def load_model(spec: str, guidance: float | None = None) -> Model:
+    """Resolve ``--model``: ``digits``, ``digits-cond`` or ``diffusers:PATH``; ``guidance`` wraps a
+    conditional model in classifier-free guidance (:func:`iia_jax.models.guided`)."""
+    from . import models, pretrained, schedules
+    if guidance is not None and spec != "digits-cond":
+        raise SystemExit("error: --guidance needs a conditional model (--model digits-cond)")
+    if spec in ("digits", "digits-cond"):
+        name = spec.replace("-", "_")
+        record = pretrained.load(name).record
+        denoiser = pretrained.digits() if spec == "digits" else pretrained.digits_cond()
+        if guidance is not None:
+            denoiser = models.guided(denoiser, guidance, NULL_LABEL)
+        return Model(spec, denoiser, (8, 8, 1), False, schedules.edm(0.002, 80.0), None, "karras",
+                     f"{spec}:{record.get('weights_sha256', 'unknown')[:16]}", spec == "digits-cond")
     if spec.startswith("diffusers:"):
         from .models.diffusers_io import (_find_scheduler_config, _read_json, _weights_path,
                                           alphas_cumprod_from_scheduler_config, from_diffusers)
@@ -59,11 +69,17 @@ def load_model(spec: str) -> Model:
     raise SystemExit(f"error: --model must be 'digits' or 'diffusers:PATH', got {spec!r}")
 
 
-def make_plan(model: Model, solver: str, steps: int, grid: str | None):
-    """The plan for ``--solver/--steps/--grid`` on ``model``'s own sigma range."""
+def make_plan(model: Model, solver: str, steps: int, grid: str | None, coeffs_dir=None):
+    """The plan for ``--solver/--steps/--grid`` on ``model``'s own sigma range.  ``--grid fitted``
+    takes the sigmas stored with the coefficients in ``coeffs_dir`` (from ``fit --grid fitted``)."""
     import iia_jax
     from . import schedules
     grid = grid or model.default_grid
+    if grid == "fitted":
+        if coeffs_dir is None:
+            raise SystemExit("error: --grid fitted samples with the grid stored in --coeffs; pass --coeffs")
+        stored = iia_jax.load_coefficients(coeffs_dir)
+        return iia_jax.plan(solver, np.asarray(stored.sigmas))
     s = model.schedule
     if grid in ("karras", "logsnr_uniform"):
         sigmas = getattr(schedules, grid)(steps, s.sigma_min, s.sigma_max)
@@ -84,49 +100,83 @@ def _noise(model, plan, n, seed):
     return iia_jax.initial_noise(jax.random.PRNGKey(seed), plan, (n,) + model.shape, vp=model.vp)
 
 
-def _batched(fn, x, batch):
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+def _labels(model, label, n):
+    """``--label``: one digit for every sample, or ``all`` (0..9 in turn); None for other models."""
+    if not model.conditional:
+        if label is not None:
+            raise SystemExit("error: --label needs a conditional model (--model digits-cond)")
+        return None
+    import jax.numpy as jnp
+    if label in (None, "all"):
+        return jnp.arange(n, dtype=jnp.int32) % 10
+    if not label.isdigit() or not 0 <= int(label) <= NULL_LABEL:
+        raise SystemExit(f"error: --label must be a digit 0-9, {NULL_LABEL} (the null label) or 'all', got {label!r}")
+    return jnp.full((n,), int(label), jnp.int32)
 
 
 # ----------------------------------------------------------------------------- commands
 
 def cmd_fit(args):
     import iia_jax
-    model = load_model(args.model)
-    plan = make_plan(model, args.solver, args.steps, args.grid)
+    model = load_model(args.model, args.guidance)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
-    x_T = _noise(model, plan, args.batch, args.seed)
-    print(f"fitting IIA for {plan} on {model.name} with {args.batch} samples ...", flush=True)
-    res = iia_jax.fit(model.denoiser, plan, x_T, preset=args.preset, history=args.history,
-                      fine_steps=args.fine_steps, mode=args.mode, target=args.target,
-                      chunk_size=args.chunk_size, fingerprint=model.fingerprint, progress=True)
+    fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
+                      mode=args.mode, target=args.target, chunk_size=args.chunk_size,
+                      fingerprint=model.fingerprint, progress=True)
+    if args.grid == "fitted":
+        res = _fit_grid(model, args, fit_kwargs)
+    else:
+        plan = make_plan(model, args.solver, args.steps, args.grid)
+        x_T = _noise(model, plan, args.batch, args.seed)
+        print(f"fitting IIA for {plan} on {model.name} with {args.batch} samples ...", flush=True)
+        res = iia_jax.fit(model.denoiser, plan, x_T, cond=_labels(model, args.label, args.batch),
+                          **fit_kwargs)
     print(res.report.summary())
     path = iia_jax.save_coefficients(out, res.coeffs, overwrite=args.overwrite)
     print(f"saved {res.coeffs} to {path}")
+
+
+def _fit_grid(model, args, fit_kwargs):
+    """``fit --grid fitted``: the step grid fitted jointly with the coefficients."""
+    import jax
+    import iia_jax
+    if model.conditional:
+        raise SystemExit("error: --grid fitted is for unconditional models")
+    s = model.schedule
+    probe = make_plan(model, args.solver, args.steps, None)
+    x_T = _noise(model, probe, args.batch, args.seed)
+    print(f"fitting the grid and IIA for {args.solver}, {args.steps} steps on {model.name} with "
+          f"{args.batch} samples ...", flush=True)
+    result = iia_jax.fit_plan(model.denoiser, args.solver, args.steps, x_T, sigma_min=s.sigma_min,
+                              sigma_max=s.sigma_max, key=jax.random.PRNGKey(args.seed), **fit_kwargs)
+    print(result.report)
+    return result
 
 
 def cmd_sample(args):
     import jax
     import iia_jax
     from .plots import sample_grid
-    model = load_model(args.model)
-    plan = make_plan(model, args.solver, args.steps, args.grid)
+    model = load_model(args.model, args.guidance)
+    plan = make_plan(model, args.solver, args.steps, args.grid, args.coeffs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.coeffs:
         coeffs = iia_jax.load_coefficients(args.coeffs, plan=plan, fingerprint=model.fingerprint)
-        run = jax.jit(lambda x: iia_jax.iia_sample(model.denoiser, plan, coeffs, x))
+        run = jax.jit(lambda x, c: iia_jax.iia_sample(model.denoiser, plan, coeffs, x, cond=c))
     else:
-        run = jax.jit(lambda x: iia_jax.sample(model.denoiser, plan, x))
+        run = jax.jit(lambda x, c: iia_jax.sample(model.denoiser, plan, x, cond=c))
     x_T = _noise(model, plan, args.n, args.seed)
+    labels = _labels(model, args.label, args.n)
     start = time.perf_counter()
-    x0 = _batched(run, x_T, args.batch)
+    x0 = np.concatenate([np.asarray(run(x_T[i:i + args.batch], None if labels is None else labels[i:i + args.batch]))
+                         for i in range(0, args.n, args.batch)])
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(x0)):
         raise SystemExit("error: the samples contain NaN/Inf; check the model (sample with check_finite=True)")
-    np.savez(out / "samples.npz", samples=x0)
+    np.savez(out / "samples.npz", samples=x0, **({} if labels is None else {"labels": np.asarray(labels)}))
     label = "IIA" if args.coeffs else "base"
     if len(model.shape) == 3:
         sample_grid({f"{label} {plan.solver}, NFE {plan.nfe}": x0[:64]}, out / "samples.png")
@@ -137,12 +187,15 @@ def cmd_train(args):
     import dataclasses
     from . import pretrained
     from .data import digits
-    from .train import DIGITS_CLASSIFIER, DIGITS_DENOISER, train_classifier, train_denoiser
+    from .train import (DIGITS_CLASSIFIER, DIGITS_COND_DENOISER, DIGITS_DENOISER, train_classifier,
+                        train_denoiser)
     out = Path(args.out or f"checkpoints/{args.what}")
     data = digits("train")
-    if args.what == "digits":
-        config = dataclasses.replace(DIGITS_DENOISER, steps=args.steps or DIGITS_DENOISER.steps)
-        result = train_denoiser(config, data.images, str(out / "run"))
+    if args.what in ("digits", "digits-cond"):
+        base = DIGITS_DENOISER if args.what == "digits" else DIGITS_COND_DENOISER
+        config = dataclasses.replace(base, steps=args.steps or base.steps)
+        labels = data.labels if args.what == "digits-cond" else None
+        result = train_denoiser(config, data.images, str(out / "run"), labels=labels)
     else:
         config = dataclasses.replace(DIGITS_CLASSIFIER, steps=args.steps or DIGITS_CLASSIFIER.steps)
         result = train_classifier(config, data.images, data.labels, str(out / "run"))
@@ -163,11 +216,19 @@ def cmd_demo(args):
 # ----------------------------------------------------------------------------- parser
 
 def _common(p, need_out=True):
-    p.add_argument("--model", default="digits", help="'digits' (shipped) or 'diffusers:PATH'")
-    p.add_argument("--solver", default="heun", choices=["euler", "heun", "dpmpp_2m", "ipndm", "spndm"])
+    from .solvers import SOLVERS
+    p.add_argument("--model", default="digits",
+                   help="'digits', 'digits-cond' (class-conditional; shipped) or 'diffusers:PATH'")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale for digits-cond (default: plain conditional)")
+    p.add_argument("--label", default=None,
+                   help="digits-cond: a digit 0-9 for every sample, or 'all' (0..9 in turn; the default)")
+    p.add_argument("--solver", default="heun", choices=sorted(SOLVERS))
     p.add_argument("--steps", type=int, default=5, help="number of steps N (heun: NFE = 2N - 1)")
     p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="sigma grid (default: karras for EDM models, time_uniform for DDPM models)")
+                   help="sigma grid (default: karras for EDM models, time_uniform for DDPM models); "
+                        "'fitted': fit the grid with the coefficients (fit), or use the grid stored "
+                        "in --coeffs (sample)")
     p.add_argument("--seed", type=int, default=0)
     if need_out:
         p.add_argument("--out", required=True, help="output directory (the only place written)")
@@ -187,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train the digits denoiser or classifier (resumable)")
-    p.add_argument("what", choices=["digits", "classifier"])
+    p = sub.add_parser("train", help="train a digits denoiser or the classifier (resumable)")
+    p.add_argument("what", choices=["digits", "digits-cond", "classifier"])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", default=None, help="default checkpoints/<what>: checkpoints + exported weights")
     p.set_defaults(func=cmd_train)
@@ -212,10 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--batch", type=int, default=256)
     p.set_defaults(func=cmd_sample)
+
+    # listed for --help; main() hands `iia-jax bench ...` to iia_jax.bench, which parses the rest
+    sub.add_parser("bench", help="benchmarks against diffusers and diffrax (iia-jax bench --help)")
     return ap
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:      # the bench parses its own arguments (iia-jax bench --help)
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -223,7 +223,7 @@ def _jit_with_model(fn, denoiser):
 
 
 def _raise_if_bad(ok, sigmas, what):
-    ok = np.asarray(ok)
+    ok = _host(ok)
     if not ok.all():
         i = int(np.argmin(ok))
         raise ValueError(f"IIA fit: {what} at step {i} (sigma={float(sigmas[i]):.6g}); the model "
@@ -277,23 +277,38 @@ def _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis) -> _Rows:
                          f"{layout.padded // layout.chunks // layout.groups_per_chunk * sharding.shards} "
                          f"rows, got {layout.rows}: pass a host array with mesh= (padded with "
                          "zero-weight rows for you) or trim the batch")
-    rows = shard_rows(layout.pad((x_T, cond)), sharding)
-    positions = layout.holdout_positions(key)
+    rows = (x_T, cond)
+    if mesh is not None:          # a host batch: pad with zero-weight rows, then shard
+        rows = shard_rows(layout.pad(rows), sharding)
+    elif sharding is None:
+        rows = layout.pad(rows)
 
     @jax.jit
-    def split(rows, positions):
+    def split(rows, key):
+        positions = layout.holdout_positions(key)
         weights = layout.to_chunks(layout.weights(positions, x_T.dtype), row_axis=1)
         x, c = layout.to_chunks(rows)
         hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
-        return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w
+        return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w, positions
 
-    return _Rows(layout, *split(rows, positions), positions)
+    return _Rows(layout, *split(rows, key))
+
+
+def _host(a) -> np.ndarray:
+    """A device array on the host.  Across processes: a replicated one from this process's copy,
+    a per-row one (one scalar a row) gathered from all processes."""
+    if getattr(a, "is_fully_addressable", True):
+        return np.asarray(a)
+    if a.is_fully_replicated:
+        return np.asarray(a.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _holdout_indices(rows: _Rows) -> np.ndarray:
     """Indices into x_T of the real held-out rows (host ints: the positions are tiny)."""
     layout = rows.layout
-    pos = np.asarray(rows.positions)
+    pos = _host(rows.positions)
     index = np.arange(pos.shape[0])[:, None] * layout.group + pos
     return index[: layout.rows // layout.group].reshape(-1)
 
@@ -337,13 +352,13 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
 
     values, stats, hold_end = _fit_values(passes, rows, mode, target, ridge)
     pbar.update(1)
-    _raise_if_bad(np.all(np.isfinite(np.asarray(values)), axis=1), sigmas, "non-finite coefficients")
+    values = _host(values)
+    _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
     local = _local_errors(stats, values, layout, int(np.prod(x_T.shape[1:])))
 
     make = lambda vals, kept: Coefficients(  # noqa: E731
         vals, plan.sigmas, kept, plan.solver, spec.preset, spec.history, fine_steps, mode, target,
         layout.train_rows, fingerprint, _guidance_scale(denoiser), __version__, plan.fingerprint)
-    values = np.asarray(values)
     kept = np.ones(plan.num_steps, bool)
     medians = rmses = (float("nan"), float("nan"))
     if layout.hold_rows:
@@ -442,7 +457,7 @@ def _local_errors(stats, values, layout: Layout, per_sample: int):
             return nan, nan
         part = jax.tree_util.tree_map(lambda a: a[:, j], stats)
         before, after = jax.vmap(local_mse, in_axes=(0, 0, None))(part, values, n * per_sample)
-        return np.asarray(before), np.asarray(after)
+        return _host(before), _host(after)
 
     (b, a), (hb, ha) = mse(0, layout.train_rows), mse(1, layout.hold_rows)
     return b, a, hb, ha
@@ -459,7 +474,7 @@ def _never_worse(denoiser, plan, make, values, rows: _Rows, reference, pbar):
     each chunk; only their per-sample errors (one scalar a row) come to the host for the median."""
     n = values.shape[0]
     layout = rows.layout
-    real = np.asarray(rows.hold_weights).reshape(-1) > 0
+    real = _host(rows.hold_weights).reshape(-1) > 0
 
     def errors(d, vals, x, c, ref):
         coeffs = make(vals, jnp.ones((n,), bool))
@@ -470,17 +485,17 @@ def _never_worse(denoiser, plan, make, values, rows: _Rows, reference, pbar):
     def err(vals):
         parts = [jitted(vals, rows.hold_x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.hold_cond),
                         reference[c]) for c in range(layout.chunks)]
-        return np.concatenate([np.asarray(p) for p in parts])[real]
+        return np.concatenate([_host(p) for p in parts])[real]
 
     current = np.zeros_like(values)
-    base = err(jnp.asarray(current))
+    base = err(current)
     pbar.update(1)
     best, best_err = np.median(base), base
     kept = np.zeros(n, bool)
     for i in range(n):
         trial = current.copy()
         trial[i] = values[i]
-        e = err(jnp.asarray(trial))
+        e = err(trial)
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
         pbar.update(1)
