@@ -158,7 +158,7 @@ def adaptive_rows(bench: Bench, tolerances) -> list:
 def run_model(model, cfg, log=print) -> tuple[list, dict]:
     """Every row for one model: the NFE x grid table, the IIA variants, the adaptive peer."""
     start = time.perf_counter()
-    bench = setup(model, cfg.eval_batch(model.name), cfg.fit_batch(model.name), cfg.ref_steps)
+    bench = setup(model, cfg.eval_batch(model.name), cfg.fit_batch(model.name), cfg.ref_steps(model.name))
     log(f"[{model.name}] reference ready ({time.perf_counter() - start:.0f} s), its own median error "
         f"{bench.reference_error:.2e}")
     eps = peers.eps_function(model.denoiser)

@@ -33,9 +33,10 @@ def _setup(cfg, results, meta):
         f"- **Grids** (sigma 80 -> 0.002 -> 0): {', '.join(cfg.grids)} (see `iia_jax/bench/grids.py`; "
         "time_uniform and quadratic are in the time of a linear-beta VP schedule, `t_i = T (1 - i/N)^p` with "
         "p = 1, 2, as DDIM; they end at a larger last sigma). Every peer gets the same sigmas.",
-        f"- **Error**: per-sample RMS distance at sigma = 0 to the reference, heun with {cfg.ref_steps} Karras "
-        "steps from the same noise; median over samples (the integration accuracy) and RMSE (dominated by "
-        "the few trajectories that switch modes). The reference's own median error (against heun with half "
+        "- **Error**: per-sample RMS distance at sigma = 0 to the reference, heun with "
+        + ", ".join(f"{m}: {s.ref_steps}" for m, s in cfg.per_model.items())
+        + " Karras steps, from the same noise; median over samples (the integration accuracy) and RMSE "
+        "(dominated by the few trajectories that switch modes). The reference's own median error (against heun with half "
         "the steps): " + ", ".join(f"{m} {e['reference_error']:.1e}" for m, e in extra.items()) + ".",
         "- **Quality** (digits): " + (f"`iia_jax.metrics.quality.digits_score` ({judge}); the fine reference "
                                      f"samples score {fmt(extra['digits']['reference_quality'])}."
@@ -87,6 +88,10 @@ def _accuracy(cfg, results):
                   f"{cfg.variant_grid} grid of (variant median error / defaults median error): below 1 the "
                   "variant is better than the default."]
         lines += [""] + table(["solver", "variant"] + sorted({r.model for r in rows}) + ["all"], var)
+        better = [f"{v[0]} {v[1]} ({v[-1]})" for v in var
+                  if all(c == "—" or float(c) < 1.0 for c in v[2:]) and float(v[-1]) < 0.9]
+        lines += ["", "Variants better than the default by more than 10 % (geometric mean) and on every model: "
+                  + (", ".join(better) if better else "none") + "."]
         det = [[r.model, r.method, r.variant, int(r.nfe), fmt(r.median), fmt(r.rmse), fmt(r.quality), r.kept,
                 f"{r.fit_s:.1f}"] for r in rows if r.family == "IIA" and r.grid == cfg.variant_grid
                and int(r.nfe) in cfg.variant_nfes(r.model)]

@@ -5,6 +5,7 @@ import math
 from collections import defaultdict
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")
@@ -143,7 +144,7 @@ def _envelope(rows, key):
 
 
 def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 2.2, 4.2), squeeze=False)
     handles = {}
     for ax, model in zip(axes[0], models):
         sel = main_rows(rows, model)
@@ -164,21 +165,28 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
                 handles[name] = ax.plot(*zip(*env), marker=marker, markersize=3,
                                         color=cmap(0.35 + 0.6 * j / max(1, len(peer_names) - 1)),
                                         **PEER_STYLE)[0]
+        values = [getattr(r, key) for r in sel if not math.isnan(getattr(r, key))]
         ada = [r for r in rows if r.model == model and r.grid == "adaptive" and not math.isnan(getattr(r, key))]
+        top = 3 * max(values) if values else None
         if ada:
-            handles["diffrax Tsit5 (adaptive)"] = ax.plot([r.nfe for r in ada], [getattr(r, key) for r in ada],
-                                                        "rx", markersize=6)[0]
+            shown = [r for r in ada if top is None or getattr(r, key) <= top]
+            if shown:
+                handles["diffrax Tsit5 (adaptive; off-scale points omitted)"] = ax.plot(
+                    [r.nfe for r in shown], [getattr(r, key) for r in shown], "rx", markersize=6)[0]
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
-        ax.set_xlim(2.5, 40)
+        nfes = sorted({int(r.nfe) for r in sel})
+        ax.set_xticks(nfes + [n for n in (40,) if any(r.nfe > nfes[-1] for r in ada)])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(model)
         ax.set_xlabel("NFE")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=6, fontsize=7)
-    fig.suptitle(f"{ylabel} vs NFE; each curve on its best grid per NFE (dashed grey: peers)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.12, 1, 0.96))
+    fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
+    fig.suptitle(f"{ylabel} vs NFE, best grid per point; peers dashed grey", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

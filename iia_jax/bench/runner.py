@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +31,7 @@ class ModelSettings(NamedTuple):
     fit_batch: int
     iia_solvers: tuple
     variant_nfes: tuple
+    ref_steps: int             # Karras steps of the heun reference
 
 
 class Config(NamedTuple):
@@ -38,7 +41,6 @@ class Config(NamedTuple):
     solvers: tuple             # base rows for every one of these
     variant_solvers: tuple
     variant_grid: str
-    ref_steps: int
     tolerances: tuple
     sections: tuple
     speed_solvers: tuple
@@ -67,14 +69,14 @@ def config(args) -> Config:
     if args.quick:
         # a few minutes of CPU: two grids on the mixtures, Karras on digits, IIA for four solvers
         iia = tuple(s for s in ("euler", "heun", "dpmpp_2m", "unipc") if s in solvers)
-        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, ()),
-               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (5,)),
-               "digits": ModelSettings((5, 10), ("karras",), 48, 48, iia, ())}
+        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (), 512),
+               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (5,), 512),
+               "digits": ModelSettings((5, 10), ("karras",), 48, 48, iia, (), 128)}
     else:
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
-        per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10)),
-               "overlapping": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10)),
-               "digits": ModelSettings(nfes, GRIDS, 128, 128, solvers, (5, 10))}
+        per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10), 1024),
+               "overlapping": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10), 1024),
+               "digits": ModelSettings(nfes, GRIDS, 128, 128, solvers, (5, 10), 256)}
     models = tuple(args.models or MODELS)
     per = {m: per[m] for m in models}
     if args.nfe:
@@ -88,13 +90,13 @@ def config(args) -> Config:
         quick=args.quick, models=models, per_model=per, solvers=solvers,
         variant_solvers=tuple(s for s in (("euler", "heun", "dpmpp_2m") if args.quick else solvers)
                               if s in solvers),
-        variant_grid="karras", ref_steps=64 if args.quick else 256,
-        tolerances=(1.0, 0.1) if args.quick else (1.0, 0.3, 0.1, 0.03, 0.01),
+        variant_grid="karras",
+        tolerances=(0.1, 0.01) if args.quick else (0.3, 0.1, 0.03, 0.01, 0.003),
         sections=tuple(args.sections or SECTIONS),
         speed_solvers=tuple(s for s in (("euler", "heun", "dpmpp_2m") if args.quick else solvers) if s in solvers),
         speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 15,
         fit_batch_time=32 if args.quick else 128,
-        memory_batches=(256, 2048) if args.quick else (256, 1024, 4096, 16384),
+        memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
         out=Path(args.out) if args.out else DOCS)
 
 
@@ -181,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--solvers", nargs="+", help="subset of our solvers")
     ap.add_argument("--batch", type=int, help="evaluation and fit batch (all models)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
+    ap.add_argument("--replot", metavar="JSON", help="rewrite the report from the raw results of an "
+                    "earlier run with the same options (each run saves them, see its last line)")
     args = ap.parse_args(argv)
     cfg = config(args)
     if args.solvers:
@@ -188,10 +192,18 @@ def main(argv=None) -> int:
         unknown = set(args.solvers) - set(SOLVERS)
         if unknown:
             ap.error(f"--solvers: unknown {sorted(unknown)}; known: {sorted(SOLVERS)}")
-    command = "python -m iia_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
-    results = run(cfg, lambda s: print(s, flush=True))
-    results["seconds"] = time.perf_counter() - start
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        command, results = saved["command"], saved["results"]
+        results["rows"] = [accuracy.Row(*r) for r in results["rows"]]
+    else:
+        command = "python -m iia_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        start = time.perf_counter()
+        results = run(cfg, lambda s: print(s, flush=True))
+        results["seconds"] = time.perf_counter() - start
+        raw = Path(tempfile.gettempdir()) / f"iia_jax_bench_{os.getpid()}.json"
+        raw.write_text(json.dumps(dict(command=command, results=results)))
+        print(f"raw results: {raw}", flush=True)
     cfg.out.mkdir(parents=True, exist_ok=True)
     paths = write(results, cfg, command.strip())
     print("wrote " + ", ".join(str(p) for p in paths))
