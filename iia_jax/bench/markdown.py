@@ -114,21 +114,21 @@ def _speed(cfg, results):
     lines = ["## Speed (ratios within this run)", "",
              f"Model: {model}, batch {cfg.speed_batch}, Karras grid, noise `PRNGKey(3..6)`; "
              f"ratios are medians (and interquartile ranges) of {cfg.repeats} interleaved pairs.", ""]
-    lines += table(["solver", "NFE", "iia_sample / sample", "IQR", "sample s", "within 3 %"],
+    lines += table(["solver", "NFE", "iia_sample / sample", "IQR", "sample s", "within 3 %",
+                    "compile sample s", "compile iia_sample s"],
                    [[r["solver"], r["nfe"], f"{r['ratio']:.3f}", f"{r['q25']:.3f}-{r['q75']:.3f}",
-                     f"{r['base_s']:.3f}", "yes" if r["ratio"] <= 1.03 else "**no**"] for r in s["overhead"]])
+                     f"{r['base_s']:.3f}", "yes" if r["ratio"] <= 1.03 else "**no**",
+                     f"{r['compile_sample']:.2f}", f"{r['compile_iia']:.2f}"] for r in s["overhead"]])
     lines += ["", "Python loop stepping a diffusers scheduler around the same jitted `eps` over our jitted "
               "`lax.scan` sampler (same model, NFE and grid):", ""]
     lines += table(["ours", "peer", "NFE", "peer / ours", "IQR", "ours s"],
                    [[r["ours"], r["peer"], r["nfe"], f"{r['ratio']:.2f}", f"{r['q25']:.2f}-{r['q75']:.2f}",
                      f"{r['ours_s']:.3f}"] for r in s["peer"]])
-    lines += ["", "Compile time of one plan (`jax.jit(...).lower(x).compile()`, seconds):", ""]
-    lines += table(["solver", "steps", "NFE", "sample s", "iia_sample s"],
-                   [[r["solver"], r["steps"], r["nfe"], f"{r['sample']:.2f}", f"{r['iia_sample']:.2f}"]
-                    for r in s["compile"]])
-    lines += ["", "Warm time of jitted `sample` (euler) over batch and NFE:", ""]
-    lines += table(["NFE", "batch", "seconds", "µs per sample-evaluation"],
-                   [[r["nfe"], r["batch"], f"{r['seconds']:.4f}", f"{r['per_eval_us']:.1f}"] for r in s["scaling"]])
+    lines += ["", "Jitted `sample` (euler) over batch and NFE: compile time of the plan "
+              "(`jax.jit(...).lower(x).compile()`) and warm wall time (median of 3):", ""]
+    lines += table(["NFE", "batch", "compile s", "seconds", "µs per sample-evaluation"],
+                   [[r["nfe"], r["batch"], f"{r['compile_s']:.2f}", f"{r['seconds']:.4f}",
+                     f"{r['per_eval_us']:.1f}"] for r in s["scaling"]])
     return lines
 
 

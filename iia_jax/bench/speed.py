@@ -5,7 +5,7 @@
   shared machine does not move the way it moves a ratio of two separate medians.
 * Our jitted ``lax.scan`` sampler against a Python loop stepping a `diffusers` scheduler around
   the same jitted network (the peer's per-step cost: torch/numpy transfers and scheduler code).
-* Compile time of one plan (``jit(...).lower(...).compile()``), per solver and per step count.
+* Compile time of one plan (``jit(...).lower(...).compile()``), per solver, batch and NFE.
 * Time over batch size and NFE (base ``sample``), normalised per sample and per evaluation.
 """
 from __future__ import annotations
@@ -44,17 +44,26 @@ def _plan(model, solver, nfe):
     return plan(solver, grid("karras", n, model.sigma_min, model.sigma_max))
 
 
+def _compiled(fn, x):
+    """``(compiled fn, seconds to lower and compile it)``."""
+    t = time.perf_counter()
+    compiled = jax.jit(fn).lower(x).compile()
+    return compiled, time.perf_counter() - t
+
+
 def iia_overhead(model, solvers, nfe: int, batch: int, repeats: int) -> list:
-    """``iia_sample`` / ``sample`` per solver at NFE ``nfe`` (heun: the odd NFE below)."""
+    """``iia_sample`` / ``sample`` per solver at NFE ``nfe`` (heun: the odd NFE below), and the
+    compile time of each."""
     x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(3), (batch,) + model.shape)
     out = []
     for solver in solvers:
         p = _plan(model, solver, nfe)
         coeffs = fit(model.denoiser, p, x[:16], fine_steps=2, holdout=0.0, progress=False).coeffs
-        base = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
-        iia = jax.jit(lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y))
+        base, base_compile = _compiled(lambda y, p=p: sample(model.denoiser, p, y), x)
+        iia, iia_compile = _compiled(lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y), x)
         q50, q25, q75, tb = paired_ratio(base, iia, (x,), (x,), repeats)
-        out.append(dict(solver=solver, nfe=p.nfe, ratio=q50, q25=q25, q75=q75, base_s=tb))
+        out.append(dict(solver=solver, nfe=p.nfe, ratio=q50, q25=q25, q75=q75, base_s=tb,
+                        compile_sample=base_compile, compile_iia=iia_compile))
     return out
 
 
@@ -74,33 +83,15 @@ def peer_loop(model, pairs, nfe: int, batch: int, repeats: int) -> list:
     return out
 
 
-def compile_times(model, solvers, step_counts, batch: int) -> list:
-    """Seconds to lower and compile ``sample`` and ``iia_sample`` for one plan."""
-    x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(5), (batch,) + model.shape)
-    out = []
-    for solver in solvers:
-        for n in step_counts:
-            p = plan(solver, grid("karras", n, model.sigma_min, model.sigma_max))
-            coeffs = fit(model.denoiser, p, x[:8], fine_steps=2, holdout=0.0, progress=False).coeffs
-            row = dict(solver=solver, steps=n, nfe=p.nfe)
-            for name, fn in (("sample", lambda y, p=p: sample(model.denoiser, p, y)),
-                             ("iia_sample", lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y))):
-                t = time.perf_counter()
-                jax.jit(fn).lower(x).compile()
-                row[name] = time.perf_counter() - t
-            out.append(row)
-    return out
-
-
 def scaling(model, solver, batches, nfes, repeats: int) -> list:
-    """Warm wall time of jitted ``sample`` over batch sizes and NFE (median of ``repeats``)."""
+    """Compile time and warm wall time (median of ``repeats``) of ``sample`` over batch and NFE."""
     out = []
     for nfe in nfes:
         p = _plan(model, solver, nfe)
-        fn = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
         for b in batches:
             x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(6), (b,) + model.shape)
-            _timed(fn, x)
+            fn, compile_s = _compiled(lambda y, p=p: sample(model.denoiser, p, y), x)
             t = float(np.median([_timed(fn, x) for _ in range(repeats)]))
-            out.append(dict(solver=solver, nfe=p.nfe, batch=b, seconds=t, per_eval_us=1e6 * t / (b * p.nfe)))
+            out.append(dict(solver=solver, nfe=p.nfe, batch=b, seconds=t, compile_s=compile_s,
+                            per_eval_us=1e6 * t / (b * p.nfe)))
     return out
