@@ -1,4 +1,4 @@
-"""Digits FD vs NFE: base solvers vs IIA on the shipped digits model (issue 4).
+"""Digits quality vs NFE: base solvers vs IIA on the shipped digits model (issues 4 and 9).
 
     python benchmarks/digits.py            # the full table (docs/digits.md)
     python benchmarks/digits.py --quick    # fewer NFE, samples and fit rows; writes to a temp dir
@@ -9,17 +9,18 @@ the solver's default target, history 1, 25 % held out for the never-worse check)
 ``--fit-batch`` noise draws with ``--fine-steps`` sub-steps, then sample base and IIA from fresh
 evaluation noise (``--n`` samples, never used in the fit) and measure
 
-* the digits FD (``iia_jax.metrics.fd``: classifier features, against the 1,497 ``"train"``
-  digits) with a bootstrap standard deviation over the ``--n`` samples, and
+* ``digits_score`` (``iia_jax.metrics.quality``: 1000 x KID of the quantised samples against the
+  600 real reference digits in the features of a judge classifier that never saw them; validated
+  on ladders of known order in ``docs/metrics.md``) with its jackknife standard error, and
 * the median per-sample RMS error (and RMSE) at sigma = 0 against a fine reference: heun with
   ``--ref-steps`` Karras steps from the same noise.
 
-Also reported: the FD of that fine reference (a generous-NFE sampler), at ``--n`` and at n = 300,
-and ``digits_fd_sanity()``: the real-data floor (the 300 held-out ``"test"`` digits), 300
-``"train"`` digits, and noisy/blurred/shuffled ceilings, all at n = 300.  FD is biased upwards
-at small n, so only numbers at equal n compare exactly.
+Also reported: the score of that fine reference (a generous-NFE sampler), of real digits (the 300
+held-out ``"test"`` digits and 300 ``"train_check"`` digits the denoiser was trained on: both
+about 0) and of noisy/blurred test digits (ceilings).  KID is unbiased, so scores at different n
+compare directly.
 
-Writes ``OUT/digits.md`` (tables, command line, timings) and ``OUT/digits_fd_vs_nfe.png``;
+Writes ``OUT/digits.md`` (tables, command line, timings) and ``OUT/digits_score_vs_nfe.png``;
 ``OUT`` is ``docs/`` by default and a fresh temp dir with ``--quick``.  ``--json`` keeps the raw
 numbers; ``--replot`` rewrites both files from them (e.g. with ``--interpretation``).
 """
@@ -44,8 +45,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.metrics import ode_error  # noqa: E402
-from iia_jax.metrics.fd import (digits_features, digits_fd_sanity, digits_reference_stats,  # noqa: E402
-                                frechet_distance, gaussian_stats)
+from iia_jax.metrics.fd import corrupt_blur, corrupt_noise  # noqa: E402
+from iia_jax.metrics.quality import digits_quality, digits_split  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -63,15 +64,17 @@ def run_batched(fn, x, batch: int = 500) -> np.ndarray:
     return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
 
 
-def fd_with_std(images, reps: int, seed: int = 0):
-    """Digits FD of ``images`` and the standard deviation of its bootstrap replicates."""
-    feats = digits_features(images)
-    ref = digits_reference_stats("train")
-    fd = frechet_distance(gaussian_stats(feats), ref)
-    rng = np.random.default_rng(seed)
-    boot = [frechet_distance(gaussian_stats(feats[rng.integers(0, len(feats), len(feats))]), ref)
-            for _ in range(reps)]
-    return fd, float(np.std(boot))
+def score(images) -> tuple[float, float]:
+    """``digits_score`` of ``images`` and its jackknife standard error."""
+    q = digits_quality(images)
+    return q["score"], q["score_se"]
+
+
+def real_points() -> dict:
+    """``(score, se)`` of real digits and of corrupted ones: what to read model scores against."""
+    test = digits_split("test")
+    return {"test": score(test), "train_check": score(digits_split("train_check")),
+            "noise": score(corrupt_noise(test, 0.2)), "blur": score(corrupt_blur(test, 0.5))}
 
 
 def git_revision() -> str:
@@ -102,13 +105,11 @@ def benchmark(args):
     timings["reference"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sanity = digits_fd_sanity()
-    fd_ref, fd_ref_std = fd_with_std(reference, args.boot)
-    fd_ref_300 = fd_with_std(reference[:300], args.boot) if args.n > 300 else (fd_ref, fd_ref_std)
+    real = real_points()
+    ref_score = score(reference)
     timings["sanity"] = time.perf_counter() - t
-    at_300 = f", {fd_ref_300[0]:.2f} +- {fd_ref_300[1]:.2f} (n=300)" if args.n > 300 else ""
-    print(f"FD: fine reference {fd_ref:.2f} +- {fd_ref_std:.2f} (n={args.n}){at_300}; real test digits "
-          f"(floor, n=300) {sanity['floor']:.2f}", flush=True)
+    print(f"score: fine reference {ref_score[0]:.1f} +- {ref_score[1]:.1f} (n={args.n}); real test digits "
+          f"{real['test'][0]:.1f} +- {real['test'][1]:.1f} (n=300)", flush=True)
 
     rows = []
     for solver in args.solvers:
@@ -128,59 +129,58 @@ def benchmark(args):
                    if coeffs is not None else None)
             sample_s = time.perf_counter() - t
             e_base = ode_error(base, reference)
-            fd_base = fd_with_std(base, args.boot)
+            score_base = score(base)
             if iia is not None and np.all(np.isfinite(iia)):
-                e_iia, fd_iia = ode_error(iia, reference), fd_with_std(iia, args.boot)
+                e_iia, score_iia = ode_error(iia, reference), score(iia)
             else:
-                e_iia, fd_iia = ode_error(np.full_like(base, np.nan), reference), (np.nan, np.nan)
+                e_iia, score_iia = ode_error(np.full_like(base, np.nan), reference), (np.nan, np.nan)
             rows.append(dict(solver=solver, nfe=plan.nfe, steps=steps,
-                             fd_base=fd_base[0], fd_base_std=fd_base[1], fd_iia=fd_iia[0],
-                             fd_iia_std=fd_iia[1], median_base=e_base.median, median_iia=e_iia.median,
+                             score_base=score_base[0], score_base_std=score_base[1], score_iia=score_iia[0],
+                             score_iia_std=score_iia[1], median_base=e_base.median, median_iia=e_iia.median,
                              rmse_base=e_base.rmse, rmse_iia=e_iia.rmse,
                              kept=int(np.sum(report.kept)) if report else 0, fit_s=fit_s,
                              sample_s=sample_s, failed=failed))
             r = rows[-1]
-            print(f"{solver:9s} NFE {plan.nfe:3d}  FD base {r['fd_base']:7.2f} IIA {r['fd_iia']:7.2f}   "
+            print(f"{solver:9s} NFE {plan.nfe:3d}  score base {r['score_base']:7.1f} IIA {r['score_iia']:7.1f}   "
                   f"median err base {r['median_base']:.4f} IIA {r['median_iia']:.4f}   kept "
                   f"{r['kept']}/{steps}   fit {fit_s:5.1f}s  sample {sample_s:5.1f}s"
                   + (f"   FIT FAILED: {failed}" if failed else ""), flush=True)
-    return dict(rows=rows, sanity=sanity, fd_ref=fd_ref, revision=args.revision, fd_ref_std=fd_ref_std,
-                fd_ref_300=fd_ref_300[0], fd_ref_300_std=fd_ref_300[1], ref_nfe=ref_plan.nfe,
-                timings=timings)
+    return dict(rows=rows, real=real, score_ref=ref_score[0], score_ref_std=ref_score[1], revision=args.revision,
+                ref_nfe=ref_plan.nfe, timings=timings)
 
 
 # ----------------------------------------------------------------------------- output
 
 def plot(result, args, path):
-    rows, sanity = result["rows"], result["sanity"]
-    fig, (ax_fd, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows, real = result["rows"], result["real"]
+    fig, (ax_q, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
     for solver in args.solvers:
         rs = [r for r in rows if r["solver"] == solver]
         nfe = [r["nfe"] for r in rs]
         c = COLORS.get(solver)
-        ax_fd.errorbar(nfe, [r["fd_base"] for r in rs], [r["fd_base_std"] for r in rs], fmt="--o", ms=4,
+        ax_q.errorbar(nfe, [r["score_base"] for r in rs], [r["score_base_std"] for r in rs], fmt="--o", ms=4,
                        color=c, capsize=2, label=f"{solver} base")
-        ax_fd.errorbar(nfe, [r["fd_iia"] for r in rs], [r["fd_iia_std"] for r in rs], fmt="-s", ms=4,
+        ax_q.errorbar(nfe, [r["score_iia"] for r in rs], [r["score_iia_std"] for r in rs], fmt="-s", ms=4,
                        color=c, capsize=2, label=f"{solver} IIA")
         ax_err.plot(nfe, [r["median_base"] for r in rs], "--o", ms=4, color=c, label=f"{solver} base")
         ax_err.plot(nfe, [r["median_iia"] for r in rs], "-s", ms=4, color=c, label=f"{solver} IIA")
-    ax_fd.axhline(sanity["floor"], color="k", lw=1, label=f"real test digits, n=300 ({sanity['floor']:.1f})")
-    ax_fd.axhline(result["fd_ref"], color="0.5", lw=1, ls=":",
-                  label=f"heun NFE {result['ref_nfe']}, n={args.n} ({result['fd_ref']:.1f})")
-    for ax in (ax_fd, ax_err):
+    ax_q.axhline(real["test"][0], color="k", lw=1, label=f"real held-out digits, n=300 ({real['test'][0]:.1f})")
+    ax_q.axhline(result["score_ref"], color="0.5", lw=1, ls=":",
+                  label=f"heun NFE {result['ref_nfe']}, n={args.n} ({result['score_ref']:.1f})")
+    for ax in (ax_q, ax_err):
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["nfe"] for r in rows}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.minorticks_off()
         ax.set_xlabel("NFE")
         ax.grid(alpha=0.3)
-    ax_fd.set_yscale("log")
-    ax_fd.set_ylabel(f"digits FD (n={args.n}; bars: bootstrap std)")
-    ax_fd.set_title("sample quality")
+    ax_q.set_yscale("symlog", linthresh=10)
+    ax_q.set_ylabel(f"digits_score = 1000 KID (n={args.n}; bars: jackknife se)")
+    ax_q.set_title("sample quality")
     ax_err.set_yscale("log")
     ax_err.set_ylabel(f"median per-sample RMS error vs heun NFE {result['ref_nfe']}")
     ax_err.set_title("ODE error")
-    ax_fd.legend(fontsize=7, ncol=2)
+    ax_q.legend(fontsize=7, ncol=2)
     fig.suptitle("shipped digits model, Karras grid: base (dashed) vs IIA (solid)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -188,9 +188,9 @@ def plot(result, args, path):
 
 
 def markdown(result, args, command, total_s):
-    rows, s = result["rows"], result["sanity"]
+    rows, real = result["rows"], result["real"]
     lines = [
-        "# Digits: FD and ODE error vs NFE, base solvers vs IIA",
+        "# Digits: sample quality and ODE error vs NFE, base solvers vs IIA",
         "",
         f"Produced by `{command}` at commit `{result.get('revision', 'unknown')}` "
         f"({total_s / 60:.1f} min on {args.cpu_note}; jax {jax.__version__}, {platform.machine()}).",
@@ -201,39 +201,37 @@ def markdown(result, args, command, total_s):
         f"25 % held out), fit batch {args.fit_batch}, fine_steps {args.fine_steps}. Evaluation: "
         f"{args.n} fresh noise draws (not used in the fit), the same for every row. ODE error: median "
         f"per-sample RMS (and RMSE) at sigma = 0 against heun with {args.ref_steps} Karras steps "
-        f"(NFE {result['ref_nfe']}) from the same noise. FD: digits FD against the 1,497 train digits, "
-        f"at n = {args.n}, +- the standard deviation of {args.boot} bootstrap replicates of the {args.n} "
-        "samples. heun has NFE 2N - 1.",
+        f"(NFE {result['ref_nfe']}) from the same noise. Score: `iia_jax.metrics.digits_score` (1000 x "
+        "KID of the quantised samples against 600 real reference digits in the features of a judge "
+        "classifier that never saw them; validated in [metrics.md](metrics.md)), lower is better, real "
+        f"digits score about 0; +- its jackknife standard error, n = {args.n}. heun has NFE 2N - 1.",
         "",
-        "## Reference points (digits FD)",
+        "## Reference points (digits_score)",
         "",
-        "| what | n | FD |",
+        "| what | n | score |",
         "| --- | ---: | ---: |",
-        f"| fine reference: heun NFE {result['ref_nfe']} | {args.n} | {result['fd_ref']:.2f} +- "
-        f"{result['fd_ref_std']:.2f} |",
-    ] + ([
-        f"| fine reference: heun NFE {result['ref_nfe']}, first 300 | 300 | {result['fd_ref_300']:.2f} +- "
-        f"{result['fd_ref_300_std']:.2f} |"] if args.n > 300 else []) + [
-        f"| **real held-out test digits (floor)** | 300 | {s['floor']:.2f} |",
-        f"| real train digits (classifier saw them; mean of 3 draws) | 300 | {s['train_subset']:.2f} |",
-        f"| test digits + N(0, 1) pixel noise (ceiling) | 300 | {s['noise']:.2f} |",
-        f"| test digits, Gaussian blur 1 px (ceiling) | 300 | {s['blur']:.2f} |",
-        f"| test digits, pixels shuffled (ceiling) | 300 | {s['shuffled']:.2f} |",
+        f"| fine reference: heun NFE {result['ref_nfe']} | {args.n} | {result['score_ref']:.1f} +- "
+        f"{result['score_ref_std']:.1f} |",
+        f"| **real held-out test digits** | 300 | {real['test'][0]:.1f} +- {real['test'][1]:.1f} |",
+        f"| real train digits the denoiser saw (`train_check`) | 300 | {real['train_check'][0]:.1f} +- "
+        f"{real['train_check'][1]:.1f} |",
+        f"| test digits + N(0, 0.2^2) pixel noise | 300 | {real['noise'][0]:.1f} +- {real['noise'][1]:.1f} |",
+        f"| test digits, Gaussian blur 0.5 px | 300 | {real['blur'][0]:.1f} +- {real['blur'][1]:.1f} |",
         "",
         "## Base vs IIA",
         "",
-        "| solver | NFE | FD base | FD IIA | median err base | median err IIA | gain | RMSE base | "
+        "| solver | NFE | score base | score IIA | median err base | median err IIA | gain | RMSE base | "
         "RMSE IIA | IIA steps kept | fit s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         gain = r["median_base"] / r["median_iia"] if r["median_iia"] > 0 else float("nan")
         lines.append(
-            f"| {r['solver']} | {r['nfe']} | {r['fd_base']:.2f} +- {r['fd_base_std']:.2f} | "
-            f"{r['fd_iia']:.2f} +- {r['fd_iia_std']:.2f} | {r['median_base']:.4f} | {r['median_iia']:.4f} | "
+            f"| {r['solver']} | {r['nfe']} | {r['score_base']:.1f} +- {r['score_base_std']:.1f} | "
+            f"{r['score_iia']:.1f} +- {r['score_iia_std']:.1f} | {r['median_base']:.4f} | {r['median_iia']:.4f} | "
             f"{gain:.1f}x | {r['rmse_base']:.4f} | {r['rmse_iia']:.4f} | {r['kept']}/{r['steps']} | "
             f"{r['fit_s']:.0f} |" + (f" fit failed: {r['failed']}" if r["failed"] else ""))
-    lines += ["", "![FD and ODE error vs NFE](digits_fd_vs_nfe.png)", ""]
+    lines += ["", "![digits_score and ODE error vs NFE](digits_score_vs_nfe.png)", ""]
     if args.interpretation:
         lines += ["## Reading the numbers", "", Path(args.interpretation).read_text().strip(), ""]
     return "\n".join(lines) + "\n"
@@ -249,9 +247,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=None, help="evaluation samples (default 1000)")
     ap.add_argument("--fit-batch", type=int, default=None, help="default 256")
     ap.add_argument("--fine-steps", type=int, default=8)
-    ap.add_argument("--ref-steps", type=int, default=None, help="heun Karras steps of the reference "
-                    "(default 128)")
-    ap.add_argument("--boot", type=int, default=50, help="bootstrap replicates for the FD std")
+    ap.add_argument("--ref-steps", type=int, default=64, help="heun Karras steps of the reference")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default docs/ (a temp dir with --quick)")
     ap.add_argument("--json", type=Path, default=None, help="also save the raw results here")
@@ -272,7 +268,6 @@ def main(argv=None):
         args.nfe = args.nfe or ([5, 9, 15] if quick else [5, 9, 15, 25])
         args.n = args.n or (300 if quick else 1000)
         args.fit_batch = args.fit_batch or (128 if quick else 256)
-        args.ref_steps = args.ref_steps or (64 if quick else 128)
         out = args.out or (Path(tempfile.mkdtemp(prefix="iia-digits-")) if quick else DOCS)
         command = " ".join(["python", "benchmarks/digits.py"] + (sys.argv[1:] if argv is None else list(argv)))
         args.revision = git_revision()
@@ -284,10 +279,10 @@ def main(argv=None):
             args.json.write_text(json.dumps(dict(result=result, args=saved_args, total_s=total,
                                                  command=command), indent=2, default=float))
     out.mkdir(parents=True, exist_ok=True)
-    plot(result, args, out / "digits_fd_vs_nfe.png")
+    plot(result, args, out / "digits_score_vs_nfe.png")
     (out / "digits.md").write_text(markdown(result, args, command, total))
     print(f"\ntotal {total:.0f} s (reference {result['timings']['reference']:.0f} s); wrote "
-          f"{out / 'digits.md'} and {out / 'digits_fd_vs_nfe.png'}")
+          f"{out / 'digits.md'} and {out / 'digits_score_vs_nfe.png'}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 For heun, euler and dpmpp_2m at the same low NFE: fit IIA coefficients (saved with orbax under
 ``OUT/coeffs``), sample base and IIA from the same fresh noise, and compare both with a fine
-reference (heun, 64 Karras steps, same noise) by median ODE error and the digits FD.  Writes
+reference (heun, 64 Karras steps, same noise) by median ODE error and ``digits_score`` (1000 x KID
+against real digits in the features of a judge classifier that never saw them, validated on ladders
+of known order in ``docs/metrics.md``; lower is better, real held-out digits score about 0), with
+its jackknife error and the paired error of the IIA - base difference.  Writes
 ``OUT/results.json``, ``OUT/samples_grid.png`` (fine reference | base | IIA) and
 ``OUT/coefficients.png``.  The demo owns ``OUT`` and replaces its own earlier results there.
 """
@@ -17,7 +20,7 @@ import numpy as np
 import iia_jax
 from . import pretrained, schedules
 from .metrics import ode_error
-from .metrics.fd import digits_fd, digits_fd_sanity
+from .metrics.quality import digits_quality, digits_split, score_difference
 from .plots import coefficient_plot, sample_grid
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -40,7 +43,6 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 256, fine_steps
     ref_plan = iia_jax.plan("heun", schedules.karras(REFERENCE_STEPS, SIGMA_MIN, SIGMA_MAX))
     print(f"fine reference: heun, {REFERENCE_STEPS} Karras steps (NFE {ref_plan.nfe}), {n} samples ...", flush=True)
     reference = _run(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval)
-    sanity = digits_fd_sanity()
     rows, grids, coeffs = [], {}, {}
     for solver in ("heun", "euler", "dpmpp_2m"):
         steps = (nfe + 1) // 2 if solver == "heun" else nfe
@@ -52,30 +54,36 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 256, fine_steps
         base = _run(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
         iia = _run(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval)
         e_base, e_iia = ode_error(base, reference), ode_error(iia, reference)
+        q_base, q_iia = digits_quality(base, boot=2), digits_quality(iia, boot=2)
+        diff, diff_se = score_difference(iia, base, paired=True)
         rows.append(dict(solver=solver, nfe=plan.nfe, median_base=e_base.median, median_iia=e_iia.median,
-                         rmse_base=e_base.rmse, rmse_iia=e_iia.rmse, fd_base=digits_fd(base),
-                         fd_iia=digits_fd(iia), fit_seconds=res.report.fit_seconds,
+                         rmse_base=e_base.rmse, rmse_iia=e_iia.rmse, score_base=q_base["score"],
+                         score_base_se=q_base["score_se"], score_iia=q_iia["score"], score_iia_se=q_iia["score_se"],
+                         score_diff=diff, score_diff_se=diff_se, fit_seconds=res.report.fit_seconds,
                          kept=int(res.report.kept.sum()), steps=steps))
         grids[f"{solver} NFE {plan.nfe}"] = {"fine reference": reference[:36], "base": base[:36],
                                              "IIA": iia[:36]}
         coeffs[f"{solver} NFE {plan.nfe}"] = res.coeffs
-    fd_ref = digits_fd(reference)
+    q_ref, q_real = digits_quality(reference, boot=2), digits_quality(digits_split("test"), boot=2)
 
-    header = (f"{'solver':9s} {'NFE':>4s} {'median ODE err base':>20s} {'IIA':>8s} {'gain':>6s} "
-              f"{'FD base':>8s} {'FD IIA':>8s} {'fit s':>6s} {'kept':>5s}")
+    header = (f"{'solver':9s} {'NFE':>4s} {'median ODE err base':>20s} {'IIA':>7s} {'gain':>6s} "
+              f"{'score base':>12s} {'score IIA':>12s} {'IIA - base':>13s} {'fit s':>6s} {'kept':>5s}")
     print("\n" + header + "\n" + "-" * len(header))
+    pm = lambda v, e: f"{v:.0f} +- {e:.0f}"  # noqa: E731
     for r in rows:
-        print(f"{r['solver']:9s} {r['nfe']:4d} {r['median_base']:20.4f} {r['median_iia']:8.4f} "
-              f"{r['median_base'] / r['median_iia']:5.1f}x {r['fd_base']:8.2f} {r['fd_iia']:8.2f} "
+        print(f"{r['solver']:9s} {r['nfe']:4d} {r['median_base']:20.4f} {r['median_iia']:7.4f} "
+              f"{r['median_base'] / r['median_iia']:5.1f}x {pm(r['score_base'], r['score_base_se']):>12s} "
+              f"{pm(r['score_iia'], r['score_iia_se']):>12s} {pm(r['score_diff'], r['score_diff_se']):>13s} "
               f"{r['fit_seconds']:6.1f} {r['kept']:>2d}/{r['steps']:<2d}")
-    print(f"\nFD of the fine reference (NFE {ref_plan.nfe}): {fd_ref:.2f};  real held-out digits "
-          f"(floor, n=300): {sanity['floor']:.2f};  noisy digits (ceiling): {sanity['noise']:.2f}")
-    print(f"(FD uses {n} samples; it is biased upward for small n)")
+    print(f"\nscore = digits_score, 1000 x KID vs real digits (lower is better; n={n}; +- jackknife se, the "
+          f"IIA - base column paired).\nfine reference (NFE {ref_plan.nfe}): {pm(q_ref['score'], q_ref['score_se'])};"
+          f"  real held-out digits (n=300): {pm(q_real['score'], q_real['score_se'])}")
 
     sample_grid(grids, out / "samples_grid.png", title=f"digits: fine reference | base | IIA at NFE ~{nfe}", cols=6)
     coefficient_plot(coeffs, out / "coefficients.png")
     (out / "results.json").write_text(json.dumps(
-        dict(rows=rows, fd_reference=fd_ref, fd_floor=sanity["floor"], fd_noise_ceiling=sanity["noise"],
+        dict(rows=rows, score_reference=q_ref["score"], score_reference_se=q_ref["score_se"],
+             score_real_test=q_real["score"], score_real_test_se=q_real["score_se"],
              n=n, fit_batch=batch, fine_steps=fine_steps, seed=seed), indent=2))
     print(f"wrote {out / 'results.json'}, {out / 'samples_grid.png'}, {out / 'coefficients.png'}, "
           f"coefficients under {out / 'coeffs'}")

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iia_jax.metrics.fd import (GaussianStats, corrupt_blur, corrupt_noise, digits_fd, digits_fd_sanity,
-                                fd_from_features, frechet_distance, gaussian_stats)
+from iia_jax.metrics.fd import (GaussianStats, apply_in_batches, corrupt_blur, corrupt_noise, digits_fd,
+                                digits_fd_sanity, fd_from_features, frechet_distance, gaussian_stats)
 
 
 def _random_cov(rng, d, rank=None):
@@ -92,3 +92,16 @@ def test_digits_fd_sanity_floor_below_ceilings():
     assert 0.0 < report["train_subset"] < report["floor"]  # the classifier saw the train digits
     with pytest.raises(ValueError, match=r"\[N, 8, 8, 1\]"):
         digits_fd(np.zeros((10, 16, 16, 1), np.float32))
+
+
+def test_apply_in_batches_pads_only_internally():
+    x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    shapes = []
+
+    def fn(b):
+        shapes.append(b.shape)
+        return 2.0 * b.sum(1)
+
+    np.testing.assert_array_equal(apply_in_batches(fn, x, batch_size=3), 2.0 * x.sum(1))
+    assert set(shapes) == {(3, 3)}  # one compiled shape: the short last batch was padded
+    np.testing.assert_array_equal(apply_in_batches(fn, x[:2], batch_size=3), 2.0 * x[:2].sum(1))

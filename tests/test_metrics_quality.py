@@ -65,6 +65,17 @@ def test_mmd_matches_brute_force_and_jackknife_matches_explicit_deletion():
         assert se == pytest.approx(np.sqrt(var), rel=1e-8)
 
 
+def test_score_difference_is_the_difference_with_a_paired_error():
+    test = q.digits_split("test")
+    blurred = corrupt_blur(test, 0.5)
+    diff, se_paired = q.score_difference(blurred, test, paired=True)
+    assert diff == pytest.approx(q.digits_score(blurred) - q.digits_score(test), rel=1e-9)
+    assert 0 < se_paired < q.score_difference(blurred, test)[1]
+    assert diff > 3 * se_paired
+    with pytest.raises(ValueError, match="equal size"):
+        q.score_difference(test[:100], test, paired=True)
+
+
 @pytest.mark.parametrize("shift", [0.0, 0.4])
 def test_kid_unbiased_and_its_standard_error_calibrated(shift):
     # Monte Carlo over independent draws: the mean estimate is the population MMD^2 (0 for equal

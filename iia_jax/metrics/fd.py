@@ -1,4 +1,12 @@
-"""Fréchet distance between Gaussians fitted to features; the digits FD.
+"""Fréchet distance between Gaussians fitted to features; the old digits FD.
+
+**Not the headline any more.** The digits FD below (shipped-classifier features, samples clipped
+but not quantised, the classifier's own training digits as reference) ranks samplers wrongly: it
+scores over-contrasted samples better than the exact ODE solution and the fine reference far
+below real held-out digits, and it fails the contrast and real-vs-real ladders of
+``docs/metrics.md``. Use :func:`iia_jax.metrics.digits_score` (:mod:`iia_jax.metrics.quality`);
+the functions here stay for the Fréchet distance itself (used there on judge features) and for
+the comparison in ``benchmarks/metric_ladders.py``.
 
 For feature sets with means ``mu_1, mu_2`` and covariances ``S_1, S_2`` (FID, Heusel
 et al. 2017):

@@ -32,11 +32,15 @@ reference):
               - 2 sum_{i, j} k(x_i, y_j) / (n m)
 
   has expectation exactly ``MMD^2`` (0 for equal distributions, so it can be negative), and no
-  bias at small ``n``. Its standard error is the two-sample jackknife's (closed form from the
-  kernel row sums, :func:`_jackknife_var`): it follows the ``1/n`` variance of the estimate when
+  bias at small ``n``. Its standard error is the two-sample jackknife's (delete one ``x``, then
+  one ``y``; closed form from the kernel row sums, :func:`_leave_one_out`): it follows the ``1/n`` variance of the estimate when
   the distributions differ and the ``1/n^2`` one when they are equal, which block estimates
   overstate. Judge features are divided by their RMS over the reference digits (one fixed
   scalar) so that ``a.b / F`` is of order 1, as with Inception features.
+  Comparing two sample sets against the same reference, most of that error is shared:
+  :func:`score_difference` takes the jackknife of the *difference* (deleting one reference digit
+  from both terms, and with ``paired=True`` sample ``i`` of both sets, e.g. two samplers started
+  from the same noise), which is far tighter than the two error bars combined.
 - :func:`rbf_kernel` ``k(a, b) = exp(-|a - b|^2 / (2 h^2))`` in pixel space, the model-free
   check; ``h`` is fixed by the median heuristic (Gretton et al. 2012) on the reference set:
   ``h = median_{i < j} |y_i - y_j|`` (:func:`median_bandwidth`), so it does not move with the samples.
@@ -79,6 +83,7 @@ __all__ = [
     "bootstrap_std",
     "digits_quality",
     "digits_score",
+    "score_difference",
 ]
 
 DIGITS_LEVELS = 16  # grey levels k = 0..16 of the sklearn digits, x = k / 8 - 1
@@ -188,20 +193,24 @@ def mmd2_unbiased(kxx, kyy, kxy) -> float:
     return _off_diagonal_mean(kxx) + _off_diagonal_mean(kyy) - 2.0 * float(np.mean(kxy))
 
 
-def _jackknife_var(kxx, kyy, kxy) -> float:
-    """Two-sample jackknife variance of :func:`mmd2_unbiased` (delete one ``x``, then one ``y``).
+def _leave_one_out(kxx, kyy, kxy):
+    """Leave-one-out values of :func:`mmd2_unbiased`: ``theta_x [n]`` (row ``i`` of ``x`` deleted)
+    and ``theta_y [m]``.
 
-    Deleting row ``i`` of ``x`` removes its off-diagonal row sum ``r_i`` twice from the ``xx``
-    sum and its row ``c_i`` from the ``xy`` sum, so every leave-one-out estimate is closed form;
-    ``var = (n-1)/n sum_i (theta_(i) - mean)^2`` plus the same over ``y``.
+    Deleting row ``i`` of ``x`` removes its off-diagonal row sum ``r_i`` twice from the ``xx`` sum
+    and its row sum ``c_i`` from the ``xy`` sum, so every deletion is closed form.
     """
     n, m = kxy.shape
     sxx, syy, sxy = kxx.sum() - np.trace(kxx), kyy.sum() - np.trace(kyy), kxy.sum()
     rx, ry = kxx.sum(1) - np.diag(kxx), kyy.sum(1) - np.diag(kyy)
     theta_x = (sxx - 2 * rx) / ((n - 1) * (n - 2)) + syy / (m * (m - 1)) - 2 * (sxy - kxy.sum(1)) / ((n - 1) * m)
     theta_y = sxx / (n * (n - 1)) + (syy - 2 * ry) / ((m - 1) * (m - 2)) - 2 * (sxy - kxy.sum(0)) / (n * (m - 1))
-    return float((n - 1) / n * np.sum((theta_x - theta_x.mean()) ** 2)
-                 + (m - 1) / m * np.sum((theta_y - theta_y.mean()) ** 2))
+    return theta_x, theta_y
+
+
+def _jackknife(*thetas) -> float:
+    """Jackknife variance ``sum over groups of (k-1)/k sum_i (theta_(i) - mean)^2``."""
+    return float(sum((len(t) - 1) / len(t) * np.sum((t - t.mean()) ** 2) for t in thetas))
 
 
 def _mmd2_with_se(kernel: Callable, x, y) -> tuple[float, float]:
@@ -212,7 +221,7 @@ def _mmd2_with_se(kernel: Callable, x, y) -> tuple[float, float]:
     if min(len(x), len(y)) < 3:
         raise ValueError(f"MMD needs at least 3 rows in each set; got {len(x)} and {len(y)}")
     kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-    return mmd2_unbiased(kxx, kyy, kxy), float(np.sqrt(_jackknife_var(kxx, kyy, kxy)))
+    return mmd2_unbiased(kxx, kyy, kxy), float(np.sqrt(_jackknife(*_leave_one_out(kxx, kyy, kxy))))
 
 
 def kid(x, y) -> tuple[float, float]:
@@ -340,3 +349,23 @@ def digits_score(samples) -> float:
     error that :func:`digits_quality` reports as ``score_se``). Deterministic.
     """
     return SCORE_SCALE * kid(judge_features(_images(samples, "samples", 3)), _reference()[1])[0]
+
+
+def score_difference(samples_a, samples_b, paired: bool = False) -> tuple[float, float]:
+    """``(digits_score(a) - digits_score(b), se)`` with the jackknife of the difference (module doc).
+
+    ``paired=True`` when row ``i`` of both sets comes from the same noise draw (equal ``N``): the
+    jackknife then deletes row ``i`` from both at once. Negative: ``a`` is better.
+    """
+    fa, fb = judge_features(_images(samples_a, "samples_a", 3)), judge_features(_images(samples_b, "samples_b", 3))
+    if paired and len(fa) != len(fb):
+        raise ValueError(f"paired=True needs sets of equal size; got {len(fa)} and {len(fb)}")
+    fy = _reference()[1]
+    kyy = polynomial_kernel(fy, fy)
+    parts = []
+    for f in (fa, fb):
+        kxx, kxy = polynomial_kernel(f, f), polynomial_kernel(f, fy)
+        parts.append((mmd2_unbiased(kxx, kyy, kxy), *_leave_one_out(kxx, kyy, kxy)))
+    (va, xa, ya), (vb, xb, yb) = parts
+    var = _jackknife(xa - xb, ya - yb) if paired else _jackknife(xa, xb, ya - yb)
+    return SCORE_SCALE * (va - vb), SCORE_SCALE * float(np.sqrt(var))
