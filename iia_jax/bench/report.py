@@ -134,6 +134,12 @@ def grid_verdict(rows, grids):
 PEER_STYLE = dict(linestyle="--", linewidth=1.0, alpha=0.8)
 
 
+def _color(solver):
+    """One colour per solver of ours, the same in every panel."""
+    from ..solvers import SOLVERS
+    return f"C{list(SOLVERS).index(solver) % 10}"
+
+
 def _envelope(rows, key):
     """min over grids per NFE: sorted (nfe, value) pairs."""
     per = defaultdict(list)
@@ -144,7 +150,7 @@ def _envelope(rows, key):
 
 
 def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 2.2, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 3.0, 4.2), squeeze=False)
     handles = {}
     for ax, model in zip(axes[0], models):
         sel = main_rows(rows, model)
@@ -152,10 +158,10 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
         env = _envelope(ours, key)
         if env:
             handles["ours base (best solver and grid)"] = ax.plot(*zip(*env), "k:", marker=".")[0]
-        for i, solver in enumerate(dict.fromkeys(r.method for r in sel if r.family == "IIA")):
+        for solver in dict.fromkeys(r.method for r in sel if r.family == "IIA"):
             env = _envelope([r for r in sel if r.family == "IIA" and r.method == solver], key)
             if env:
-                handles[f"{solver} + IIA"] = ax.plot(*zip(*env), "-o", color=f"C{i}", markersize=3)[0]
+                handles[f"{solver} + IIA"] = ax.plot(*zip(*env), "-o", color=_color(solver), markersize=3)[0]
         peer_names = list(dict.fromkeys(r.method for r in sel if is_peer(r)))
         cmap = plt.get_cmap("Greys")
         for j, name in enumerate(peer_names):
@@ -186,7 +192,7 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
     axes[0][0].set_ylabel(ylabel)
     fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
     fig.suptitle(f"{ylabel} vs NFE, best grid per point; peers dashed grey", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 0.95))
+    fig.tight_layout(rect=(0, 0, 1 - 3.0 / fig.get_figwidth(), 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
