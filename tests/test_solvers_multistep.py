@@ -182,15 +182,17 @@ def test_convergence_order(order_problem, name):
 # ----------------------------------------------------------------------------- IIA on top
 
 NEVER_WORSE = 1 / 1.05   # fresh noise: allow 5 % slack, as tests/test_iia.py does
-LOW_NFE = [("dpmpp_3m", None, 2.0), ("unipc", None, 3.0), ("dpmpp_3m", "generic", NEVER_WORSE),
+LOW_NFE = [("dpmpp_3m", None, 1.25), ("unipc", None, 3.0), ("dpmpp_3m", "generic", NEVER_WORSE),
            ("unipc", "generic", NEVER_WORSE)]
 
 
 @pytest.mark.parametrize("solver, preset, factor", LOW_NFE)
 def test_iia_lowers_error(solver, preset, factor):
     """N = 8 Karras steps (NFE 8) on the 4-D mixture of tests/test_iia.py: the default preset
-    lowers the median error by the asserted factor (about half the measured one); ``generic``
-    (x_i and D_i, D_{i-1}: it does not span the base step) is asserted never worse."""
+    lowers the median error by the asserted factor; ``generic`` (x_i, D_i and D_{i-1}: it does not
+    span the base step) is asserted never worse.  Measured (fresh noise): dpmpp_3m 0.312 -> 0.199
+    (1.6x; the never-worse check keeps 1 of 8 steps), unipc 0.287 -> 0.047 (6.2x); generic
+    dpmpp_3m 0.148 (2.1x), unipc 0.028 (10.3x)."""
     n = 8
     kwargs = {} if preset is None else dict(preset=preset)
     result = fitted("4d-wide", solver, n, **kwargs)
@@ -202,3 +204,15 @@ def test_iia_lowers_error(solver, preset, factor):
     print(f"{solver} {preset or DEFAULT_PRESET[solver]} N={n}: median {base:.4g} -> {iia:.4g} "
           f"({base / iia:.1f}x), kept {result.report.kept.sum()}/{n}")
     assert iia * factor <= base, (base, iia)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["dpmpp_3m", "unipc"])
+def test_iia_never_meaningfully_worse_at_higher_nfe(solver):
+    """N = 16 (NFE 16), default preset: fresh-noise error within 5 % of the base, or lower
+    (measured: dpmpp_3m 0.0309 -> 0.0215, unipc 0.0156 -> 0.0127)."""
+    n = 16
+    result = fitted("4d-wide", solver, n)
+    base, iia = base_error("4d-wide", solver, n), iia_error("4d-wide", solver, n, result.coeffs)
+    print(f"{solver} N={n}: median {base:.4g} -> {iia:.4g} ({base / iia:.1f}x)")
+    assert iia * NEVER_WORSE <= base, (base, iia)
