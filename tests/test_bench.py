@@ -2,8 +2,9 @@
 
 * A diffusers DDIM scheduler stepping an exact mixture through :mod:`iia_jax.bench.peers` is the
   Euler step in sigma-space (DESIGN.md §2), so it must equal our ``euler`` on the same grid.
-* diffusers' Euler (sigma-space, ``scale_model_input``) must equal it too, and DPM-Solver++ 2M
-  must equal our ``dpmpp_2m`` (the same algorithm, Lu et al. 2022).
+* diffusers' Euler (sigma-space, ``scale_model_input``) must equal it too; DPM-Solver++ 2M, UniPC
+  and Heun must equal our ``dpmpp_2m`` (Lu et al. 2022), ``unipc`` (Zhao et al. 2023) and ``heun``
+  (Karras et al. 2022, Euler on the last step), the same algorithms.
 * diffrax Euler and Heun on ``dx/dsigma = (x - D)/sigma`` must equal our euler and heun (EDM's
   Heun ends with an Euler step, as the diffrax peer does), with the NFE each claims, counted here
   by a callback on every model call.
@@ -32,7 +33,8 @@ def setup():
     return m, x_T, peers.eps_function(m.denoiser)
 
 
-@pytest.mark.parametrize("peer,solver", [("DDIM", "euler"), ("Euler", "euler"), ("DPM++2M", "dpmpp_2m")])
+@pytest.mark.parametrize("peer,solver", [("DDIM", "euler"), ("Euler", "euler"), ("DPM++2M", "dpmpp_2m"),
+                                         ("UniPC", "unipc"), ("Heun", "heun")])
 @pytest.mark.parametrize("grid", ["karras", "quadratic"])
 def test_diffusers_peer_equals_our_solver(setup, peer, solver, grid):
     m, x_T, eps = setup
@@ -40,8 +42,9 @@ def test_diffusers_peer_equals_our_solver(setup, peer, solver, grid):
     p = peers.DIFFUSERS_BY_NAME[peer]
     np.testing.assert_allclose(peers.peer_grid(p, sigmas), sigmas, rtol=1e-6)  # the peer steps on our grid
     theirs, nfe = peers.run_diffusers(p, eps, sigmas, x_T)
-    ours = iia_jax.sample(m.denoiser, iia_jax.plan(solver, sigmas), jnp.asarray(x_T))
-    assert nfe == 6
+    plan = iia_jax.plan(solver, sigmas)
+    ours = iia_jax.sample(m.denoiser, plan, jnp.asarray(x_T))
+    assert nfe == plan.nfe
     np.testing.assert_allclose(theirs, np.asarray(ours), rtol=TOL, atol=TOL)
 
 
@@ -79,10 +82,11 @@ def test_diffrax_nfe_claims_match_counted_calls(setup):
 
 def test_miniature_bench_writes_table_and_plot(tmp_path):
     assert main(["--quick", "--out", str(tmp_path), "--models", "separated", "--nfe", "4", "6", "--grids",
-                 "karras", "--solvers", "euler", "--batch", "16", "--sections", "accuracy"]) == 0
+                 "karras", "--solvers", "euler", "--peers", "DDIM", "diffrax Euler", "--batch", "16",
+                 "--sections", "accuracy"]) == 0
     text = (tmp_path / "benchmarks.md").read_text()
     assert (tmp_path / "bench_error_vs_nfe.png").stat().st_size > 10_000
-    for needle in ("## Goals", "euler + IIA", "DPM++2M", "diffrax Heun", "diffrax Tsit5", "Machine", "Versions",
+    for needle in ("## Goals", "euler + IIA", "| DDIM |", "| diffrax Euler |", "Machine", "Versions",
                    "PRNGKey(1)"):
         assert needle in text, needle
     # every table row of the error table has a value at both NFE

@@ -119,10 +119,10 @@ def ours(bench: Bench, solver: str, grid_name: str, nfe: int, iia_variants=((DEF
     return rows
 
 
-def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int) -> list:
+def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int, names) -> list:
     m, rows = bench.model, []
     x_T = np.asarray(bench.x_eval)
-    for peer in peers.DIFFUSERS_PEERS:
+    for peer in (p for p in peers.DIFFUSERS_PEERS if p.name in names):
         n = steps_for(nfe, 2 if peer.name == "Heun" else 1)
         if n is None:
             continue
@@ -133,9 +133,11 @@ def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int) -> list:
     return rows
 
 
-def diffrax_rows(bench: Bench, grid_name: str, nfe: int) -> list:
+def diffrax_rows(bench: Bench, grid_name: str, nfe: int, names) -> list:
     m, rows = bench.model, []
     for name, (_, per_step, first) in peers.DIFFRAX_FIXED.items():
+        if name not in names:
+            continue
         n = steps_for(nfe - first, per_step)
         if n is None:
             continue
@@ -168,8 +170,8 @@ def run_model(model, cfg, log=print) -> tuple[list, dict]:
             for solver in cfg.solvers:
                 rows += ours(bench, solver, grid_name, nfe,
                              ((DEFAULTS, {}),) if solver in cfg.iia_solvers(model.name) else ())
-            rows += diffusers_rows(bench, eps, grid_name, nfe)
-            rows += diffrax_rows(bench, grid_name, nfe)
+            rows += diffusers_rows(bench, eps, grid_name, nfe, cfg.peers)
+            rows += diffrax_rows(bench, grid_name, nfe, cfg.peers)
             best = min((r for r in rows if r.nfe == nfe and r.grid == grid_name), key=lambda r: r.median)
             log(f"[{model.name}] {grid_name:12s} NFE {nfe:2d}: best {best.family} {best.method} "
                 f"{best.variant} median {best.median:.3e} ({time.perf_counter() - start:.0f} s)")
@@ -178,7 +180,8 @@ def run_model(model, cfg, log=print) -> tuple[list, dict]:
             rows += [r for r in ours(bench, solver, cfg.variant_grid, nfe, variants(solver, cfg.quick))
                      if r.family == "IIA"]
         log(f"[{model.name}] variants NFE {nfe} done ({time.perf_counter() - start:.0f} s)")
-    rows += adaptive_rows(bench, cfg.tolerances)
+    if peers.DIFFRAX_ADAPTIVE in cfg.peers:
+        rows += adaptive_rows(bench, cfg.tolerances)
     extra = {"reference_error": bench.reference_error, "seconds": time.perf_counter() - start,
              "judge": bench.judge[0] if bench.judge else None,
              "reference_quality": bench.judge[1](bench.reference) if bench.judge else float("nan")}

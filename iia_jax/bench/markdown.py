@@ -42,7 +42,7 @@ def _setup(cfg, results, meta):
                                      f"samples score {fmt(extra['digits']['reference_quality'])}."
                                      if judge else "no validated judge was installed; only ODE error is reported."),
         "- **Peers** stepping the same JAX model in the same run: diffusers "
-        + ", ".join(f"{p.name} (`{p.cls}`)" for p in DIFFUSERS_PEERS)
+        + ", ".join(f"{p.name} (`{p.cls}`)" for p in DIFFUSERS_PEERS if p.name in cfg.peers)
         + " with their default orders and options, given our grid as their training table (float64) "
         "and timesteps N-1..0, and our model's `eps = (x - D(x, sigma)) / sigma` at `x_vp = x / sqrt(1 + "
         f"sigma^2)`; DEIS ends at {TAIL_RATIO:g} x the last grid sigma instead of 0 (it cannot end at 0). "

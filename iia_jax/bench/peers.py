@@ -130,6 +130,7 @@ DIFFRAX_FIXED = {"diffrax Euler": ("Euler", 1, 0), "diffrax Heun": ("Heun", 2, 0
                  "diffrax Bosh3": ("Bosh3", 3, 1)}
 DIFFRAX_ADAPTIVE = "diffrax Tsit5"
 TSIT5_EVALS = (6, 1)   # FSAL: 6 new evaluations per attempted step, 1 before the first
+PEERS = tuple(p.name for p in DIFFUSERS_PEERS) + tuple(DIFFRAX_FIXED) + (DIFFRAX_ADAPTIVE,)
 
 
 def _vector_field(denoiser):

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from . import accuracy, fitcost, report, speed
 from .grids import GRIDS
 from .models import MODELS
+from .peers import PEERS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SECTIONS = ("accuracy", "speed", "fitcost")
@@ -39,6 +40,7 @@ class Config(NamedTuple):
     models: tuple
     per_model: dict            # model name -> ModelSettings
     solvers: tuple             # base rows for every one of these
+    peers: tuple               # peer names (iia_jax.bench.peers.PEERS)
     variant_solvers: tuple
     variant_grid: str
     tolerances: tuple
@@ -89,7 +91,7 @@ def config(args) -> Config:
     if args.batch:
         per = {m: s._replace(eval_batch=args.batch, fit_batch=args.batch) for m, s in per.items()}
     return Config(
-        quick=args.quick, models=models, per_model=per, solvers=solvers,
+        quick=args.quick, models=models, per_model=per, solvers=solvers, peers=tuple(args.peers or PEERS),
         variant_solvers=tuple(s for s in (("euler", "heun", "dpmpp_2m") if args.quick else solvers)
                               if s in solvers),
         variant_grid="karras",
@@ -181,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grids", nargs="+", choices=list(GRIDS), help="subset of the grids")
     ap.add_argument("--nfe", nargs="+", type=int, help="NFE values (all models)")
     ap.add_argument("--solvers", nargs="+", help="subset of our solvers")
+    ap.add_argument("--peers", nargs="+", choices=PEERS, metavar="PEER",
+                    help=f"subset of the peers: {', '.join(repr(p) for p in PEERS)}")
     ap.add_argument("--batch", type=int, help="evaluation and fit batch (all models)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
     ap.add_argument("--replot", metavar="JSON", help="rewrite the report from the raw results of an "
