@@ -76,7 +76,8 @@ def sharded_case(out):
             rel=rel(sharded.coeffs.values, single.coeffs.values),
             kept_equal=bool(np.array_equal(sharded.report.kept, single.report.kept)),
             holdout_equal=bool(np.array_equal(sharded.report.holdout_rows, single.report.holdout_rows)),
-            median=[single.report.holdout_median, sharded.report.holdout_median])
+            median=[single.report.holdout_median, sharded.report.holdout_median],
+            single_values=np.asarray(single.coeffs.values).tolist())
     coeffs = fit(xs, cs).coeffs
     run = jax.jit(lambda x, c: iia_jax.iia_sample(class_mixture, plan(), coeffs, x, cond=c))
     out_s, out_1 = run(xs, cs), run(x, c)
