@@ -1,0 +1,437 @@
+"""Fitting the step grid together with the IIA coefficients (DESIGN.md §4, "The fit is differentiable").
+
+Given a grid ``sigma_max = s_0 > s_1 > ... > s_{N-1} = sigma_min > s_N = 0``, the IIA coefficients
+are a closed-form function of it (ridge normal equations), and so is the end-to-end error at
+sigma = 0.  :func:`fit_plan` therefore optimises the grid by gradient descent through the fit:
+
+* **Grid.**  ``log s_i = log sigma_max - sum_{j < i} delta_j`` with positive increments
+  ``delta = L softplus(z) / sum softplus(z)``, ``L = log(sigma_max / sigma_min)``: any free
+  ``z in R^{N-1}`` gives a strictly decreasing grid with both ends fixed (the normalisation
+  leaves ``N - 2`` effective degrees of freedom).  ``z`` starts from a fixed grid family.
+* **Reference.**  One fine integration from the same noise (heun on ``reference_steps`` Karras
+  steps) gives the ODE solution ``x*(sigma)`` at its nodes, the end point ``x*_0`` and the
+  slopes ``dx/dlog sigma = x - D(x, sigma)``.  Between nodes ``x*`` is the cubic Hermite
+  interpolant in ``log sigma`` (fourth order, and differentiable in sigma): the targets at any
+  grid need no new model call.
+* **Objective.**  The IIA sampler on the grid with trajectory targets (DESIGN.md §4): at step i,
+  ``c_i`` solves the ridge normal equations for ``x*(s_{i+1}) - Phi(x_i)`` on the features of
+  the *coefficient rows* (the final step aims at ``x*_0``), then every row moves to
+  ``Phi(x_i) + c_i f_i``.  The loss is the mean over the other, *objective rows* of
+  ``log |x_N - x*_0|^2`` (a smooth stand-in for the median error, which it tracks because
+  the log discounts the few trajectories that switch modes); ``jax.grad`` differentiates
+  it through the solver, the model, the interpolated targets and the solve, and Adam
+  (optax) takes ``search_steps`` steps.  The iterate with the lowest median error on the
+  objective rows is kept.
+* **Never worse.**  A fraction ``judge`` of ``x_T`` is never used by the search.  The fitted
+  grid and each fixed family (Karras rho 7 and 3, log-SNR uniform, time-uniform when a
+  ``schedule`` is given) get the ordinary :func:`iia_jax.fit` on the remaining rows, and are
+  judged by the median per-sample error at sigma = 0 on the judge rows against the reference.
+  The fitted grid is returned only if it beats the best family there.
+
+The idea of learning where to step next to how to step follows the learned-solver work after
+IIA (LD3: Tong et al., "Learning to Discretize Denoising Diffusion ODEs", 2024; S4S: Frankel
+et al., "S4S: Solving for a Diffusion Model Solver", 2025); here the inner problem is IIA's
+closed-form least squares.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from .. import schedules, solvers
+from ..metrics.ode import per_sample_rms
+from ..sampling import check_state, plan as make_plan, run_steps, sample
+from .coefficients import Coefficients
+from .features import feature_spec
+from .fit import fit, gram_stats, solve_gram
+from .sample import apply_correction, corrected_step, iia_sample
+
+FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "time_uniform")
+DEFAULT_FAMILIES = ("karras", "karras_rho3", "logsnr_uniform")   # + time_uniform with a schedule
+_EPS = 1e-20   # keeps log |error|^2 finite
+
+
+class PlanReport(NamedTuple):
+    """What :func:`fit_plan` tried and why it returned what it did.
+
+    ``grids``, ``coeffs``, ``median``, ``median_base`` are keyed by candidate: each fixed family
+    and ``"fitted"``.  ``median``/``median_base``: median per-sample RMS error at sigma = 0 on the
+    judge rows (never seen by the search or the fits) against the fine reference, with and
+    without IIA.  ``objective``/``search_median`` [search_steps + 1]: the smooth loss and the
+    median error on the search's objective rows at each Adam iterate.  ``evaluations``/
+    ``seconds``: model evaluations (one per sample and denoiser call; a gradient counts its
+    forward pass once) and wall time per phase: ``reference``, ``fit <candidate>`` (the ordinary
+    fit and the judge's sampling), ``search``, ``overhead`` (time only).
+    """
+
+    chosen: str
+    best_family: str
+    grids: dict
+    coeffs: dict
+    median: dict
+    median_base: dict
+    objective: np.ndarray
+    search_median: np.ndarray
+    best_iterate: int
+    evaluations: dict
+    seconds: dict
+    train_size: int
+    judge_size: int
+
+    @property
+    def total_evaluations(self) -> int:
+        return int(sum(self.evaluations.values()))
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    def summary(self) -> str:
+        """A plain-text account: each candidate's grid and held-out error, the search, the cost."""
+        lines = [f"{'grid':>15} {'median base':>12} {'median IIA':>11}  sigmas"]
+        for name, sigmas in self.grids.items():
+            mark = " <- chosen" if name == self.chosen else ""
+            lines.append(f"{name:>15} {self.median_base[name]:>12.4g} {self.median[name]:>11.4g}  "
+                         f"{np.array2string(np.asarray(sigmas), precision=4)}{mark}")
+        if self.objective.size > 1:
+            lines.append(f"search: median error on its objective rows {self.search_median[0]:.4g} -> "
+                         f"{self.search_median[self.best_iterate]:.4g} (iterate {self.best_iterate} of "
+                         f"{self.objective.size - 1})")
+        else:
+            lines.append("search: nothing to optimise (with 2 steps both interior sigmas are fixed)")
+        lines.append(f"best fixed family {self.best_family!r}; chosen {self.chosen!r} (judged on "
+                     f"{self.judge_size} held-out samples, fits on {self.train_size})")
+        lines.append("cost: " + ", ".join(f"{k} {v} evals / {self.seconds[k]:.1f} s"
+                                          for k, v in self.evaluations.items())
+                     + f"; total {self.total_evaluations} evals, {self.total_seconds:.1f} s")
+        return "\n".join(lines)
+
+
+class PlanFit(NamedTuple):
+    plan: object            # iia_jax.Plan with the chosen sigmas
+    coeffs: Coefficients    # from the ordinary iia_jax.fit on that plan
+    report: PlanReport
+
+
+# ----------------------------------------------------------------------------- grids
+
+def family_grid(name: str, num_steps: int, sigma_min: float, sigma_max: float,
+                schedule: schedules.Schedule | None = None) -> np.ndarray:
+    """A fixed grid family from ``sigma_max`` to ``sigma_min`` in ``num_steps`` steps, then 0.
+
+    ``karras`` (rho 7) and ``karras_rho3``: uniform in ``sigma^(1/rho)`` (Karras et al. 2022);
+    ``logsnr_uniform``: uniform in log sigma (Lu et al. 2022); ``time_uniform``: uniform in the
+    model time of ``schedule`` between ``t(sigma_max)`` and ``t(sigma_min)`` (Song et al. 2021).
+    """
+    if name == "karras":
+        return schedules.karras(num_steps, sigma_min, sigma_max, rho=7.0)
+    if name == "karras_rho3":
+        return schedules.karras(num_steps, sigma_min, sigma_max, rho=3.0)
+    if name == "logsnr_uniform":
+        return schedules.logsnr_uniform(num_steps, sigma_min, sigma_max)
+    if name == "time_uniform":
+        if schedule is None:
+            raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
+        t = np.linspace(schedule.time(np.float64(sigma_max)), schedule.time(np.float64(sigma_min)), num_steps)
+        return schedules._finish(np.concatenate([[sigma_max], schedule.sigma(t[1:-1]), [sigma_min]]))
+    raise ValueError(f"grid family must be one of {FAMILIES}, got {name!r}")
+
+
+def grid_from_params(params, sigma_min: float, sigma_max: float):
+    """The grid ``[N + 1]`` of free parameters ``params [N - 1]`` (module docstring): both ends
+    are exactly ``sigma_max`` and ``sigma_min``, then 0."""
+    span = math.log(sigma_max) - math.log(sigma_min)
+    inc = jax.nn.softplus(params)
+    log_sigmas = math.log(sigma_max) - span * jnp.cumsum(inc)[:-1] / jnp.sum(inc)
+    dtype = jnp.result_type(params)
+    return jnp.concatenate([jnp.full((1,), sigma_max, dtype), jnp.exp(log_sigmas),
+                            jnp.array([sigma_min, 0.0], dtype)])
+
+
+def params_from_grid(sigmas) -> jnp.ndarray:
+    """Free parameters whose grid is ``sigmas`` (``[N + 1]``, ending in ``sigma_min, 0``):
+    the inverse softplus of the log-sigma increments."""
+    inc = -np.diff(np.log(np.asarray(sigmas, np.float64)[:-1]))
+    return jnp.asarray(inc + np.log(-np.expm1(-inc)), jnp.float32)   # log(expm1(inc)), stably
+
+
+# ----------------------------------------------------------------------------- reference
+
+class Reference(NamedTuple):
+    """A fine ODE solution from ``x_T``: states and slopes ``dx/dlog sigma = x - D`` at the
+    nodes ``log_sigmas [R]`` (decreasing, sigma_max .. sigma_min), and the end point at 0."""
+
+    log_sigmas: jax.Array
+    states: jax.Array   # [R, B, ...]
+    slopes: jax.Array   # [R, B, ...]
+    end: jax.Array      # [B, ...]
+
+
+def reference_solution(denoiser, x_T, sigma_min: float, sigma_max: float, steps: int) -> Reference:
+    """Heun on ``steps`` Karras steps (rho 7) from ``x_T``, keeping every state and ``D`` it
+    computed (``2 steps - 1`` evaluations a sample)."""
+    heun = solvers.get("heun")
+    sigmas = jnp.asarray(schedules.karras(steps, sigma_min, sigma_max), x_T.dtype)
+
+    def body(carry, index, sigma, sigma_next, final):
+        state, x = carry
+        state, x_next, denoised = heun.step(denoiser, state, x, sigma, sigma_next, final)
+        return (state, x_next), (x, x - denoised[0])
+
+    (_, end), (states, slopes) = run_steps(body, (heun.init(x_T), x_T), sigmas)
+    return Reference(jnp.log(sigmas[:-1]), states, slopes, end)
+
+
+def reference_state(ref: Reference, log_sigma):
+    """``x*`` at ``log_sigma`` (inside the node range): cubic Hermite interpolation in log sigma
+    between the two nodes around it, using the states and slopes there."""
+    k = jnp.clip(jnp.searchsorted(-ref.log_sigmas, -log_sigma, side="right") - 1,
+                 0, ref.log_sigmas.shape[0] - 2)
+    t0, t1 = ref.log_sigmas[k], ref.log_sigmas[k + 1]
+    h = t1 - t0
+    s = (log_sigma - t0) / h
+    s2, s3 = s * s, s * s * s
+    return ((2 * s3 - 3 * s2 + 1) * ref.states[k] + (s3 - 2 * s2 + s) * h * ref.slopes[k]
+            + (3 * s2 - 2 * s3) * ref.states[k + 1] + (s3 - s2) * h * ref.slopes[k + 1])
+
+
+# ----------------------------------------------------------------------------- objective
+
+def _solve(stats, ridge):
+    """:func:`solve_gram` with a unit diagonal where a feature is identically zero (a history
+    feature before it exists; Heun's final second gradient).  Its coefficient is 0 either way;
+    this keeps ``sqrt(0)`` out of the gradient."""
+    gram, rhs = stats[0], stats[1]
+    missing = jnp.where(jnp.diagonal(gram) > 0, 0.0, 1.0).astype(gram.dtype)
+    return solve_gram(gram + jnp.diag(missing), rhs, ridge)
+
+
+def grid_objective(denoiser, solver_name: str, spec, params, ref: Reference, w_fit, w_obj,
+                   sigma_min: float, sigma_max: float, ridge: float):
+    """``(loss, median)`` of the grid ``grid_from_params(params)``: the IIA sampler from
+    ``ref.states[0]`` with each step's coefficients solved on the rows weighted by ``w_fit [B]``
+    against the reference (module docstring); ``loss`` is the mean of ``log |x_N - x*_0|^2``
+    and ``median`` the median per-sample RMS error, both over the rows where ``w_obj [B]`` is 1."""
+    solver = solvers.get(solver_name)
+    x_T = ref.states[0]
+    sigmas = grid_from_params(params, sigma_min, sigma_max).astype(x_T.dtype)
+    targets = jnp.concatenate([jax.vmap(lambda t: reference_state(ref, t))(jnp.log(sigmas[1:-1])),
+                               ref.end[None]])
+
+    def body(carry, index, sigma, sigma_next, final):
+        carry, feats, _ = corrected_step(denoiser, solver, spec, carry, sigma, sigma_next, final)
+        c = _solve(gram_stats(feats, targets[index] - carry[1], w_fit), ridge)
+        return (carry[0], apply_correction(carry[1], c, feats), carry[2]), None
+
+    (_, x0, _), _ = run_steps(body, (solver.init(x_T), x_T, spec.init_history(x_T)), sigmas)
+    err2 = jnp.mean((x0 - ref.end) ** 2, axis=tuple(range(1, x0.ndim)))
+    loss = jnp.sum(w_obj * jnp.log(err2 + _EPS)) / jnp.sum(w_obj)
+    obj_err = jnp.where(w_obj > 0, jnp.sqrt(err2), jnp.nan)
+    return loss, jnp.nanmedian(obj_err)
+
+
+# ----------------------------------------------------------------------------- fit_plan
+
+class _Tally:
+    def __init__(self):
+        self.count = 0
+
+    def add(self, n):
+        self.count += int(n)
+
+
+@jax.tree_util.register_pytree_node_class
+class _Counted:
+    """The denoiser with a host-side tally of evaluations (``jax.debug.callback``; exact under
+    jit and scan, used only where nothing is differentiated or vmapped)."""
+
+    def __init__(self, denoiser, tally):
+        self.denoiser, self.tally = denoiser, tally
+
+    @property
+    def guidance_scale(self):
+        return getattr(self.denoiser, "guidance_scale", None)
+
+    def __call__(self, x, *args, **kwargs):
+        jax.debug.callback(self.tally.add, x.shape[0])
+        return self.denoiser(x, *args, **kwargs)
+
+    def tree_flatten(self):
+        return (self.denoiser,), self.tally
+
+    @classmethod
+    def tree_unflatten(cls, tally, children):
+        return cls(children[0], tally)
+
+
+def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
+                learning_rate, search_rows, reference_steps):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2 (the grid runs sigma_max, ..., sigma_min, "
+                         f"0), got {num_steps!r}")
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, "
+                         f"sigma_max={sigma_max!r}")
+    if schedule is not None and not isinstance(schedule, schedules.Schedule):
+        raise TypeError(f"schedule must be an iia_jax.schedules.Schedule or None, got "
+                        f"{type(schedule).__name__}")
+    for name in (init,) + tuple(families):
+        if name not in FAMILIES:
+            raise ValueError(f"grid family must be one of {FAMILIES} (init= and families=), got {name!r}")
+        if name == "time_uniform" and schedule is None:
+            raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
+    if not 0.0 < judge < 1.0:
+        raise ValueError(f"judge must be in (0, 1), got {judge!r}")
+    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 0:
+        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
+    if isinstance(search_rows, bool) or not isinstance(search_rows, int) or search_rows < 2:
+        raise ValueError(f"search_rows must be an integer >= 2, got {search_rows!r}")
+    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 2:
+        raise ValueError(f"reference_steps must be an integer >= 2, got {reference_steps!r}")
+
+
+def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, sigma_max: float,
+             init: str = "karras", key=None, families=None, schedule=None, judge: float = 0.25,
+             search_steps: int = 25, learning_rate: float = 0.1, search_rows: int = 128,
+             reference_steps: int = 64, progress: bool | None = None, **fit_kwargs) -> PlanFit:
+    """Fit the step grid of ``solver`` (``num_steps`` steps from ``sigma_max`` to ``sigma_min``,
+    then 0) jointly with its IIA coefficients; never worse than the best fixed grid family.
+
+    ``x_T [B, ...]``: initial states in sigma-space (``sigma_max * N(0, I)`` for EDM models).
+    A fraction ``judge`` of them (shuffled with ``key``, else the last rows) judges the
+    candidates and is used by nothing else.  ``init``: the family the search starts from;
+    ``families``: the fixed families to beat (default :data:`DEFAULT_FAMILIES`, plus
+    ``time_uniform`` when a VP ``schedule`` is given; ``init`` is always one of them).
+    ``search_steps`` Adam steps of size ``learning_rate`` on the free grid parameters, over at
+    most ``search_rows`` training rows (its cost is linear in them); ``reference_steps``: Karras
+    steps of the heun reference.  ``fit_kwargs`` go to :func:`iia_jax.fit` (``preset``,
+    ``history``, ``fine_steps``, ``mode``, ``ridge``, ...); the search uses the same ``preset``,
+    ``history`` and ``ridge``.  Conditional models (``cond=``) are not supported yet.
+
+    Returns :class:`PlanFit`: an ordinary ``Plan``, the ordinary ``fit`` coefficients of its
+    grid (fitted on the non-judge rows), and a :class:`PlanReport`.  Deterministic given ``key``.
+    """
+    start = time.perf_counter()
+    solver_obj = solvers.get(solver)
+    check_state(x_T)
+    families = tuple(DEFAULT_FAMILIES + (("time_uniform",) if schedule is not None else ())
+                     if families is None else families)
+    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
+                learning_rate, search_rows, reference_steps)
+    families = tuple(dict.fromkeys((init,) + families))
+    if "cond" in fit_kwargs:
+        raise ValueError("fit_plan does not support cond= yet: its reference, search and judge "
+                         "call the denoiser as D(x, sigma)")
+    spec = feature_spec(solver, fit_kwargs.get("preset"), fit_kwargs.get("history", 1))
+    ridge = float(fit_kwargs.get("ridge", 1e-4))
+    n_judge = int(round(judge * x_T.shape[0]))
+    n_train = x_T.shape[0] - n_judge
+    if n_judge < 1 or n_train < 2:
+        raise ValueError(f"x_T has {x_T.shape[0]} samples; judge={judge} leaves {n_train} to fit "
+                         f"and {n_judge} to judge (need >= 2 and >= 1)")
+    if key is not None:
+        x_T = x_T[jax.random.permutation(key, x_T.shape[0])]
+    x_train, x_judge = x_T[:n_train], x_T[n_train:]
+    steps = search_steps if num_steps > 2 else 0   # with 2 steps the grid has no free sigma
+    pbar = tqdm(total=2 + len(families) + steps, desc=f"fit_plan {solver}", leave=False,
+                disable=None if progress is None else not progress)
+    evals, seconds = {}, {}
+
+    def phase(name, count, t0):
+        evals[name] = evals.get(name, 0) + int(count)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    # One reference run for the rows that need it: the search's (the first n_search training
+    # rows: states and slopes) and the judge's (end points).
+    t0 = time.perf_counter()
+    n_search = min(search_rows, n_train)
+    ref = jax.jit(lambda x: reference_solution(denoiser, x, sigma_min, sigma_max, reference_steps))(
+        jnp.concatenate([x_train[:n_search], x_judge]))
+    ref = jax.block_until_ready(ref)
+    search_ref = Reference(ref.log_sigmas, ref.states[:, :n_search], ref.slopes[:, :n_search],
+                           ref.end[:n_search])
+    judge_end = ref.end[n_search:]
+    phase("reference", (n_search + n_judge) * solvers.get("heun").nfe(reference_steps), t0)
+    pbar.update(1)
+
+    grids, coeffs, median, median_base = {}, {}, {}, {}
+
+    def judged(name, sigmas):
+        """Ordinary fit on the training rows, then the judge rows' median error (IIA, base);
+        a grid equal to an earlier candidate's reuses its results."""
+        t0 = time.perf_counter()
+        grids[name] = sigmas
+        same = [k for k in grids if k != name and np.array_equal(grids[k], sigmas)]
+        if same:
+            coeffs[name], median[name], median_base[name] = (coeffs[same[0]], median[same[0]],
+                                                             median_base[same[0]])
+            phase(f"fit {name}", 0, t0)
+            return
+        tally = _Tally()
+        counted = _Counted(denoiser, tally)
+        p = make_plan(solver, sigmas)
+        fitted = fit(counted, p, x_train, key=key, progress=False, **fit_kwargs).coeffs
+        x_iia = jax.jit(lambda x: iia_sample(counted, p, fitted, x))(x_judge)
+        x_base = jax.jit(lambda x: sample(counted, p, x))(x_judge)
+        coeffs[name] = fitted
+        median[name], median_base[name] = (float(np.median(np.asarray(per_sample_rms(x, judge_end))))
+                                           for x in (x_iia, x_base))
+        phase(f"fit {name}", tally.count, t0)
+
+    for name in families:
+        judged(name, family_grid(name, num_steps, sigma_min, sigma_max, schedule))
+        pbar.update(1)
+    best_family = min(families, key=median.__getitem__)
+
+    # The search: Adam on the free grid parameters over (at most) search_rows training rows;
+    # half of them fit the coefficients, the other half measure the end-to-end error.
+    t0 = time.perf_counter()
+    params = params_from_grid(grids[init])
+    w_fit = (jnp.arange(n_search) < n_search // 2).astype(x_T.dtype)
+    w_obj = 1.0 - w_fit
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p, r, wf, wo: grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min,
+                                            sigma_max, ridge), has_aux=True))
+    optimiser = optax.adam(learning_rate)
+    opt_state = optimiser.init(params)
+    objective, search_median, iterates = [], [], []
+    for i in range(steps + 1):
+        (loss, med), grad = value_and_grad(params, search_ref, w_fit, w_obj)
+        if not (np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))):
+            raise ValueError(f"fit_plan: the grid objective or its gradient is not finite at search "
+                             f"step {i} (grid {np.asarray(grid_from_params(params, sigma_min, sigma_max))})")
+        objective.append(float(loss))
+        search_median.append(float(med))
+        iterates.append(params)
+        if i < steps:
+            updates, opt_state = optimiser.update(grad, opt_state)
+            params = optax.apply_updates(params, updates)
+            pbar.update(1)
+    best_iterate = int(np.argmin(search_median))
+    phase("search", (steps + 1) * n_search * solver_obj.nfe(num_steps), t0)
+
+    judged("fitted", np.asarray(grid_from_params(iterates[best_iterate], sigma_min, sigma_max)))
+    pbar.update(1)
+    pbar.close()
+
+    chosen = "fitted" if median["fitted"] < median[best_family] else best_family
+    seconds["overhead"] = time.perf_counter() - start - sum(seconds.values())
+    report = PlanReport(chosen, best_family, grids, coeffs, median, median_base,
+                        np.asarray(objective), np.asarray(search_median), best_iterate, evals,
+                        seconds, int(n_train), int(n_judge))
+    return PlanFit(make_plan(solver, grids[chosen]), coeffs[chosen], report)
+
+
+__all__ = ["fit_plan", "PlanFit", "PlanReport", "FAMILIES", "DEFAULT_FAMILIES", "family_grid",
+           "grid_from_params", "params_from_grid", "reference_solution", "reference_state",
+           "grid_objective", "Reference"]

@@ -1,0 +1,189 @@
+"""Fitting the step grid with the IIA coefficients (:mod:`iia_jax.iia.grid`), on exact mixtures.
+
+Independent references: central finite differences of the objective (in float64) for its
+gradient; a separate, finer Heun integration for the interpolated reference states and for
+the judge's errors; the grid families of :mod:`iia_jax.schedules`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import iia_jax
+from iia_jax import schedules
+from iia_jax.iia.features import feature_spec
+from iia_jax.iia.grid import (family_grid, fit_plan, grid_from_params, grid_objective,
+                              params_from_grid, reference_solution, reference_state)
+from iia_jax.metrics import per_sample_rms
+from iia_jax.models import gmm
+
+SIGMA_MIN, SIGMA_MAX = 0.002, 40.0
+_MEANS = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+# Small and quick: a 4-D mixture, few Adam steps, a short reference.
+QUICK = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, families=("karras", "logsnr_uniform"),
+             search_steps=6, search_rows=48, reference_steps=128, fine_steps=4, progress=False)
+
+
+def _mixture():
+    return gmm(_MEANS, 0.3)
+
+
+def _noise(seed, batch):
+    return SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(seed), (batch, 4))
+
+
+def _heun(denoiser, x, sigma_end, steps):
+    """Heun from SIGMA_MAX to ``sigma_end`` (> 0) on a fine Karras grid: an independent solution."""
+    sigmas = schedules.karras(steps, sigma_end, SIGMA_MAX)[:-1]
+    heun = iia_jax.solvers.get("heun")
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        x = heun.step(denoiser, heun.init(x), x, s, s_next, False)[1]
+    return x
+
+
+@pytest.fixture(scope="module")
+def planfit():
+    x_T = _noise(1, 96)
+    return x_T, fit_plan(_mixture(), "euler", 4, x_T, key=jax.random.PRNGKey(3), **QUICK)
+
+
+def test_grid_parameters_round_trip_and_keep_the_ends():
+    for n in (3, 5, 9):
+        karras = schedules.karras(n, SIGMA_MIN, SIGMA_MAX)
+        np.testing.assert_allclose(grid_from_params(params_from_grid(karras), SIGMA_MIN, SIGMA_MAX),
+                                   karras, rtol=2e-5)
+    grid = np.asarray(grid_from_params(jnp.array([-3.0, 0.0, 5.0, 1.0]), SIGMA_MIN, SIGMA_MAX))
+    assert grid[0] == np.float32(SIGMA_MAX) and grid[-2] == np.float32(SIGMA_MIN) and grid[-1] == 0
+    assert np.all(np.diff(grid) < 0)
+
+
+def test_time_uniform_family_is_uniform_in_model_time():
+    schedule = schedules.vp_linear()
+    grid = family_grid("time_uniform", 5, SIGMA_MIN, SIGMA_MAX, schedule)
+    t = schedule.time(grid[:-1].astype(np.float64))
+    np.testing.assert_allclose(np.diff(t), np.diff(t)[0], rtol=1e-4)
+    np.testing.assert_allclose(grid[[0, -2]], [SIGMA_MAX, SIGMA_MIN], rtol=1e-6)
+
+
+def test_interpolated_reference_matches_a_finer_integration():
+    denoiser, x = _mixture(), _noise(2, 64)
+    ref = reference_solution(denoiser, x, SIGMA_MIN, SIGMA_MAX, 64)
+    for sigma in (17.3, 2.2, 0.31, 0.0123):   # between nodes
+        direct = _heun(denoiser, x, sigma, 800)
+        interp = reference_state(ref, jnp.log(sigma))
+        assert float(jnp.median(per_sample_rms(interp, direct))) < 2e-3, sigma
+
+
+@pytest.mark.parametrize("solver,steps", [("heun", 4), ("dpmpp_2m", 5)])
+def test_objective_gradient_matches_finite_differences(solver, steps):
+    """float64 so that central differences resolve the gradient; a random direction and two
+    coordinate directions.  heun (its final second gradient is zero) and history features that do
+    not exist yet at step 0 exercise the zero-feature guard of the solve."""
+    with jax.enable_x64(True):
+        denoiser = gmm(_MEANS.astype(np.float64), 0.3)
+        x = _noise(4, 48).astype(jnp.float64)
+        ref = reference_solution(denoiser, x, SIGMA_MIN, SIGMA_MAX, 24)
+        w_fit = (jnp.arange(48) < 24).astype(jnp.float64)
+        spec = feature_spec(solver)
+
+        @jax.jit
+        def f(p):
+            return grid_objective(denoiser, solver, spec, p, ref, w_fit, 1.0 - w_fit, SIGMA_MIN,
+                                  SIGMA_MAX, 1e-4)[0]
+
+        params = params_from_grid(schedules.karras(steps, SIGMA_MIN, SIGMA_MAX)).astype(jnp.float64)
+        params = params + 0.3 * jax.random.normal(jax.random.PRNGKey(5), params.shape, jnp.float64)
+        grad = jax.jit(jax.grad(f))(params)
+        assert np.all(np.isfinite(np.asarray(grad)))
+        directions = [jax.random.normal(jax.random.PRNGKey(6), params.shape, jnp.float64),
+                      jnp.eye(params.shape[0])[0], jnp.eye(params.shape[0])[-1]]
+        h = 1e-5
+        for v in directions:
+            fd = (f(params + h * v) - f(params - h * v)) / (2 * h)
+            np.testing.assert_allclose(float(grad @ v), float(fd), rtol=1e-4, atol=1e-6)
+
+
+def test_returned_grid_is_an_ordinary_decreasing_plan(planfit):
+    _, result = planfit
+    sigmas = np.asarray(result.plan.sigmas)
+    assert isinstance(result.plan, iia_jax.Plan) and result.plan.solver == "euler"
+    assert sigmas.shape == (5,) and np.all(np.diff(sigmas) < 0) and sigmas[-1] == 0
+    np.testing.assert_allclose(sigmas[[0, -2]], [SIGMA_MAX, SIGMA_MIN], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(result.coeffs.sigmas), sigmas)
+    assert result.report.chosen in result.report.grids
+
+
+def test_never_worse_than_the_best_family_on_the_judge_rows(planfit):
+    """Recompute the judge rows and their errors independently (a finer Heun reference) for every
+    candidate the report lists; the returned plan must be the best family or beat it."""
+    x_T, result = planfit
+    report = result.report
+    judge = x_T[jax.random.permutation(jax.random.PRNGKey(3), x_T.shape[0])][report.train_size:]
+    assert judge.shape[0] == report.judge_size == 24
+    exact = _heun(_mixture(), judge, SIGMA_MIN, 400)
+    exact = _mixture()(exact, SIGMA_MIN)   # the final Euler step to sigma = 0
+    errors = {}
+    for name, sigmas in report.grids.items():
+        p = iia_jax.plan("euler", sigmas)
+        out = iia_jax.iia_sample(_mixture(), p, report.coeffs[name], judge)
+        errors[name] = float(np.median(np.asarray(per_sample_rms(out, exact))))
+        np.testing.assert_allclose(errors[name], report.median[name], rtol=0.05)
+    families = [k for k in errors if k != "fitted"]
+    assert report.best_family == min(families, key=report.median.__getitem__)
+    best = min(report.median[k] for k in families)
+    assert report.median[report.chosen] <= best
+    assert (report.chosen == "fitted") == (report.median["fitted"] < best)
+    assert report.objective.shape == report.search_median.shape == (QUICK["search_steps"] + 1,)
+    assert set(report.evaluations) == {"reference", "search"} | {f"fit {k}" for k in report.grids}
+    heun_evals, euler_evals = 2 * QUICK["reference_steps"] - 1, 4
+    assert report.evaluations["reference"] == (48 + 24) * heun_evals   # search rows + judge rows
+    assert report.evaluations["search"] == (QUICK["search_steps"] + 1) * 48 * euler_evals
+    # an ordinary fit costs more than sampling the train and judge rows once, base and IIA
+    assert report.evaluations["fit karras"] > 2 * 96 * euler_evals
+
+
+def test_fitted_plan_samples_and_round_trips_storage(planfit, tmp_path):
+    _, result = planfit
+    x = _noise(7, 32)
+    out = iia_jax.iia_sample(_mixture(), result.plan, result.coeffs, x)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+    path = iia_jax.save_coefficients(tmp_path / "c", result.coeffs)
+    loaded = iia_jax.load_coefficients(path, plan=result.plan)
+    np.testing.assert_array_equal(np.asarray(loaded.sigmas), np.asarray(result.plan.sigmas))
+    np.testing.assert_array_equal(np.asarray(loaded.values), np.asarray(result.coeffs.values))
+    np.testing.assert_array_equal(np.asarray(iia_jax.iia_sample(_mixture(), result.plan, loaded, x)),
+                                  np.asarray(out))
+    with pytest.raises(ValueError, match="sigmas"):   # tied to the fitted grid, not to Karras
+        iia_jax.load_coefficients(path, plan=iia_jax.plan("euler", schedules.karras(4, SIGMA_MIN, SIGMA_MAX)))
+
+
+def test_deterministic_given_key(planfit):
+    x_T, first = planfit
+    again = fit_plan(_mixture(), "euler", 4, x_T, key=jax.random.PRNGKey(3), **QUICK)
+    np.testing.assert_array_equal(np.asarray(again.plan.sigmas), np.asarray(first.plan.sigmas))
+    np.testing.assert_array_equal(np.asarray(again.coeffs.values), np.asarray(first.coeffs.values))
+    np.testing.assert_array_equal(again.report.objective, first.report.objective)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_steps=1), "num_steps"),
+    (dict(num_steps=3.0), "num_steps"),
+    (dict(sigma_min=50.0), "sigma_min"),
+    (dict(sigma_min=0.0), "sigma_min"),
+    (dict(init="cosine"), "family"),
+    (dict(families=("karras", "nope")), "family"),
+    (dict(init="time_uniform"), "schedule"),
+    (dict(judge=1.0), "judge"),
+    (dict(search_steps=-1), "search_steps"),
+    (dict(learning_rate=0.0), "learning_rate"),
+    (dict(reference_steps=1), "reference_steps"),
+    (dict(search_rows=1), "search_rows"),
+    (dict(solver="rk45"), "solver"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    args = dict(denoiser=_mixture(), solver="euler", num_steps=4, x_T=_noise(0, 16),
+                sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, progress=False)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit_plan(**args)
