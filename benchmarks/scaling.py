@@ -1,7 +1,7 @@
 """Scaling of ``iia_jax.fit``: wall time, model evaluations per second and peak memory vs batch.
 
-    python benchmarks/scaling.py            # digits 1k..16k, exact mixture 4k..100k (~20 min on 2 cores)
-    python benchmarks/scaling.py --quick    # a smoke run (about a minute)
+    python benchmarks/scaling.py            # digits 512..4k, exact mixture 4k..100k (~35 min, 2 busy cores)
+    python benchmarks/scaling.py --quick    # a smoke run (a few minutes here: compilation dominates)
 
 Every configuration (model, batch, ``chunk_size``, host CPU devices, fit mode) is fitted in a
 subprocess of its own, started with ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` so JAX
@@ -48,7 +48,7 @@ SHAPE = (8, 8, 1)
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 SOLVER, STEPS, FINE_STEPS, HOLDOUT = "euler", 3, 2, 0.25
 SEED, FIT_KEY = 0, 1
-PROBE, PROBE_REPEATS = 512, 2      # rows and repeats of the model-alone timing
+PROBE, PROBE_SECONDS = 512, 2.0    # rows and least duration of the model-alone timing
 MODES = (("teacher_forced", "local"), ("sequential", "trajectory"), ("sequential", "local"))
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"   # XLA's compile (tracing not nested in it)
 
@@ -188,10 +188,11 @@ def measure(cfg: Config) -> dict:
         probe = jax.device_put(probe, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
     call = jax.jit(lambda z: denoiser(z, jnp.float32(1.0)))
     call(probe).block_until_ready()
-    tick = time.perf_counter()
-    for _ in range(PROBE_REPEATS):
+    calls, tick = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - tick < PROBE_SECONDS:
         call(probe).block_until_ready()
-    model_rate = PROBE * PROBE_REPEATS / (time.perf_counter() - tick)
+        calls += 1
+    model_rate = PROBE * calls / (time.perf_counter() - tick)
     return dict(config=dataclasses.asdict(cfg), target=target, wall=wall, compile=compiled,
                 evals=evals, padded=layout.padded, chunks=layout.chunks,
                 rows_per_device_chunk=layout.chunk_rows // (cfg.devices or 1),
@@ -304,8 +305,8 @@ def write_report(results, checks, args, elapsed):
              "`compile s` is XLA's compile time as JAX reports it (`jax.monitoring`, "
              "backend_compile_duration; tracing and lowering stay in), "
              "`evals/s excl. compile` divides by wall minus that. `model alone` times the bare "
-             f"jitted denoiser on {PROBE} rows (sharded alike) in the same process just after the "
-             "fit; `fit / model` is their ratio.",
+             f"jitted denoiser on {PROBE} rows (sharded alike; at least 2 calls and {PROBE_SECONDS:g} s) "
+             "in the same process just after the fit; `fit / model` is their ratio.",
              "- Memory: `VmHWM` (peak resident set) of the configuration's own process; `before fit` "
              "is the peak after importing JAX, loading the model and drawing x_T; `fit's own` is "
              "the difference.", ""]
@@ -353,7 +354,7 @@ def sweep(quick: bool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (small batches)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
