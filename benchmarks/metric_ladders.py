@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import platform
 import sys
 import time
@@ -121,8 +122,11 @@ def all_samples(n: int, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- candidate metrics
-# Each candidate maps (images, reference images) to (value, standard error); "lower" says whether
-# lower is better.  Features of a reference set are computed once per set (cached by key).
+# Each candidate maps (images, reference images) to (value, standard error, aux); aux lets two rungs
+# of a ladder be compared with the error of their *difference*: ("loo", leave-one-out values) for the
+# kernel metrics (jackknife), ("boot", replicates) for bootstrap ones (the same resampled rows for
+# every rung of equal size, so paired), None where only a binomial error exists.  "lower" says
+# whether lower is better.  Features of a reference set are computed once per set (cached by key).
 
 BOOT = 30
 _FEATURES: dict = {}
@@ -150,14 +154,22 @@ def _shipped_scale() -> float:
 
 
 def _boot(stat, x):
-    return q.bootstrap_std(stat, x, reps=BOOT)
+    """``(se, ("boot", replicates))`` over BOOT resamples of x's rows (seed 0: paired across rungs)."""
+    rng = np.random.default_rng(0)
+    reps = np.array([stat(x[rng.integers(0, len(x), len(x))]) for _ in range(BOOT)])
+    return float(np.std(reps, ddof=1)), ("boot", reps)
 
 
 def _kid_metric(kind):
     def metric(x, xk, y, yk):
-        v, se = q.kid(_feats(kind, xk, x), _feats(kind, yk, y))
-        return 1000 * v, 1000 * se
+        return _kernel(q.polynomial_kernel, _feats(kind, xk, x), _feats(kind, yk, y))
     return metric
+
+
+def _kernel(kernel, x, y):
+    v, (tx, ty) = q.mmd2_jackknife(kernel, x, y)
+    loo = (1000 * tx, 1000 * ty)
+    return 1000 * v, q.jackknife_se(loo), ("loo", loo)
 
 
 def _fd_metric(kind):
@@ -165,13 +177,13 @@ def _fd_metric(kind):
         if kind == "old" and yk == "real":  # the old FD's own reference: all 1,497 train digits
             y, yk = digits("train").images, "train"
         fx, fy = _feats(kind, xk, x), _feats(kind, yk, y)
-        return fd_from_features(fx, fy), _boot(lambda f: fd_from_features(f, fy), fx)
+        return (fd_from_features(fx, fy), *_boot(lambda f: fd_from_features(f, fy), fx))
     return metric
 
 
 def m_pixel_mmd(x, xk, y, yk):
-    v, se = q.pixel_mmd(q.quantize_digits(x), q.quantize_digits(y), _bandwidth())
-    return 1000 * v, 1000 * se
+    flat = lambda a: q.quantize_digits(a).reshape(len(a), -1).astype(np.float64)  # noqa: E731
+    return _kernel(lambda a, b: q.rbf_kernel(a, b, _bandwidth()), flat(x), flat(y))
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,27 +197,27 @@ def _binomial(p, n):
 
 def m_precision(x, xk, y, yk):
     p, _ = q.precision_recall(_feats("judge", xk, x), _feats("judge", yk, y))
-    return p, _binomial(p, len(x))
+    return p, _binomial(p, len(x)), None
 
 
 def m_recall(x, xk, y, yk):
     _, r = q.precision_recall(_feats("judge", xk, x), _feats("judge", yk, y))
-    return r, _binomial(r, len(y))
+    return r, _binomial(r, len(y)), None
 
 
 def m_density(x, xk, y, yk):
     fx, fy = _feats("judge", xk, x), _feats("judge", yk, y)
-    return q.density_coverage(fx, fy)[0], _boot(lambda f: q.density_coverage(f, fy)[0], fx)
+    return (q.density_coverage(fx, fy)[0], *_boot(lambda f: q.density_coverage(f, fy)[0], fx))
 
 
 def m_coverage(x, xk, y, yk):
     c = q.density_coverage(_feats("judge", xk, x), _feats("judge", yk, y))[1]
-    return c, _binomial(c, len(y))
+    return c, _binomial(c, len(y)), None
 
 
 def m_inception(x, xk, y, yk):
     logits = q.judge_logits(x)
-    return q.inception_score(logits), _boot(q.inception_score, logits)
+    return (q.inception_score(logits), *_boot(q.inception_score, logits))
 
 
 # name -> (function, lower is better)
@@ -278,20 +290,34 @@ def score_ladders(samples: dict) -> dict:
 
 
 def _badness(values, lower: bool):
-    v = np.array([a for a, _ in values], np.float64)
-    return (v if lower else -v), np.array([b for _, b in values], np.float64)
+    v = np.array([r[0] for r in values], np.float64)
+    return (v if lower else -v), np.array([r[1] for r in values], np.float64)
 
 
-def monotone_verdict(order, values, lower: bool):
-    """``(rho, passed)`` for rungs whose true badness is ``order``: Spearman rho >= 0.8, no pair in
-    the wrong order by more than 2 combined standard errors, and the ends more than 2 apart."""
-    b, se = _badness(values, lower)
+def pair_se(a, b, paired: bool) -> float:
+    """Standard error of the difference of two rungs' values (see the metric table's comment)."""
+    if a[2] is None or b[2] is None or (a[2][0] == "boot" and not paired):
+        return float(np.hypot(a[1], b[1]))
+    if a[2][0] == "loo":
+        return q.jackknife_se(a[2][1], b[2][1], paired)
+    return float(np.std(a[2][1] - b[2][1], ddof=1))
+
+
+def monotone_verdict(order, values, lower: bool, paired: bool = True):
+    """``(rho, passed)`` for rungs whose true badness is ``order``: passed when no pair of rungs is
+    in the wrong order by more than 2 standard errors of their difference and the best and worst
+    rungs are more than 2 apart (rho, Spearman's, is reported, not required)."""
+    b, _ = _badness(values, lower)
     order = np.asarray(order, np.float64)
-    rho = float(spearmanr(order, b).statistic)
-    gap = lambda i, j: (b[j] - b[i]) / np.hypot(se[i], se[j])  # noqa: E731  (> 0: j worse)
-    idx = np.argsort(order)
+    rho = float(spearmanr(order, b).statistic) if np.ptp(b) > 0 else 0.0
+
+    def gap(i, j):  # > 0: rung j is worse than rung i, in standard errors of the difference
+        se = pair_se(values[i], values[j], paired)
+        return 0.0 if b[j] == b[i] else (b[j] - b[i]) / max(se, 1e-300)
+
+    idx = np.argsort(order, kind="stable")
     inverted = any(gap(i, j) < -2 for a, i in enumerate(idx) for j in idx[a + 1:] if order[j] > order[i])
-    return rho, bool(rho >= 0.8 and not inverted and gap(idx[0], idx[-1]) > 2)
+    return rho, bool(not inverted and gap(idx[0], idx[-1]) > 2)
 
 
 def verdicts(results: dict) -> dict:
@@ -302,15 +328,16 @@ def verdicts(results: dict) -> dict:
         out[name] = {}
         for metric, (_, lower) in METRICS.items():
             vals = res[metric]
-            if res["param"] == "set":
-                b, se = _badness(vals, lower)
-                z = abs(b[0] - b[1]) / np.hypot(se[0], se[1])
+            if res["param"] == "set":  # different images: unpaired (the shared reference still cancels)
+                b, _ = _badness(vals, lower)
+                z = abs(b[0] - b[1]) / pair_se(vals[0], vals[1], paired=False)
                 out[name][metric] = (f"z = {z:.1f}", bool(z < 2))
             elif res["param"] == "factor":
                 sides = [[i for i, f in enumerate(pts) if f <= 1], [i for i, f in enumerate(pts) if f >= 1]]
                 got = [monotone_verdict([abs(np.log(pts[i])) for i in s], [vals[i] for i in s], lower)
                        for s in sides]
-                best = pts[int(np.argmin(_badness(vals, lower)[0]))]
+                bad = _badness(vals, lower)[0]
+                best = "/".join(str(pts[i]) for i in np.flatnonzero(bad == bad.min()))  # ties: identical images
                 text = f"rho {got[0][0]:.2f} / {got[1][0]:.2f}, best {best}"
                 informational = name.endswith("vs real") and "model" in name
                 out[name][metric] = (text, None if informational else got[0][1] and got[1][1])
@@ -329,6 +356,7 @@ def nfe9_table(samples: dict) -> list:
     ref, real = samples["reference"], q.digits_split("reference")
     rows = []
     for solver in NFE9_SOLVERS:
+        diff = q.score_difference(samples[f"{solver} IIA"], samples[f"{solver} base"], paired=True)
         for kind in ("base", "IIA"):
             x = samples[f"{solver} {kind}"]
             qual = q.digits_quality(x)
@@ -338,7 +366,7 @@ def nfe9_table(samples: dict) -> list:
                 score_se=qual["score_se"], mmd_real=1000 * qual["pixel_mmd"], mmd_real_se=1000 * qual["pixel_mmd_se"],
                 mmd_ref=1000 * to_ref[0], mmd_ref_se=1000 * to_ref[1], precision=qual["precision"],
                 recall=qual["recall"], density=qual["density"], coverage=qual["coverage"],
-                inception=qual["inception_score"],
+                inception=qual["inception_score"], diff=diff if kind == "IIA" else None,
                 contrast_ref=q.contrast_ratio(q.quantize_digits(x), q.quantize_digits(ref)),
                 old_fd=METRICS["old digits FD (shipped classifier, clipped)"][0](x, f"{solver} {kind}", real, "real")[0]))
     return rows
@@ -401,11 +429,15 @@ def markdown(results, verdict, rows, args, command, total_s) -> str:
         f"deterministic. Standard errors: jackknife for KID/MMD, {BOOT} bootstrap resamples for FD, "
         "density and IS, binomial for precision, recall and coverage.",
         "",
-        "A ladder passes when Spearman's rho between the metric's badness and the known order is at "
-        "least 0.8, no pair of rungs is in the wrong order by more than 2 combined standard errors, "
-        "and the two ends are more than 2 apart; contrast ladders are judged on each side of 1 "
-        "separately (rho left / right); the tie (d) passes when the two real sets differ by less "
-        "than 2 combined standard errors (z < 2). `info`: no known order (see below).",
+        "A ladder passes when no pair of rungs is in the wrong order by more than 2 standard errors "
+        "of their difference and the best and worst rungs are more than 2 such errors apart. The rungs "
+        "of a ladder share the reference digits and (except (d)) their noise draws or images, so the "
+        "error of a difference is taken paired: the jackknife of the difference for KID/MMD, the same "
+        "bootstrap resamples for FD, density and IS; precision, recall and coverage only have binomial "
+        "errors, combined as if independent. Spearman's rho between badness and the known order is "
+        "reported. Contrast ladders are judged on each side of 1 separately (rho left / right); the "
+        "tie (d) passes when the two real sets differ by less than 2 standard errors of their "
+        "difference (z < 2). `info`: no known order (see below).",
         "",
         "## Which metric passes which ladder",
         "",
@@ -426,7 +458,7 @@ def markdown(results, verdict, rows, args, command, total_s) -> str:
         lines += [f"### {name}", "", f"| metric | " + " | ".join(f"{res['param']} {p}" for p in res["points"]) + " |",
                   "| --- |" + " ---: |" * len(res["points"])]
         for metric in METRICS:
-            lines.append(f"| {metric} | " + " | ".join(_fmt(v, se) for v, se in res[metric]) + " |")
+            lines.append(f"| {metric} | " + " | ".join(_fmt(r[0], r[1]) for r in res[metric]) + " |")
         lines.append("")
     lines += [
         "## Base vs IIA at NFE 9, by every judge",
@@ -439,13 +471,14 @@ def markdown(results, verdict, rows, args, command, total_s) -> str:
         "from the mean image relative to the fine reference's. IS: Inception Score analogue from the "
         "judge's class probabilities (max 10).",
         "",
-        "| solver | sampler | median ODE err | digits_score | 1000 pixel MMD to real | 1000 pixel MMD to "
-        "fine ref | precision | recall | density | coverage | contrast vs ref | IS | old FD |",
-        "| --- | --- |" + " ---: |" * 11,
+        "| solver | sampler | median ODE err | digits_score | IIA - base (paired) | 1000 pixel MMD to real | "
+        "1000 pixel MMD to fine ref | precision | recall | density | coverage | contrast vs ref | IS | old FD |",
+        "| --- | --- |" + " ---: |" * 12,
     ]
     for r in rows:
         lines.append(
             f"| {r['solver']} | {r['kind']} | {r['ode']:.3f} | {_fmt(r['score'], r['score_se'])} | "
+            f"{_fmt(*r['diff']) if r['diff'] else ''} | "
             f"{_fmt(r['mmd_real'], r['mmd_real_se'])} | {_fmt(r['mmd_ref'], r['mmd_ref_se'])} | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
             f"{r['contrast_ref']:.3f} | {r['inception']:.2f} | {r['old_fd']:.1f} |")
@@ -473,6 +506,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=1000, help="evaluation samples (fresh noise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples-only", action="store_true", help="only fill the sample cache")
+    ap.add_argument("--replot", action="store_true", help="rewrite the markdown and figure from the saved "
+                    "scores (checkpoints/metric_ladders/scores_*.json) without scoring")
     ap.add_argument("--out", type=Path, default=DOCS)
     ap.add_argument("--cpu-note", default="2 shared CPU cores", help="hardware note for the markdown")
     args = ap.parse_args(argv)
@@ -480,11 +515,18 @@ def main(argv=None):
     if args.samples_only:
         return
     command = " ".join(["python", "benchmarks/metric_ladders.py"] + (sys.argv[1:] if argv is None else list(argv)))
-    start = time.perf_counter()
-    results = score_ladders(samples)
-    verdict = verdicts(results)
-    rows = nfe9_table(samples)
-    total = time.perf_counter() - start
+    saved = CACHE / f"scores_n{args.n}_seed{args.seed}.json"
+    if args.replot:
+        results, verdict, rows, total, command = json.loads(saved.read_text())
+    else:
+        start = time.perf_counter()
+        results = score_ladders(samples)
+        verdict = verdicts(results)
+        rows = nfe9_table(samples)
+        total = time.perf_counter() - start
+        results = {k: {m: ([r[:2] for r in v] if m in METRICS else v) for m, v in res.items()}
+                   for k, res in results.items()}  # the values and errors; the tables need no more
+        saved.write_text(json.dumps([results, verdict, rows, total, command], default=float))
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "metrics_ladders.png")
     (args.out / "metrics.md").write_text(markdown(results, verdict, rows, args, command, total))

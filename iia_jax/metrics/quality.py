@@ -75,6 +75,8 @@ __all__ = [
     "median_bandwidth",
     "mmd2_unbiased",
     "kid",
+    "mmd2_jackknife",
+    "jackknife_se",
     "pixel_mmd",
     "precision_recall",
     "density_coverage",
@@ -213,15 +215,34 @@ def _jackknife(*thetas) -> float:
     return float(sum((len(t) - 1) / len(t) * np.sum((t - t.mean()) ** 2) for t in thetas))
 
 
-def _mmd2_with_se(kernel: Callable, x, y) -> tuple[float, float]:
-    """``(MMD^2 over all pairs, jackknife standard error)`` for the kernel ``kernel(a, b)``."""
+def mmd2_jackknife(kernel: Callable, x, y):
+    """``(MMD^2, (theta_x, theta_y))``: the unbiased estimate for ``kernel(a, b)`` and its
+    leave-one-out values, from which :func:`jackknife_se` gives errors of it, or of a difference
+    of two estimates against the same ``y`` (module doc)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must be [N, F] and [M, F] with the same F; got {x.shape} and {y.shape}")
     if min(len(x), len(y)) < 3:
         raise ValueError(f"MMD needs at least 3 rows in each set; got {len(x)} and {len(y)}")
     kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-    return mmd2_unbiased(kxx, kyy, kxy), float(np.sqrt(_jackknife(*_leave_one_out(kxx, kyy, kxy))))
+    return mmd2_unbiased(kxx, kyy, kxy), _leave_one_out(kxx, kyy, kxy)
+
+
+def jackknife_se(loo_a, loo_b=None, paired: bool = False) -> float:
+    """Jackknife standard error of one estimate (``loo_a`` from :func:`mmd2_jackknife`) or of the
+    difference ``a - b`` of two against the same reference: the reference deletions act on both;
+    with ``paired=True`` so do the sample deletions (row ``i`` of both sets, e.g. the same noise)."""
+    if loo_b is None:
+        return float(np.sqrt(_jackknife(*loo_a)))
+    (xa, ya), (xb, yb) = loo_a, loo_b
+    if paired and len(xa) != len(xb):
+        raise ValueError(f"paired=True needs sets of equal size; got {len(xa)} and {len(xb)}")
+    return float(np.sqrt(_jackknife(xa - xb, ya - yb) if paired else _jackknife(xa, xb, ya - yb)))
+
+
+def _mmd2_with_se(kernel: Callable, x, y) -> tuple[float, float]:
+    value, loo = mmd2_jackknife(kernel, x, y)
+    return value, jackknife_se(loo)
 
 
 def kid(x, y) -> tuple[float, float]:
@@ -358,14 +379,6 @@ def score_difference(samples_a, samples_b, paired: bool = False) -> tuple[float,
     jackknife then deletes row ``i`` from both at once. Negative: ``a`` is better.
     """
     fa, fb = judge_features(_images(samples_a, "samples_a", 3)), judge_features(_images(samples_b, "samples_b", 3))
-    if paired and len(fa) != len(fb):
-        raise ValueError(f"paired=True needs sets of equal size; got {len(fa)} and {len(fb)}")
     fy = _reference()[1]
-    kyy = polynomial_kernel(fy, fy)
-    parts = []
-    for f in (fa, fb):
-        kxx, kxy = polynomial_kernel(f, f), polynomial_kernel(f, fy)
-        parts.append((mmd2_unbiased(kxx, kyy, kxy), *_leave_one_out(kxx, kyy, kxy)))
-    (va, xa, ya), (vb, xb, yb) = parts
-    var = _jackknife(xa - xb, ya - yb) if paired else _jackknife(xa, xb, ya - yb)
-    return SCORE_SCALE * (va - vb), SCORE_SCALE * float(np.sqrt(var))
+    (va, loo_a), (vb, loo_b) = (mmd2_jackknife(polynomial_kernel, f, fy) for f in (fa, fb))
+    return SCORE_SCALE * (va - vb), SCORE_SCALE * jackknife_se(loo_a, loo_b, paired)
