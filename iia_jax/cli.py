@@ -149,10 +149,8 @@ def _fit_grid(model, args, fit_kwargs):
     x_T = _noise(model, probe, args.batch, args.seed)
     print(f"fitting the grid and IIA for {args.solver}, {args.steps} steps on {model.name} with "
           f"{args.batch} samples ...", flush=True)
-    result = iia_jax.fit_plan(model.denoiser, args.solver, args.steps, x_T, sigma_min=s.sigma_min,
-                              sigma_max=s.sigma_max, key=jax.random.PRNGKey(args.seed), **fit_kwargs)
-    print(result.report)
-    return result
+    return iia_jax.fit_plan(model.denoiser, args.solver, args.steps, x_T, sigma_min=s.sigma_min,
+                            sigma_max=s.sigma_max, key=jax.random.PRNGKey(args.seed), **fit_kwargs)
 
 
 def cmd_sample(args):
