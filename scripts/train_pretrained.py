@@ -197,6 +197,13 @@ def cmd_eval_cond(args):
         x = np.asarray(run(z, np.full_like(labels, NULL_LABEL), 1.0))  # the null label: unguided
         pred = np.argmax(np.asarray(cls.logits(np.clip(x, -1, 1))), -1)
         rows["null"] = {"class_histogram": np.bincount(pred, minlength=10).tolist()}
+        grids[(solver, "null")] = x
+        # For comparison: the shipped unconditional denoiser, same solver, grid and noise.
+        plan = iia_jax.plan(solver, iia_jax.schedules.karras(args.steps, 0.002, 80.0))
+        D_uncond = pretrained.digits()  # loaded outside jit: a first load inside a trace would cache tracers
+        x = np.asarray(jax.jit(lambda z: iia_jax.sample(D_uncond, plan, 80.0 * z))(z))
+        pred = np.argmax(np.asarray(cls.logits(np.clip(x, -1, 1))), -1)
+        rows["unconditional_digits_model"] = {"class_histogram": np.bincount(pred, minlength=10).tolist()}
         report["solvers"][f"{solver}_nfe{nfe}"] = rows
         for key, row in rows.items():
             print(f"{solver:9s} NFE {nfe:2d} {key:6s} " + (f"acc {row['accuracy']:.3f}  per class {row['per_class']}"
@@ -215,21 +222,22 @@ def cmd_eval_cond(args):
 
 
 def _plot_cond_grid(grids, args):
-    """One row per guidance scale (dpmpp_2m): the first 2 samples of each class."""
+    """One row per guidance scale (dpmpp_2m), then the null label (same noise): 2 samples per class."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per = args.n_per_class
-    fig, axes = plt.subplots(len(GUIDANCE_SCALES), 20, figsize=(20, 1.1 * len(GUIDANCE_SCALES)))
-    for r, scale in enumerate(GUIDANCE_SCALES):
+    rows = GUIDANCE_SCALES + ("null",)
+    fig, axes = plt.subplots(len(rows), 20, figsize=(20, 1.1 * len(rows)))
+    for r, scale in enumerate(rows):
         x = grids[("dpmpp_2m", scale)]
         picks = [k * per + j for k in range(10) for j in range(2)]
         for c, i in enumerate(picks):
             axes[r, c].imshow(np.clip(x[i, ..., 0], -1, 1), cmap="gray_r", vmin=-1, vmax=1)
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(f"s={scale:g}", rotation=0, labelpad=18)
+        axes[r, 0].set_ylabel("null" if scale == "null" else f"s={scale:g}", rotation=0, labelpad=18)
     fig.suptitle(f"shipped digits_cond, dpmpp_2m NFE {args.steps}, labels 0..9 (2 each), seed {args.seed}")
     os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
     fig.savefig(args.png, dpi=60, bbox_inches="tight")
