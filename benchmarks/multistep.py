@@ -195,12 +195,12 @@ def plot(problems, rows, path):
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4), squeeze=False)
     for ax, name in zip(axes[0], problems):
         for k, solver in enumerate(SOLVERS):
-            sel = sorted((r for r in rows if r["solver"] == solver and r["problem"] == name),
-                         key=lambda r: r["nfe"])
-            nfe = [r["nfe"] for r in sel]
-            ax.plot(nfe, [r["base"] for r in sel], "--", color=f"C{k}", label=f"{solver} base")
-            ax.plot(nfe, [r["iia"][_key(1, "trajectory")] for r in sel], "o-", color=f"C{k}",
-                    label=f"{solver} IIA (r=1)")
+            sel = sorted((row for row in rows if row["solver"] == solver and row["problem"] == name),
+                         key=lambda row: row["nfe"])
+            nfe = [row["nfe"] for row in sel]
+            ax.plot(nfe, [row["base"] for row in sel], "--", color=f"C{k}", label=f"{solver} base")
+            ax.plot(nfe, [row["iia"][_key(1, "trajectory")] for row in sel], "o-", color=f"C{k}",
+                    label=f"{solver} IIA (r = 1, trajectory)")
         ax.set(xscale="linear", yscale="log", xlabel="NFE", ylabel="median ODE error", title=name)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -221,6 +221,43 @@ def write_section(md_path, lines):
     md_path.write_text(text)
 
 
+ABOUT = """\
+`dpmpp_3m` (DPM-Solver++(3M)) and `unipc` (UniPC, data prediction, B(h) = bh2, predictor order 2
+with the UniC corrector) are checked step by step against `diffusers`' schedulers stepping the same
+exact mixture, warm-start and final steps included (`tests/test_solvers_multistep.py`).  Both cost
+one model call a step; UniPC's corrector uses the output at the new point, which its next predictor
+reuses, and nothing is corrected after the final step.  What we measured about the bases:
+
+- `dpmpp_3m` uses the 3M update of `diffusers` and the DPM-Solver reference code.  Its
+  second-derivative term has half the Taylor weight, so it converges at order 2, not 3 (with about 3x
+  less error than 2M at equal steps); the doubled weight converges at order 3 but is worse on these
+  Karras grids at NFE 5-50 (last table), so we keep the update peers use.
+- `diffusers` with `lower_order_final` and fewer than 15 steps also drops 3M to second order on the
+  step before the final one; ours stays third order there (our step only knows whether it is the
+  final one), which had 3-10 % lower median error on an exact mixture (tested).
+- `unipc` converges at order 3 (UniP-2 + UniC-2)."""
+
+
+READING = """\
+Reading of the run above (it chose the defaults in `iia_jax/iia/features.py`):
+
+- New defaults: `dpmpp_3m` -> preset `iia-dpm-solver`, `unipc` -> preset `iia-unipc`, both with
+  history r = 1 (features `x_i` and `D_i .. D_{i-3}`) and target `trajectory`.  Target `local` was
+  1.6x worse in geometric mean for both.  r = 1 was 3M's best; for unipc r = 2 and 3 were 3-4 %
+  better in geometric mean, but not consistently (better at NFE 8-10 on the 4-D mixture, worse at
+  NFE 10 on the image one), so the smaller feature set stays the default.
+- `unipc` with IIA (r = 1) has the lowest error of the three at NFE 5-10 on both mixtures (tied
+  with 3M at NFE 5).  At NFE 3 every setting ties (about 1.2-1.3x): the jump to sigma = 0 dominates.
+- `dpmpp_3m` is a poor base on these Karras grids (base error 1.54 at NFE 5 on the 4-D mixture, 4x
+  that of 2M).  With IIA it ends 2-10x above `unipc` at NFE 8-10 although at r = 1 the two have the
+  same features: the never-worse check of the sequential fit rejects some steps (4 of 8 at NFE 8 on
+  the 4-D mixture, among them one whose held-out local error the fit cut 5x, per its report), and
+  those fall back to 3M's own step.
+- `dpmpp_2m` gains from a longer history: r = 2 (the features the new presets have at r = 1) gave
+  0.80x the error of its default r = 1 in geometric mean, and 0.5-0.6x at NFE 5 (both mixtures).
+  Its default is left as it is here."""
+
+
 def write_docs(args, store, histories, command):
     problems = [p for p in store["notes"] if any(r["problem"] == p for r in store["rows"])]
     lines = ["## Multistep bases for IIA: dpmpp_2m, dpmpp_3m, unipc", "",
@@ -230,13 +267,15 @@ def write_docs(args, store, histories, command):
              f"Karras grid 0.002..80, NFE = steps; fine_steps {FINE_STEPS}; sequential fit with "
              "the solver's default preset; IIA columns are target `trajectory` at history r, then "
              "r = 1 with target `local`.  Best IIA setting per row in bold.  Raw numbers (with "
-             f"kept steps and fit seconds): `{args.json.name}`.", ""]
-    lines += [f"- {store['notes'][p]}" for p in problems] + [""]
+             f"kept steps and fit seconds): `{args.json.name}`; the {len(store['rows'])} rows' "
+             f"{sum(len(r['fit_s']) for r in store['rows'])} fits took "
+             f"{sum(sum(r['fit_s'].values()) for r in store['rows']) / 60:.0f} min in all.", ""]
+    lines += [f"- {store['notes'][p]}" for p in problems] + ["", ABOUT, ""]
     for name in problems:
         rows = [r for s in SOLVERS for r in sorted(store["rows"], key=lambda r: r["nfe"])
                 if r["problem"] == name and r["solver"] == s]
         lines += table(name, rows, histories) + [""]
-    lines += summary(store["rows"], histories) + [""]
+    lines += summary(store["rows"], histories) + ["", READING, ""]
     if store.get("bases"):
         lines += base_table(store) + [""]
     png = args.out / "multistep_error_vs_nfe.png"

@@ -47,6 +47,9 @@ DEFAULT_PRESET = {"heun": "iia-edm", "euler": "iia-ddim", "dpmpp_2m": "iia-dpm-s
 # The sequential target each solver does best with, from benchmarks/iia.py (docs/iia.md):
 # local for heun, whose corrected step already tracks the local solution closely; trajectory
 # for the first-order and multistep solvers, whose accumulated error it also removes.
+# dpmpp_3m and unipc (benchmarks/multistep.py, docs/solvers.md, exact mixtures, NFE 3-10): local
+# was 1.6x worse than trajectory in geometric mean; at the default r = 1 (features x_i and
+# D_i..D_{i-3}) 3M did best, and unipc within 4 % of r = 2 or 3 (better at some NFE, worse at others).
 DEFAULT_TARGET = {"heun": "local", "euler": "trajectory", "dpmpp_2m": "trajectory",
                   "dpmpp_3m": "trajectory", "unipc": "trajectory",
                   "ipndm": "trajectory", "spndm": "trajectory"}
