@@ -43,15 +43,21 @@ class Row(NamedTuple):
     quality: float = float("nan")
     kept: str = ""
     fit_s: float = float("nan")
+    quality_se: float = float("nan")
 
 
 def quality_judge():
-    """``(name, score(images) -> float)`` for digits, or None when the judge is not installed."""
+    """``(name, judge(images) -> (score, standard error))`` for digits, or None when the judge
+    (``iia_jax.metrics.quality``) is not installed."""
     try:
-        from ..metrics.quality import digits_score
+        from ..metrics.quality import digits_quality
     except ImportError:
         return None
-    return "digits_score (1000 x KID, judge features)", digits_score
+
+    def judge(images):
+        q = digits_quality(images, boot=2)   # the bootstrap is for the FD, which is not used here
+        return q["score"], q["score_se"]
+    return "digits_score (1000 x KID, judge features)", judge
 
 
 def variants(solver: str, quick: bool) -> list:
@@ -85,9 +91,9 @@ class Bench(NamedTuple):
     def score(self, family, method, variant, grid_name, nfe, x0, kept="", fit_s=float("nan")) -> Row:
         x0 = np.asarray(x0, np.float32)
         err = ode_error(x0, self.reference)
-        q = self.judge[1](x0) if self.judge else float("nan")
+        q, se = self.judge[1](x0) if self.judge else (float("nan"), float("nan"))
         return Row(self.model.name, family, method, variant, grid_name, float(nfe), err.median, err.rmse,
-                   float(q), kept, fit_s)
+                   float(q), kept, fit_s, float(se))
 
 
 def setup(model, eval_batch: int, fit_batch: int, ref_steps: int, seed: int = 0) -> Bench:
@@ -184,6 +190,6 @@ def run_model(model, cfg, log=print) -> tuple[list, dict]:
         rows += adaptive_rows(bench, cfg.tolerances)
     extra = {"reference_error": bench.reference_error, "seconds": time.perf_counter() - start,
              "judge": bench.judge[0] if bench.judge else None,
-             "reference_quality": bench.judge[1](bench.reference) if bench.judge else float("nan")}
+             "reference_quality": bench.judge[1](bench.reference) if bench.judge else (float("nan"),) * 2}
     log(f"[{model.name}] done in {extra['seconds']:.0f} s")
     return rows, extra

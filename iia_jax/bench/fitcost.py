@@ -5,14 +5,14 @@ model evaluations.  We time exactly that many evaluations, warm, as the Euler sa
 ``fine_steps x NFE`` steps over the same batch, and divide the fit's wall time by it.  The fit's
 wall time includes its compilation (every fit compiles its programs, so a user always pays it).
 
-**Memory.** Peak resident memory (``ru_maxrss``) of a fresh Python process per batch size, minus
-the peak it had reached just before calling ``fit`` (imports, noise, one model call): the fit's own
-peak, measured by the operating system, so it counts everything XLA allocates on the CPU.
+**Memory.** A fresh Python process per batch size: its resident-set high-water mark (``VmHWM``,
+reset just before ``fit``) minus its resident set just before ``fit`` (imports, noise, one model
+call): the fit's own peak, measured by the operating system, so it counts everything XLA allocates
+on the CPU (compilation included).
 """
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -53,18 +53,30 @@ def fit_time(model, solver: str, nfe: int, batch: int, fine_steps: int, modes) -
     return out
 
 
+def _status_mb(field: str) -> float:
+    """A field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 def probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str) -> None:
-    """Run in a fresh process: print ``{"before_mb", "peak_mb", "fit_s"}`` of one fit as JSON."""
+    """Run in a fresh process (Linux): print ``{"before_mb", "peak_mb", "fit_s"}`` of one fit as JSON.
+
+    The resident-set high-water mark is reset just before the fit (``echo 5 > /proc/self/clear_refs``),
+    so ``peak_mb - before_mb`` is what the fit itself added at its peak."""
     from .models import MODELS
     m = MODELS[model_name]()
     p = plan(solver, grid("karras", steps_for(nfe, SOLVERS[solver].evals_per_step), m.sigma_min, m.sigma_max))
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(8), (batch,) + m.shape)
     jax.block_until_ready(m.denoiser(x[:2], 1.0))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mb("VmRSS")
     res = fit(m.denoiser, p, x, mode=mode, chunk_size=chunk or None, fine_steps=16, progress=False)
     jax.block_until_ready(res.coeffs.values)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(before_mb=before, peak_mb=peak, fit_s=res.report.fit_seconds)))
+    print(json.dumps(dict(before_mb=before, peak_mb=_status_mb("VmHWM"), fit_s=res.report.fit_seconds)))
 
 
 def peak_memory(model_name: str, solver: str, nfe: int, batches, chunk: int, modes, log=print) -> list:

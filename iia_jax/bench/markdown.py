@@ -38,9 +38,12 @@ def _setup(cfg, results, meta):
         + " Karras steps, from the same noise; median over samples (the integration accuracy) and RMSE "
         "(dominated by the few trajectories that switch modes). The reference's own median error (against heun with half "
         "the steps): " + ", ".join(f"{m} {e['reference_error']:.1e}" for m, e in extra.items()) + ".",
-        "- **Quality** (digits): " + (f"`iia_jax.metrics.quality.digits_score` ({judge}); the fine reference "
-                                     f"samples score {fmt(extra['digits']['reference_quality'])}."
-                                     if judge else "no validated judge was installed; only ODE error is reported."),
+        "- **Quality** (digits): " + (
+            f"`iia_jax.metrics.quality.digits_score` ({judge}), with its block standard error (se) from "
+            "`digits_quality`; the fine reference samples score "
+            f"{fmt(extra['digits']['reference_quality'][0])} ± {fmt(extra['digits']['reference_quality'][1])}. "
+            "A quality goal counts as met only where IIA is better by more than 2 se of the difference."
+            if judge else "no validated judge was installed; only ODE error is reported."),
         "- **Peers** stepping the same JAX model in the same run: diffusers "
         + ", ".join(f"{p.name} (`{p.cls}`)" for p in DIFFUSERS_PEERS if p.name in cfg.peers)
         + " with their default orders and options, given our grid as their training table (float64) "
@@ -76,6 +79,7 @@ def _accuracy(cfg, results):
         lines += ["", f"## {m}: RMSE", ""] + nfe_table(rows, m, "rmse", nfes, cfg.grids)
         if m == "digits" and any(r.quality == r.quality for r in rows if r.model == m):
             lines += ["", "## digits: digits_score (lower is better)", ""] + nfe_table(rows, m, "quality", nfes, cfg.grids)
+            lines += ["", "Standard errors of those scores:", ""] + nfe_table(rows, m, "quality_se", nfes, cfg.grids)
     ada = [r for r in rows if r.grid == "adaptive"]
     if ada:
         lines += ["", "## Adaptive peer: diffrax Tsit5 (PID, rtol = atol = tol), mean NFE per sample", ""]
@@ -146,7 +150,7 @@ def _fitcost(cfg, results):
                      f"{r['evals_cold_s']:.2f}", f"{r['ratio']:.2f}", "yes" if r["ratio"] <= 1.2 else "**no**"]
                     for r in f["time"]])
     lines += ["", f"Peak memory of one fit (model {f['memory_model']}, euler, NFE 5, fine_steps 16): peak RSS of a "
-              "fresh process minus its peak just before `fit`, measured by the OS (`ru_maxrss`), "
+              "fresh process (`VmHWM`, reset just before `fit`) minus its resident set just before `fit`, "
               "noise `PRNGKey(8)`.", ""]
     lines += table(["mode", "fit batch", "chunk_size", "fit's peak MiB", "fit s"],
                    [[r["mode"], r["batch"], r["chunk"] or "none", f"{r['fit_mb']:.0f}", f"{r['fit_s']:.1f}"]

@@ -75,7 +75,7 @@ def goals(rows, model, nfes, key="median"):
         per_peer = {name: best(rs, key) for name, rs in peers.items()}
         top = min(per_peer.values(), key=lambda r: getattr(r, key))
         karras = best([r for r in at if is_peer(r) and r.grid == "karras"], key)
-        beaten = sum(getattr(ours, key) < getattr(p, key) for p in per_peer.values())
+        beaten = sum(_better(ours, p, key) for p in per_peer.values())
         ok = beaten == len(per_peer)
         won &= ok
         out.append([n, f"{_label(ours)}, {ours.grid}", fmt(getattr(ours, key)), f"{top.method}, {top.grid}",
@@ -83,6 +83,13 @@ def goals(rows, model, nfes, key="median"):
                     f"{karras.method}: {fmt(getattr(karras, key))}" if karras else "—",
                     f"{beaten}/{len(per_peer)}", "yes" if ok else "**no**"])
     return out, won
+
+
+def _better(a, b, key):
+    """``a`` lower than ``b``; for quality, by more than 2 standard errors of the difference."""
+    if key != "quality":
+        return getattr(a, key) < getattr(b, key)
+    return b.quality - a.quality > 2 * math.hypot(a.quality_se, b.quality_se)
 
 
 def geo_mean(v):

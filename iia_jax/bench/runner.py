@@ -74,7 +74,7 @@ def config(args) -> Config:
         iia = tuple(s for s in ("euler", "heun", "dpmpp_2m", "unipc") if s in solvers)
         per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (), 512),
                "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (5,), 512),
-               "digits": ModelSettings((5, 10), ("karras",), 48, 48,
+               "digits": ModelSettings((5, 10), ("karras",), 128, 48,
                                        tuple(s for s in ("euler", "dpmpp_2m") if s in solvers), (), 128)}
     else:
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
@@ -189,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
     ap.add_argument("--replot", metavar="JSON", help="rewrite the report from the raw results of an "
                     "earlier run with the same options (each run saves them, see its last line)")
+    ap.add_argument("--rerun", action="store_true", help="with --replot: run --sections for --models "
+                    "again and replace them in the saved results")
     args = ap.parse_args(argv)
     cfg = config(args)
     if args.solvers:
@@ -200,11 +202,15 @@ def main(argv=None) -> int:
         saved = json.loads(Path(args.replot).read_text())
         command, results = saved["command"], saved["results"]
         results["rows"] = [accuracy.Row(*r) for r in results["rows"]]
+        if args.rerun:
+            results, command = rerun(cfg, results, command, argv)
+            cfg = config(argparse.Namespace(**{**vars(args), "models": None, "sections": None}))
     else:
         command = "python -m iia_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
         start = time.perf_counter()
         results = run(cfg, lambda s: print(s, flush=True))
         results["seconds"] = time.perf_counter() - start
+    if args.rerun or not args.replot:
         raw = Path(tempfile.gettempdir()) / f"iia_jax_bench_{os.getpid()}.json"
         raw.write_text(json.dumps(dict(command=command, results=results)))
         print(f"raw results: {raw}", flush=True)
@@ -212,6 +218,22 @@ def main(argv=None) -> int:
     paths = write(results, cfg, command.strip())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
+    """Run ``cfg.sections`` for ``cfg.models`` again and put them in place of the saved ones."""
+    start = time.perf_counter()
+    new = run(cfg, lambda s: print(s, flush=True))
+    if "accuracy" in cfg.sections:
+        results["rows"] = [r for r in results["rows"] if r.model not in cfg.models] + new["rows"]
+        results["extra"].update(new["extra"])
+    for section in ("speed", "fitcost"):
+        if section in cfg.sections:
+            results[section] = new[section]
+            results["speed_model"] = new["speed_model"]
+    results["seconds"] += time.perf_counter() - start
+    again = " ".join(sys.argv[1:] if argv is None else argv)
+    return results, f"{command}, then {', '.join(cfg.sections)} for {', '.join(cfg.models)} again with `{again}`"
 
 
 def write(results, cfg: Config, command: str) -> list:
