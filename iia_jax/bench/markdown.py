@@ -8,6 +8,7 @@ from .report import GOAL_NFE, fmt, goals, grid_verdict, nfe_table, table, varian
 def _setup(cfg, results, meta):
     extra = results["extra"]
     judge = next((e["judge"] for e in extra.values() if e.get("judge")), None)
+    score, score_se = extra["digits"]["reference_quality"] if judge else (None, None)
     lines = [
         "## Setup", "",
         f"- **Command**: `{meta['command']}` ({'quick' if cfg.quick else 'full'} mode), {meta['date']}, "
@@ -41,7 +42,7 @@ def _setup(cfg, results, meta):
         "- **Quality** (digits): " + (
             f"`iia_jax.metrics.quality.digits_score` ({judge}), with its block standard error (se) from "
             "`digits_quality`; the fine reference samples score "
-            f"{fmt(extra['digits']['reference_quality'][0])} ± {fmt(extra['digits']['reference_quality'][1])}. "
+            f"{fmt(score)} ± {fmt(score_se)}. "
             "A quality goal counts as met only where IIA is better by more than 2 se of the difference."
             if judge else "no validated judge was installed; only ODE error is reported."),
         "- **Peers** stepping the same JAX model in the same run: diffusers "
