@@ -74,11 +74,12 @@ def test_interpolated_reference_matches_a_finer_integration():
         assert float(jnp.median(per_sample_rms(interp, direct))) < 2e-3, sigma
 
 
-@pytest.mark.parametrize("solver,steps", [("heun", 4), ("dpmpp_2m", 5)])
+@pytest.mark.parametrize("solver,steps", [("heun", 4), ("dpmpp_2m", 5), ("ipndm", 4)])
 def test_objective_gradient_matches_finite_differences(solver, steps):
     """float64 so that central differences resolve the gradient; a random direction and two
     coordinate directions.  heun (its final second gradient is zero) and history features that do
-    not exist yet at step 0 exercise the zero-feature guard of the solve."""
+    not exist yet at step 0 exercise the zero-feature guard of the solve; ipndm its variable-step
+    Adams-Bashforth weights."""
     with jax.enable_x64(True):
         denoiser = gmm(_MEANS.astype(np.float64), 0.3)
         x = _noise(4, 48).astype(jnp.float64)

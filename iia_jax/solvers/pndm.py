@@ -44,7 +44,8 @@ def adams_bashforth_weights(sigmas, sigma_next, order: int):
     """Variable-step AB weights ``b [order]`` for nodes ``sigmas[:order]`` (newest first)."""
     h = sigma_next - sigmas[0]
     tau = (sigmas[:order] - sigmas[0]) / h
-    vandermonde = tau[None, :] ** jnp.arange(order, dtype=tau.dtype)[:, None]
+    # Integer powers, so the gradient in the sigmas is finite where tau = 0 (fit_plan needs it).
+    vandermonde = jnp.stack([tau ** k for k in range(order)])
     moments = 1.0 / jnp.arange(1, order + 1, dtype=tau.dtype)
     return jnp.linalg.solve(vandermonde, moments)
 
