@@ -97,6 +97,30 @@ def _fmt(v, spec=".4f"):
     return "-" if v is None else format(v, spec)
 
 
+def goals(rows):
+    """The issue's goals, computed from the rows (met / not met)."""
+    out = ["## Goals", ""]
+    nfe5 = [r for r in rows if r["model"] == "digits" and r["nfe"] == 5]
+    if nfe5:
+        fixed = min(nfe5, key=lambda r: r["eval"][r["best_family"]]["iia"])
+        best = min(nfe5, key=lambda r: r["eval"][r["chosen"]]["iia"])
+        e_fixed, e_best = fixed["eval"][fixed["best_family"]]["iia"], best["eval"][best["chosen"]]["iia"]
+        ratio = e_fixed / e_best
+        out.append(f"- Digits, NFE 5: best `fit_plan` result {e_best:.4f} ({best['solver']}, "
+                   f"{best['chosen']} grid) vs best fixed-grid IIA {e_fixed:.4f} ({fixed['solver']}, "
+                   f"{fixed['best_family']}): {ratio:.2f}x lower, goal >= 1.4x "
+                   f"**{'met' if ratio >= 1.4 else 'not met'}** (over the solvers in the table).")
+    if rows:
+        evals = max(sum(r["evals"].values()) / r["evals"]["fit karras"] for r in rows)
+        wall = max(r["wall"] / r["seconds"]["fit karras"] for r in rows)
+        longest = max(r["wall"] for r in rows)
+        ok = evals <= 10 and wall <= 10
+        out.append(f"- Cost: at most {evals:.1f}x the model evaluations and {wall:.1f}x the wall time of "
+                   f"a plain fit; longest `fit_plan` {longest / 60:.1f} min on this (shared, loaded) "
+                   f"machine; goal <= 10x **{'met' if ok else 'not met'}**.")
+    return out + [""]
+
+
 def write(results, path_md, path_png):
     rows = sorted(results.values(), key=lambda r: (r["model"], SOLVERS.index(r["solver"]), r["nfe"]))
     meta = results and next(iter(results.values()))["meta"]
@@ -140,6 +164,7 @@ def write(results, path_md, path_png):
                          f"{', '.join(f'{s:.3g}' for s in r['grids']['fitted'])}; karras "
                          f"{', '.join(f'{s:.3g}' for s in r['grids']['karras'])}")
         lines += [""]
+    lines += goals(rows)
     path_md.write_text("\n".join(lines) + "\n")
 
     models = [m for m in ("mixture", "digits") if any(r["model"] == m for r in rows)]
@@ -148,7 +173,7 @@ def write(results, path_md, path_png):
         sel = [r for r in rows if r["model"] == model_name]
         for i, solver in enumerate(s for s in SOLVERS if any(r["solver"] == s for r in sel)):
             rs = [r for r in sel if r["solver"] == solver]
-            nfes = [r["nfe"] for r in rs]
+            nfes = [r["nfe"] + 0.08 * (i - 1.5) for r in rs]   # side by side at equal NFE
             color = f"C{i}"
             ax.semilogy(nfes, [r["eval"][r["best_family"]]["base"] for r in rs], ":", color=color, marker="x")
             ax.semilogy(nfes, [r["eval"][r["best_family"]]["iia"] for r in rs], "--", color=color, marker="s",
