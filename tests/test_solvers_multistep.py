@@ -11,7 +11,8 @@
   final sigma) is the same first-order step.  Our third-order step there is not worse (measured on
   this mixture, 512 samples, 4-10 steps: 3-10 % lower median error; tested at 6 steps).
 * Convergence order against float64 RK4 on a log-uniform grid (sigma 80 -> 0.01, where
-  ``lambda = -log sigma`` steps are equal): unipc (UniP-2 + UniC-2) is third order.  dpmpp_3m is the
+  ``lambda = -log sigma`` steps are equal): unipc (UniP-2 + UniC-2) is third order (measured 2.84,
+  2.97, 2.99 for 16-32-64-128 steps).  dpmpp_3m is the
   widely used 3M formula (``diffusers``, the DPM-Solver reference code), whose second-derivative term
   has half the Taylor coefficient: measured order 2.48, 2.17, 2.05 (16-32-64-128 steps), with ~3x
   less error than dpmpp_2m.  Doubling that term gives order 3 (measured 3.13) but larger errors on

@@ -90,6 +90,7 @@ def _third_order_step(x, sigma, sigma_next, h, d_cur, state):
 
 
 def _make_step(order: int):
+    """The step of DPM-Solver++(2M) (order 2) or (3M) (order 3), warm-starting at order 1."""
     def step(denoiser, state, x, sigma, sigma_next, final=False):
         d_cur = denoise(denoiser, x, sigma)
         if final:
