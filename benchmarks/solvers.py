@@ -260,9 +260,19 @@ def main(argv=None):
                                                  else " " + " ".join(sys.argv[1:] if argv is None else argv))
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results, notes, nfes, command, seconds, sample_check)
-    (args.out / "solvers.md").write_text(text)
+    path = args.out / "solvers.md"
+    path.write_text(text + _kept_section(path))
     plot(results, nfes, args.out / "solvers_error_vs_nfe.png")
     print(text)
+
+
+def _kept_section(path: Path, begin="<!-- benchmarks/multistep.py: begin -->",
+                  end="<!-- benchmarks/multistep.py: end -->") -> str:
+    """The section benchmarks/multistep.py owns in the same file, kept across a rewrite."""
+    old = path.read_text() if path.exists() else ""
+    if begin not in old or end not in old:
+        return ""
+    return "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
 
 
 if __name__ == "__main__":
