@@ -269,10 +269,10 @@ def plot(results, path):
         ax.grid(alpha=0.3)
     ax_mem.set_yscale("log")
     ax_mem.set_ylabel("fit's peak RSS above the pre-fit peak (MiB)")
-    ax_mem.set_title("memory: flat when chunked")
+    ax_mem.set_title("peak memory of the fit (solid: chunked)")
     ax_rate.set_yscale("log")
     ax_rate.set_ylabel("model evaluations / s (compilation excluded)")
-    ax_rate.set_title("throughput")
+    ax_rate.set_title("throughput (compilation excluded)")
     ax_rate.legend(fontsize=7)
     fig.suptitle(f"iia_jax.fit, {SOLVER} {STEPS} steps, fine_steps {FINE_STEPS}, host CPU devices "
                  f"({os.cpu_count()} cores)", fontsize=10)
