@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import shutil
-import types
 from pathlib import Path
 
 import jax
@@ -152,7 +151,7 @@ class _FailingCheckpointer:
 
 
 def _fail_array_write(monkeypatch):
-    monkeypatch.setattr(storage, "ocp", types.SimpleNamespace(PyTreeCheckpointer=_FailingCheckpointer))
+    monkeypatch.setattr(storage, "_checkpointer", _FailingCheckpointer)
 
 
 def _fail_metadata_write(monkeypatch):

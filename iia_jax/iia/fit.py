@@ -273,8 +273,8 @@ def _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis) -> _Rows:
         raise ValueError(f"x_T has {layout.rows} samples; with holdout={holdout} none is left to fit on")
     if sharding is not None and mesh is None and layout.padded != layout.rows:
         raise ValueError(f"x_T is sharded over {sharding.shards} devices; with holdout={holdout} and "
-                         f"chunk_size={chunk_size} the fit needs a multiple of "
-                         f"{layout.padded // layout.chunks // layout.groups_per_chunk * sharding.shards} "
+                         f"chunk_size={chunk_size} ({layout.chunks} chunks) the fit needs a multiple of "
+                         f"{layout.group * sharding.shards * layout.chunks} "
                          f"rows, got {layout.rows}: pass a host array with mesh= (padded with "
                          "zero-weight rows for you) or trim the batch")
     rows = (x_T, cond)

@@ -16,6 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -25,6 +26,16 @@ from .coefficients import Coefficients, check_coefficients
 FORMAT = "iia_jax.coefficients"
 FORMAT_VERSION = 1
 _ARRAYS = ("values", "sigmas", "kept")
+
+
+def _checkpointer():
+    """An orbax checkpointer that works from one process alone: in a multi-process job the
+    coefficients are replicated, so the process that saves or loads them does not wait for others
+    (orbax's default synchronises every process)."""
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+                            multiprocessing_options=options)
 
 
 def _checksum(arrays: dict) -> str:
@@ -50,8 +61,7 @@ def save_coefficients(path, coeffs: Coefficients, overwrite: bool = False) -> Pa
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        checkpointer = ocp.PyTreeCheckpointer()
-        checkpointer.save(tmp / "arrays", arrays)
+        _checkpointer().save(tmp / "arrays", arrays)
         with open(tmp / "metadata.json", "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()
@@ -105,7 +115,7 @@ def load_coefficients(path, plan=None, fingerprint: str | None = None) -> Coeffi
         raise FileNotFoundError(f"coefficient directory {path} does not exist")
     meta = _read_metadata(path)
     try:
-        restored = ocp.PyTreeCheckpointer().restore(path / "arrays")
+        restored = _checkpointer().restore(path / "arrays")
         arrays = {name: np.asarray(restored[name]) for name in _ARRAYS}
     except Exception as e:  # orbax raises many types for damaged files
         raise _corrupt(path, f"the arrays could not be restored ({type(e).__name__}: {e})") from None
