@@ -109,7 +109,8 @@ def _load_cached(name: str, weights_dir: str | None) -> Pretrained:
             "the weights file is corrupted or was replaced"
         )
     variables = flax.serialization.msgpack_restore(payload)
-    variables = jax.tree.map(jnp.asarray, variables)
+    with jax.ensure_compile_time_eval():   # concrete arrays even when first loaded inside a trace
+        variables = jax.tree.map(jnp.asarray, variables)
     return Pretrained(variables, record)
 
 
