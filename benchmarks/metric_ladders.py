@@ -2,6 +2,7 @@
 
     python benchmarks/metric_ladders.py                  # docs/metrics.md and docs/metrics_*.png
     python benchmarks/metric_ladders.py --samples-only   # just fill the sample cache
+    python benchmarks/metric_ladders.py --replot         # rewrite the docs from the saved scores
 
 Samples (cached under ``checkpoints/metric_ladders/``, untracked, so reruns only score): the
 shipped digits model (``iia_jax.pretrained.digits()``), EDM Karras grid sigma 80 -> 0.002 -> 0,
@@ -13,10 +14,11 @@ Ladders (the order is known; each metric gets a Spearman rank correlation with i
 (a) heun from the same noise at 4, 5, 6, 8, 12, 18, 32 steps: quality improves with steps
     towards the 64-step reference (which is scored too);
 (b) the 64-step reference samples scaled in contrast about their mean image by 0.8, 0.9, 0.97,
-    1.0, 1.03, 1.1, 1.25: worse on both sides of 1 (rank = |log factor|); the same ladder on the
-    real held-out digits, whose best factor is 1 by construction;
+    1.0, 1.03, 1.1, 1.25, judged against 64-step samples from other noise (the model's own
+    distribution: best factor 1) and, for information, against real digits; the same ladder on the
+    600 real digits new to the judge ("test" + "train_check"), whose best factor is 1 by construction;
 (c) Gaussian blur (0, 0.3, 0.5, 0.7, 1.0 px) and additive pixel noise (std 0, 0.05, 0.1, 0.2,
-    0.4), on the reference samples and on the real held-out digits;
+    0.4), on the reference samples and on those 600 real digits;
 (d) real digits the denoiser never saw (the 300 ``"test"`` digits) vs 300 real digits it was
     trained on and the judge never saw (``digits_split("train_check")``): they must tie.
 
@@ -244,6 +246,8 @@ def ladders(samples: dict) -> dict:
     """``{ladder: (parameter name, [(parameter, images, key)], reference images, reference key)}``."""
     ref, other = samples["reference"], samples["reference, other noise"]
     test, real = q.digits_split("test"), q.digits_split("reference")
+    # all 600 real digits new to the judge and to the reference (they tie, ladder (d)): finer ladders
+    new = np.concatenate([test, q.digits_split("train_check")])
     factors = (0.8, 0.9, 0.97, 1.0, 1.03, 1.1, 1.25)
 
     def contrast(x, f):
@@ -253,16 +257,16 @@ def ladders(samples: dict) -> dict:
     return {
         "(a) heun steps vs real": ("steps", [(s, samples[f"heun{s}"] if s != REF_STEPS else ref, f"heun{s}")
                                              for s in HEUN_LADDER + (REF_STEPS,)], real, "real"),
-        "(b) contrast of real held-out digits": ("factor", [(f, contrast(test, f), f"test c{f}") for f in factors],
-                                                 real, "real"),
+        "(b) contrast of real new digits": ("factor", [(f, contrast(new, f), f"new c{f}") for f in factors],
+                                            real, "real"),
         "(b) contrast of model samples vs model samples": (
             "factor", [(f, contrast(ref, f), f"ref c{f}") for f in factors], other, "other"),
         "(b) contrast of model samples vs real": ("factor", [(f, contrast(ref, f), f"ref c{f}") for f in factors],
                                                   real, "real"),
-        "(c) blur of real held-out digits": ("blur px", [(b, corrupt_blur(test, b) if b else test, f"test b{b}")
-                                                         for b in (0, 0.3, 0.5, 0.7, 1.0)], real, "real"),
-        "(c) noise on real held-out digits": ("noise std", [(v, corrupt_noise(test, v) if v else test, f"test n{v}")
-                                                            for v in (0, 0.05, 0.1, 0.2, 0.4)], real, "real"),
+        "(c) blur of real new digits": ("blur px", [(b, corrupt_blur(new, b) if b else new, f"new b{b}")
+                                                    for b in (0, 0.3, 0.5, 0.7, 1.0)], real, "real"),
+        "(c) noise on real new digits": ("noise std", [(v, corrupt_noise(new, v) if v else new, f"new n{v}")
+                                                       for v in (0, 0.05, 0.1, 0.2, 0.4)], real, "real"),
         "(c) blur of model samples vs model samples": ("blur px", [(b, corrupt_blur(ref, b) if b else ref,
                                                                     f"ref b{b}") for b in (0, 0.3, 0.5, 0.7, 1.0)],
                                                        other, "other"),
@@ -276,10 +280,13 @@ def ladders(samples: dict) -> dict:
 
 
 
-def score_ladders(samples: dict) -> dict:
-    """``{ladder: {"param", "points", metric: [(value, se) per rung]}}``."""
+def score_ladders(samples: dict, only=None) -> dict:
+    """``{ladder: {"param", "points", metric: [(value, se, aux) per rung]}}`` (the ladders whose
+    name starts with one of ``only``, or all)."""
     out = {}
     for name, (param, rungs, y, yk) in ladders(samples).items():
+        if only and not name.startswith(tuple(only)):
+            continue
         t = time.perf_counter()
         res = {"param": param, "points": [p for p, _, _ in rungs]}
         for metric, (fn, _) in METRICS.items():
@@ -400,9 +407,9 @@ def plot(results: dict, path: Path):
         ax.axis("off")
     axes.flat[0].set_ylabel("badness, rescaled to [0, 1] per metric")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right", fontsize=8, bbox_to_anchor=(0.99, 0.04))
+    fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=3)
     fig.suptitle("metric ladders (bars: standard errors; the headline in bold)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -497,7 +504,60 @@ def markdown(results, verdict, rows, args, command, total_s) -> str:
 
 
 DISCUSSION = """
-(written after the run; see the report)
+**The headline is `digits_score` = 1000 x KID of the quantised samples against the 600 reference
+digits, in the judge's features.** It passes every ladder with a known order (so do the judge's FD,
+its KID without quantisation and coverage; the old digits FD, the shipped classifier's KID, the pixel
+MMD, precision, recall, density and IS each fail at least one). Why each choice:
+
+* *Feature space.* The shipped classifier saw all 1,497 training digits, and the old FD uses them
+  as its reference: 300 of them score 7.2 +- 5.2 against 18.7 +- 7.8 for the 300 held-out digits
+  (ladder (d)), and the fine reference (8.3) scores far below real held-out digits. The judge is
+  the same network trained on 597 digits only; the reference and the check digits are new to it.
+  Real held-out and real training digits then tie (-6.7 +- 12.0 vs -10.4 +- 12.4), both about 0,
+  and so do the judge's own training digits (1.8 +- 13.9 at n = 597, measured while choosing the
+  split): it favours no set, and the fine reference scores 4.5 +- 11.5, a little worse than real
+  digits, as a model should.
+* *KID, not FD.* On judge features FD passes the same ladders, but it is biased upwards at small n,
+  so numbers at different n (the demo's 500, the benchmarks' 1,000, the notebook's 300) would not
+  compare. KID is unbiased (real digits score about 0 at any n) and its jackknife error is cheap and
+  deterministic; `score_difference` gives the error of a difference against the same reference
+  digits, which is what "is IIA better than base" needs (paired over the noise draws it is half
+  the combined error bars for euler and dpmpp_2m at NFE 9, and about equal to them for heun).
+* *Quantised.* Samples are stored as the data is (17 grey levels). The judge without quantisation
+  still passes here because it already sees clipped samples, but quantising is what makes
+  "overshoot" mean the same as in the data: heun base at NFE 9 puts 66 % of its pixels outside
+  [-1, 1] (range -4.7..4.7); measured raw its contrast is 2.4x the reference's and its pixel MMD 0.30,
+  as stored 1.25x and 0.014. Judges that look at raw samples (as in the issue's table) see a far
+  worse sampler than a user who saves the images does.
+* *Contrast is not symmetric in the factor, for any judge.* Scaling up about the mean image pushes
+  the background (most pixels are exactly -1) below the stored range, and clipping takes it back,
+  so 1.25 changes the stored images less than 0.8 does. The model-free pixel MMD shows the same
+  asymmetry as the headline (600 real digits: 0.8 / 1.25 cost 94 / 23 in score; see the table). The
+  issue saw the old FD score the fine reference scaled by 1.03 and 1.1 *below* the reference itself
+  (here 7.4, 7.0 vs 8.3) against real digits. The headline does that too (2.4, 2.8 vs 4.5), and so
+  does the model-free pixel MMD: the fine reference's contrast is 0.979 of the real digits', so the
+  model is a little flat and a touch more contrast brings its samples closer to the data. That is
+  the model's error, not the judge's (this ladder has no known order, hence `info`); against the
+  model's own distribution (64-step samples from other noise) the passing judges have their best
+  factor at 1.0-1.03 and rise on both sides. The old FD's optimum sits furthest out (1.1).
+* *Resolution.* With 600 real digits the headline cannot see noise of std <= 0.1 or blur <= 0.3 px
+  (quantisation undoes most of it: one pixel in five moves one grey level at std 0.05); the ladders
+  still pass because no rung is inverted beyond its error and the ends are far apart. Precision,
+  density and the Inception Score reward shrinkage toward the mean image (they are highest at
+  contrast 0.8-0.9), and recall rewards over-contrast: they tell blur from collapse, not quality,
+  and are reported next to the score, not instead of it. The pixel MMD and the old FD fail (a) only
+  among rungs that have converged (12-64 steps): their paired errors are small enough to order those
+  against real digits, and they put 12 or 18 steps marginally ahead of 64 (pixel MMD: -0.31 vs
+  -0.24). The pixel MMD stays a good model-free check of the headline. The old FD's demonstrated
+  defect is its reference: 300 of the digits its classifier trained on score 2.6x lower than 300
+  held-out ones (ladder (d); not significant by its own wide bootstrap errors, z = 1.2).
+
+**Base vs IIA at NFE 9** (the table above; n = 1,000, paired differences): IIA helps euler clearly
+(-64.5 +- 10.3; every judge but precision agrees), ties heun (+19 +- 26: the base overshoots,
+contrast 1.25; IIA lands on the other side, 0.88; pixel MMD and contrast prefer IIA, KID, recall and IS
+the base), and costs dpmpp_2m a little (+19.7 +- 10.6, 1.9 errors; contrast 1.07 -> 0.97, pixel MMD
+ties). The judges do not all agree for heun and dpmpp_2m, and we report that rather than pick one.
+`benchmarks/digits_shrinkage.py` (docs/digits_shrinkage.md) finds where the loss comes from.
 """
 
 
@@ -508,6 +568,8 @@ def main(argv=None):
     ap.add_argument("--samples-only", action="store_true", help="only fill the sample cache")
     ap.add_argument("--replot", action="store_true", help="rewrite the markdown and figure from the saved "
                     "scores (checkpoints/metric_ladders/scores_*.json) without scoring")
+    ap.add_argument("--only", nargs="+", default=None, help="rescore only the ladders whose names start "
+                    "with these strings, keeping the other saved scores")
     ap.add_argument("--out", type=Path, default=DOCS)
     ap.add_argument("--cpu-note", default="2 shared CPU cores", help="hardware note for the markdown")
     args = ap.parse_args(argv)
@@ -518,6 +580,17 @@ def main(argv=None):
     saved = CACHE / f"scores_n{args.n}_seed{args.seed}.json"
     if args.replot:
         results, verdict, rows, total, command = json.loads(saved.read_text())
+    elif args.only:  # rescore some ladders, keep the rest of the saved scores
+        results, verdict, rows, total, command = json.loads(saved.read_text())
+        start = time.perf_counter()
+        fresh = score_ladders(samples, args.only)
+        verdict.update(verdicts(fresh))
+        names = [n for n in ladders(samples)]
+        results = {n: ({m: ([r[:2] for r in v] if m in METRICS else v) for m, v in fresh[n].items()}
+                       if n in fresh else results[n]) for n in names}
+        verdict = {n: verdict[n] for n in names}
+        total += time.perf_counter() - start
+        saved.write_text(json.dumps([results, verdict, rows, total, command], default=float))
     else:
         start = time.perf_counter()
         results = score_ladders(samples)
