@@ -462,7 +462,7 @@ def markdown(results, verdict, rows, args, command, total_s) -> str:
         lines.append(f"| {bold}{metric}{bold} | " + " | ".join(cells) + f" | {'yes' if all_ok else 'no'} |")
     lines += ["", "![ladders](metrics_ladders.png)", "", "## The ladders in numbers", ""]
     for name, res in results.items():
-        lines += [f"### {name}", "", f"| metric | " + " | ".join(f"{res['param']} {p}" for p in res["points"]) + " |",
+        lines += [f"### {name}", "", "| metric | " + " | ".join(f"{res['param']} {p}" for p in res["points"]) + " |",
                   "| --- |" + " ---: |" * len(res["points"])]
         for metric in METRICS:
             lines.append(f"| {metric} | " + " | ".join(_fmt(r[0], r[1]) for r in res[metric]) + " |")

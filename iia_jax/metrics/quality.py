@@ -3,7 +3,7 @@
 **Headline.** :func:`digits_score` is ``1000 x KID`` of the samples against the real reference
 digits, in the feature space of a *judge* classifier that saw neither the reference digits nor
 the digits used to check it; lower is better, 0 is "indistinguishable at this n". It passes
-every ladder of ``benchmarks/metric_ladders.py`` (``docs/metrics.md``), the old classifier FD of
+every ladder of ``benchmarks/metric_ladders.py`` (``docs/metrics.md``); the old classifier FD of
 :mod:`iia_jax.metrics.fd` does not.
 
 **Quantisation.** The scikit-learn digits take 17 grey levels, ``x = k/8 - 1`` with ``k = 0..16``.
@@ -33,14 +33,14 @@ reference):
 
   has expectation exactly ``MMD^2`` (0 for equal distributions, so it can be negative), and no
   bias at small ``n``. Its standard error is the two-sample jackknife's (delete one ``x``, then
-  one ``y``; closed form from the kernel row sums, :func:`_leave_one_out`): it follows the ``1/n`` variance of the estimate when
-  the distributions differ and the ``1/n^2`` one when they are equal, which block estimates
-  overstate. Judge features are divided by their RMS over the reference digits (one fixed
+  one ``y``; closed form from the kernel row sums, :func:`mmd2_jackknife`): it follows the ``1/n``
+  variance of the estimate when the distributions differ and the ``1/n^2`` one when they are
+  equal, which block estimates overstate. Judge features are divided by their RMS over the reference digits (one fixed
   scalar) so that ``a.b / F`` is of order 1, as with Inception features.
   Comparing two sample sets against the same reference, most of that error is shared:
   :func:`score_difference` takes the jackknife of the *difference* (deleting one reference digit
   from both terms, and with ``paired=True`` sample ``i`` of both sets, e.g. two samplers started
-  from the same noise), which is far tighter than the two error bars combined.
+  from the same noise), which is up to about half the two error bars combined.
 - :func:`rbf_kernel` ``k(a, b) = exp(-|a - b|^2 / (2 h^2))`` in pixel space, the model-free
   check; ``h`` is fixed by the median heuristic (Gretton et al. 2012) on the reference set:
   ``h = median_{i < j} |y_i - y_j|`` (:func:`median_bandwidth`), so it does not move with the samples.
@@ -336,7 +336,7 @@ def digits_quality(samples, reference=None, boot: int = 50, seed: int = 0) -> di
 
     ``reference``: images to compare with (default: the 600 real ``"reference"`` digits; pass
     e.g. fine-solver samples to measure closeness to them). Returns floats:
-    ``score``/``score_se`` (:func:`digits_score` and its block standard error), ``kid``/``kid_se``,
+    ``score``/``score_se`` (:func:`digits_score` and its jackknife standard error), ``kid``/``kid_se``,
     ``fd``/``fd_se`` (judge features; ``fd_se`` from ``boot`` bootstrap resamples),
     ``pixel_mmd``/``pixel_mmd_se`` (Gaussian kernel, median-heuristic bandwidth of the
     real reference), ``precision``, ``recall``, ``density``, ``coverage``, ``inception_score``,
