@@ -102,14 +102,16 @@ def goals(rows):
     out = ["## Goals", ""]
     nfe5 = [r for r in rows if r["model"] == "digits" and r["nfe"] == 5]
     if nfe5:
-        fixed = min(nfe5, key=lambda r: r["eval"][r["best_family"]]["iia"])
+        # Conservative: the best fixed family on the evaluation noise itself, not the judge's pick.
+        e_fixed, fixed, family = min((e["iia"], r["solver"], k) for r in nfe5
+                                     for k, e in r["eval"].items() if k != "fitted")
         best = min(nfe5, key=lambda r: r["eval"][r["chosen"]]["iia"])
-        e_fixed, e_best = fixed["eval"][fixed["best_family"]]["iia"], best["eval"][best["chosen"]]["iia"]
+        e_best = best["eval"][best["chosen"]]["iia"]
         ratio = e_fixed / e_best
         out.append(f"- Digits, NFE 5: best `fit_plan` result {e_best:.4f} ({best['solver']}, "
-                   f"{best['chosen']} grid) vs best fixed-grid IIA {e_fixed:.4f} ({fixed['solver']}, "
-                   f"{fixed['best_family']}): {ratio:.2f}x lower, goal >= 1.4x "
-                   f"**{'met' if ratio >= 1.4 else 'not met'}** (over the solvers in the table).")
+                   f"{best['chosen']} grid) vs best fixed-grid IIA {e_fixed:.4f} ({fixed}, {family}; "
+                   f"the best of every family on the evaluation noise): {ratio:.2f}x lower, goal >= "
+                   f"1.4x **{'met' if ratio >= 1.4 else 'not met'}** (over the solvers in the table).")
     if rows:
         evals = max(sum(r["evals"].values()) / r["evals"]["fit karras"] for r in rows)
         wall = max(r["wall"] / r["seconds"]["fit karras"] for r in rows)
@@ -171,9 +173,10 @@ def write(results, path_md, path_png):
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, model_name in zip(axes[0], models):
         sel = [r for r in rows if r["model"] == model_name]
-        for i, solver in enumerate(s for s in SOLVERS if any(r["solver"] == s for r in sel)):
+        for solver in (s for s in SOLVERS if any(r["solver"] == s for r in sel)):
+            i = SOLVERS.index(solver)   # one colour and offset per solver in every panel
             rs = [r for r in sel if r["solver"] == solver]
-            nfes = [r["nfe"] + 0.08 * (i - 1.5) for r in rs]   # side by side at equal NFE
+            nfes = [r["nfe"] + 0.06 * (i - 2.5) for r in rs]   # side by side at equal NFE
             color = f"C{i}"
             ax.semilogy(nfes, [r["eval"][r["best_family"]]["base"] for r in rs], ":", color=color, marker="x")
             ax.semilogy(nfes, [r["eval"][r["best_family"]]["iia"] for r in rs], "--", color=color, marker="s",
@@ -182,6 +185,7 @@ def write(results, path_md, path_png):
                         label=solver)
         ax.set_title(f"{model_name}: dotted base, dashed IIA (best fixed grid), solid fit_plan")
         ax.title.set_fontsize(9)
+        ax.set_xticks(sorted({r["nfe"] for r in sel}))
         ax.set_xlabel("NFE")
         ax.set_ylabel("median ODE error")
         ax.grid(True, which="both", alpha=0.3)
