@@ -14,8 +14,10 @@ def _setup(cfg, results, meta):
         f"- **Command**: `{meta['command']}` ({'quick' if cfg.quick else 'full'} mode), {meta['date']}, "
         f"took {results['seconds'] / 60:.1f} min. The full mode is `python -m iia_jax.bench`, the quick one "
         "`python -m iia_jax.bench --quick`.",
-        f"- **Machine**: {meta['machine']}. Other jobs shared the machine, so only ratios measured within "
-        "this run are reported for speed.",
+        f"- **Machine**: {meta['machine']}; 1-minute load average during the run "
+        f"{min(results['load']):.1f}..{max(results['load']):.1f} (sampled between sections), so other jobs "
+        "shared the cores: only ratios measured within this run are reported for speed, and the run took "
+        "longer than it would alone.",
         f"- **Versions**: {meta['versions']}; library revision {meta['revision']}.",
         f"- **Models** (EDM denoisers, sigma {0.002}..{80.0}): `separated` = exact 2-D mixture, 8 modes on "
         "the unit circle, std 0.05; `overlapping` = exact 8x8x1 mixture, 10 modes, means U[-1, 1] (seed 11), "

@@ -213,7 +213,7 @@ def plot_speed(speed, fitcost, path):
             ax.bar([r["solver"] for r in o], [r["ratio"] for r in o],
                    yerr=[[r["ratio"] - r["q25"] for r in o], [r["q75"] - r["ratio"] for r in o]], color="C0")
             ax.axhline(1.03, color="r", linestyle="--", linewidth=1, label="goal 1.03")
-            ax.set_ylim(0.8, max(1.2, max(r["q75"] for r in o) + 0.05))
+            ax.set_ylim(min(0.8, min(r["q25"] for r in o) - 0.05), max(1.2, max(r["q75"] for r in o) + 0.05))
             ax.set_title("iia_sample / sample (wall)")
             ax.tick_params(axis="x", rotation=45)
             ax.legend(fontsize=7)
@@ -221,7 +221,7 @@ def plot_speed(speed, fitcost, path):
             o = speed["peer"]
             ax.bar([f"{r['peer']}\nvs {r['ours']}" for r in o], [r["ratio"] for r in o], color="C1")
             ax.set_title("diffusers loop / our jitted scan")
-            ax.set_yscale("log")
+            ax.axhline(1.0, color="k", linewidth=0.8)
         elif name == "scaling":
             for nfe in sorted({r["nfe"] for r in speed["scaling"]}):
                 sel = [r for r in speed["scaling"] if r["nfe"] == nfe]
@@ -239,7 +239,7 @@ def plot_speed(speed, fitcost, path):
                             "-o" if chunked else "--s",
                             label=f"{mode}, {'chunk ' + str(sel[0]['chunk']) if chunked else 'no chunk'}")
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("fit batch")
             ax.set_ylabel("fit's own peak RSS (MiB)")
             ax.set_title("fit memory")

@@ -142,12 +142,13 @@ def git_revision() -> str:
 
 
 def run(cfg: Config, log=print) -> dict:
-    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}}
+    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]]}
     if "accuracy" in cfg.sections:
         for name in cfg.models:
             rows, extra = accuracy.run_model(MODELS[name](), cfg, log)
             results["rows"] += rows
             results["extra"][name] = extra
+            results["load"].append(os.getloadavg()[0])
     model = MODELS["digits" if "digits" in cfg.models else cfg.models[0]]()
     results["speed_model"] = model.name
     if "speed" in cfg.sections:
@@ -160,6 +161,7 @@ def run(cfg: Config, log=print) -> dict:
         s["scaling"] = speed.scaling(model, "euler", (8, 32, 128) if cfg.quick else (8, 32, 128, 512),
                                      (5, 20) if cfg.quick else (5, 10, 20), 3)
         log(f"speed done ({time.perf_counter() - t:.0f} s)")
+        results["load"].append(os.getloadavg()[0])
     if "fitcost" in cfg.sections:
         t = time.perf_counter()
         f = results["fitcost"]
@@ -171,6 +173,7 @@ def run(cfg: Config, log=print) -> dict:
         f["memory"] = fitcost.peak_memory("overlapping", "euler", 5, cfg.memory_batches, 256,
                                           ("sequential",) if cfg.quick else ("sequential", "teacher_forced"), log)
         log(f"fit cost done ({time.perf_counter() - t:.0f} s)")
+        results["load"].append(os.getloadavg()[0])
     return results
 
 
@@ -232,8 +235,9 @@ def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
             results[section] = new[section]
             results["speed_model"] = new["speed_model"]
     results["seconds"] += time.perf_counter() - start
+    results["load"] = results.get("load", []) + new["load"]
     again = " ".join(sys.argv[1:] if argv is None else argv)
-    return results, f"{command}, then {', '.join(cfg.sections)} for {', '.join(cfg.models)} again with `{again}`"
+    return results, f"{command}; then python -m iia_jax.bench {again}"
 
 
 def write(results, cfg: Config, command: str) -> list:
