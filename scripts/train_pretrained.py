@@ -135,14 +135,19 @@ def cmd_eval(args):
     fig.savefig(args.png, dpi=60, bbox_inches="tight")
     print("wrote", args.png)
     if args.record:
-        rec_path = os.path.join(pretrained.WEIGHTS_DIR, "digits.json")
-        with open(rec_path) as f:
-            record = json.load(f)
-        record["eval"] = report
-        with open(rec_path, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-        print("recorded eval in", rec_path)
+        _record_eval("digits", report)
+
+
+def _record_eval(name: str, report: dict) -> None:
+    """Store ``report`` as the ``eval`` field of the shipped ``<name>.json`` record."""
+    rec_path = os.path.join(pretrained.WEIGHTS_DIR, f"{name}.json")
+    with open(rec_path) as f:
+        record = json.load(f)
+    record["eval"] = report
+    with open(rec_path, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("recorded eval in", rec_path)
 
 
 NULL_LABEL = 10
@@ -211,14 +216,7 @@ def cmd_eval_cond(args):
     report["sampling_s"] = round(time.time() - t0, 1)
     _plot_cond_grid(grids, args)
     if args.record:
-        rec_path = os.path.join(pretrained.WEIGHTS_DIR, "digits_cond.json")
-        with open(rec_path) as f:
-            record = json.load(f)
-        record["eval"] = report
-        with open(rec_path, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-        print("recorded eval in", rec_path)
+        _record_eval("digits_cond", report)
 
 
 def _plot_cond_grid(grids, args):
