@@ -163,12 +163,34 @@ def _guided_call(denoiser_fn, x, sigma, cond, null_cond, scale):
     return _combine(out[:batch], out[batch:], scale)
 
 
+class _OneNetwork:
+    """Pytree plumbing shared by the one-network guidance classes: ``denoiser_fn`` (a child when
+    it is a pytree, static otherwise), the array fields named in ``_children``, a static scale."""
+
+    _children: tuple = ()
+
+    def tree_flatten(self):
+        (fn,), (static,) = _split_static((self.denoiser_fn,))
+        return (fn,) + tuple(getattr(self, f) for f in self._children), (static, self.guidance_scale)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        static, scale = aux
+        (fn,) = _merge_static(children[:1], (static,))
+        return cls(fn, *children[1:], scale)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(guidance_scale={self.guidance_scale})"
+
+
 @jax.tree_util.register_pytree_node_class
-class SingleNetworkGuidance:
+class SingleNetworkGuidance(_OneNetwork):
     """Guidance with one conditional network evaluated on the doubled batch.
 
     Build with :func:`cfg_single`.
     """
+
+    _children = ("cond", "null_cond")
 
     def __init__(self, denoiser_fn: Callable, cond: Any, null_cond: Any, guidance_scale: float):
         self.denoiser_fn = denoiser_fn
@@ -178,20 +200,6 @@ class SingleNetworkGuidance:
 
     def __call__(self, x, sigma):
         return _guided_call(self.denoiser_fn, x, sigma, self.cond, self.null_cond, self.guidance_scale)
-
-    def tree_flatten(self):
-        (fn,), (static,) = _split_static((self.denoiser_fn,))
-        return (fn, self.cond, self.null_cond), (static, self.guidance_scale)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        static, scale = aux
-        fn, cond, null_cond = children
-        (fn,) = _merge_static((fn,), (static,))
-        return cls(fn, cond, null_cond, scale)
-
-    def __repr__(self):
-        return f"SingleNetworkGuidance(guidance_scale={self.guidance_scale})"
 
 
 def cfg_single(denoiser_fn: Callable, cond: Any, null_cond: Any,
@@ -216,8 +224,10 @@ def cfg_single(denoiser_fn: Callable, cond: Any, null_cond: Any,
 
 
 @jax.tree_util.register_pytree_node_class
-class ConditionalGuidance:
+class ConditionalGuidance(_OneNetwork):
     """Guidance that takes the conditions per call: ``D_g(x, sigma, cond)``. Build with :func:`guided`."""
+
+    _children = ("null_cond",)
 
     def __init__(self, denoiser_fn: Callable, null_cond: Any, guidance_scale: float):
         self.denoiser_fn = denoiser_fn
@@ -226,20 +236,6 @@ class ConditionalGuidance:
 
     def __call__(self, x, sigma, cond):
         return _guided_call(self.denoiser_fn, x, sigma, cond, self.null_cond, self.guidance_scale)
-
-    def tree_flatten(self):
-        (fn,), (static,) = _split_static((self.denoiser_fn,))
-        return (fn, self.null_cond), (static, self.guidance_scale)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        static, scale = aux
-        fn, null_cond = children
-        (fn,) = _merge_static((fn,), (static,))
-        return cls(fn, null_cond, scale)
-
-    def __repr__(self):
-        return f"ConditionalGuidance(guidance_scale={self.guidance_scale})"
 
 
 def guided(denoiser_fn: Callable, scale: float, null_cond: Any) -> ConditionalGuidance:
