@@ -197,10 +197,7 @@ def cmd_train(args):
     else:
         config = dataclasses.replace(DIGITS_CLASSIFIER, steps=args.steps or DIGITS_CLASSIFIER.steps)
         result = train_classifier(config, data.images, data.labels, str(out / "run"))
-    record = {"kind": args.what, "config": config.to_json(), "steps": int(result.state.step),
-              "data_hash": result.data_hash,
-              "final_loss": float(np.mean(result.losses[-50:])) if len(result.losses) else None,
-              "weights": "ema_params"}
+    record = result.record(args.what)
     path = pretrained.save(config.name, result.state.ema_params, record, weights_dir=str(out))
     print(json.dumps({k: record[k] for k in ("steps", "final_loss")}), f"-> {path}")
 

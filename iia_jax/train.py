@@ -286,6 +286,13 @@ class TrainResult(NamedTuple):
     ckpt_dir: str | None
     data_hash: str
 
+    def record(self, kind: str, loss_window: int = 50, **extra) -> dict:
+        """The JSON record shipped beside exported weights: kind, config, steps, data hash, the
+        mean loss of the last ``loss_window`` steps, and ``extra`` fields."""
+        loss = float(np.mean(self.losses[-loss_window:])) if len(self.losses) else None
+        return {"kind": kind, "config": self.config.to_json(), "steps": int(self.state.step),
+                "data_hash": self.data_hash, "final_loss": loss, "weights": "ema_params", **extra}
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used (unreadable, truncated or corrupted)."""

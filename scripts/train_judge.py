@@ -42,19 +42,12 @@ def main(argv=None):
     predict = jax.jit(lambda x: net.apply(result.state.ema_params, x))
     accuracy = {name: float(np.mean(np.argmax(np.asarray(predict(digits_split(name))), -1) == y))
                 for name, y in labels.items()}
-    record = {
-        "kind": "classifier",
-        "config": JUDGE.to_json(),
-        "steps": int(result.state.step),
-        "data": f"iia_jax.data.digits('train')[{lo}:{hi}] images+labels (digits_split('judge_train'))",
-        "split": {**{k: f"digits('train')[{a}:{b}]" for k, (a, b) in JUDGE_SPLIT.items()},
-                  "test": "digits('test')"},
-        "data_hash": result.data_hash,
-        "final_loss": float(np.mean(result.losses[-50:])) if len(result.losses) else None,
-        "train_wall_s_this_run": round(wall, 1),
-        "accuracy": accuracy,
-        "weights": "ema_params",
-    }
+    record = result.record(
+        "classifier",
+        data=f"iia_jax.data.digits('train')[{lo}:{hi}] images+labels (digits_split('judge_train'))",
+        split={**{k: f"digits('train')[{a}:{b}]" for k, (a, b) in JUDGE_SPLIT.items()},
+               "test": "digits('test')"},
+        train_wall_s_this_run=round(wall, 1), accuracy=accuracy)
     path = pretrained.save(JUDGE.name, result.state.ema_params, record)
     print(json.dumps({k: record[k] for k in ("steps", "final_loss", "accuracy", "train_wall_s_this_run")}))
     print("wrote", path)

@@ -49,17 +49,8 @@ def cmd_classifier(args):
     net_apply = jax.jit(lambda x: net.apply(result.state.ema_params, x))
     acc = {s: float(np.mean(np.argmax(np.asarray(net_apply(digits(s).images)), -1) == digits(s).labels))
            for s in ("train", "test")}
-    record = {
-        "kind": "classifier",
-        "config": config.to_json(),
-        "steps": int(result.state.step),
-        "data": "iia_jax.data.digits('train') images+labels",
-        "data_hash": result.data_hash,
-        "final_loss": float(np.mean(result.losses[-50:])) if len(result.losses) else None,
-        "train_wall_s_this_run": round(wall, 1),
-        "accuracy": acc,
-        "weights": "ema_params",
-    }
+    record = result.record("classifier", data="iia_jax.data.digits('train') images+labels",
+                           train_wall_s_this_run=round(wall, 1), accuracy=acc)
     path = pretrained.save(config.name, result.state.ema_params, record)
     print(json.dumps({k: record[k] for k in ("steps", "final_loss", "accuracy", "train_wall_s_this_run")}))
     print("wrote", path)
@@ -72,17 +63,11 @@ def cmd_denoiser(args, recipe=DIGITS_DENOISER):
     t0 = time.time()
     result = train_denoiser(config, train.images, args.ckpt_dir, labels=labels)
     wall = time.time() - t0
-    record = {
-        "kind": "denoiser",
-        "config": config.to_json(),
-        "steps": int(result.state.step),
-        "data": "iia_jax.data.digits('train').images" + (" and .labels" if labels is not None else ""),
-        "data_hash": result.data_hash,
-        "final_loss": float(np.mean(result.losses[-100:])) if len(result.losses) else None,
-        "train_wall_s_this_run": round(wall, 1),
-        "weights": "ema_params",
-        "preconditioning": "EDM (Karras et al. 2022), sigma_data in config",
-    }
+    record = result.record(
+        "denoiser", loss_window=100,
+        data="iia_jax.data.digits('train').images" + (" and .labels" if labels is not None else ""),
+        train_wall_s_this_run=round(wall, 1),
+        preconditioning="EDM (Karras et al. 2022), sigma_data in config")
     path = pretrained.save(config.name, result.state.ema_params, record)
     print(json.dumps({k: record[k] for k in ("steps", "final_loss", "train_wall_s_this_run")}))
     print("wrote", path)
