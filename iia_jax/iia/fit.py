@@ -19,7 +19,12 @@ the current state) or ``trajectory`` (ours: the fine reference trajectory's stat
 ``sigma_{i+1}``, so a correction also removes the error accumulated so far).
 
 Never worse: on held-out samples, steps are switched on greedily in order and kept only if
-they lower the median per-sample error at sigma = 0 against the fine reference.
+they lower the median per-sample error at sigma = 0 against the fine reference.  A least-squares
+correction can lower that error and still cost sample quality: the part of the step error its
+features cannot predict is shrunk toward the mean (docs/digits_shrinkage.md).  So with a
+``quality`` judge, kept steps are then dropped one at a time, the one whose removal helps most
+first, while the held-out samples are worse than the base sampler's by more than
+``QUALITY_Z`` standard errors of the judge's paired difference.
 
 Rows: the batch ``(x_T, cond)`` is split into training and held-out rows, chunks and padding by
 one helper, :mod:`iia_jax.rows`, so conditions and a sharding of the rows cannot disagree about
@@ -46,6 +51,10 @@ from .features import DEFAULT_TARGET, feature_spec
 from .sample import apply_correction, corrected_step, iia_sample
 
 TAIL_RATIO = 1e-3  # the final step's target integrates down to TAIL_RATIO * sigma_{N-1}
+# How many standard errors of the judge's paired difference count as "worse than the base":
+# 2 keeps a step unless the held-out rows show its quality loss clearly (a one-sided test at
+# about 2 %), so the judge's noise on a few hundred rows does not throw away ODE-error gains.
+QUALITY_Z = 2.0
 
 
 
@@ -63,6 +72,8 @@ class FitReport(NamedTuple):
     holdout_size: int
     fit_seconds: float
     holdout_rows: np.ndarray = np.zeros(0, int)   # indices into x_T of the held-out rows
+    holdout_quality: tuple = (float("nan"), float("nan"))   # judge's (IIA - base, se); NaN without
+    quality_dropped: tuple = ()     # steps the quality check switched off, in the order dropped
 
     def summary(self) -> str:
         """A plain-text table of the report."""
@@ -78,6 +89,10 @@ class FitReport(NamedTuple):
                          f"{self.holdout_rmse[0]:.4g} -> {self.holdout_rmse[1]:.4g} (against the "
                          "fit's own reference: the same solver with fine_steps sub-steps per step, "
                          "not the exact ODE solution)")
+            if not np.isnan(self.holdout_quality[0]):
+                lines.append(f"quality judge, IIA - base: {self.holdout_quality[0]:+.4g} +- "
+                             f"{self.holdout_quality[1]:.2g} (steps dropped for quality: "
+                             f"{list(self.quality_dropped) or 'none'})")
         else:
             lines.append("no held-out samples: the never-worse check was skipped")
         lines.append(f"trained on {self.train_size} samples in {self.fit_seconds:.2f} s")
@@ -319,7 +334,7 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
         mode: str = "sequential", target: str | None = None, ridge: float = 1e-4,
         holdout: float = 0.25, chunk_size: int | None = None, key=None,
         fingerprint: str | None = None, progress: bool | None = None, mesh=None,
-        batch_axis="data") -> FitResult:
+        batch_axis="data", quality=None) -> FitResult:
     """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
 
     ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
@@ -330,7 +345,12 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     :data:`~iia_jax.iia.features.DEFAULT_TARGET`.  About a fraction ``holdout`` of the rows (one in
     every four for 0.25; which one drawn with ``key``, see :mod:`iia_jax.rows`) is kept out of the
     fit and judges it: coefficients that do not lower the held-out median error at sigma = 0 are
-    zeroed.  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
+    zeroed.  ``quality(candidate, base) -> (difference, se)``, optional, judges samples as well:
+    a paired comparison of the held-out rows' samples at sigma = 0 (row i of both from the same
+    noise; difference < 0 means the candidate is better), e.g.
+    :func:`iia_jax.metrics.digits_check` for the shipped digits models.  While IIA's samples are
+    worse than the base's by more than ``QUALITY_Z`` se, the kept step whose removal helps most is
+    switched off (module docstring).  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
     rows and Gram matrices are summed over them.  A batch sharded along its rows (or a host batch
     with ``mesh=``/``batch_axis=``) is fitted data-parallel (docs/scaling.md).  ``fingerprint``
     is stored with the coefficients for a later check.  Raises a ValueError naming the step if
@@ -359,13 +379,22 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     make = lambda vals, kept: Coefficients(  # noqa: E731
         vals, plan.sigmas, kept, plan.solver, spec.preset, spec.history, fine_steps, mode, target,
         layout.train_rows, fingerprint, _guidance_scale(denoiser), __version__, plan.fingerprint)
+    if quality is not None and not callable(quality):
+        raise TypeError(f"quality must be a callable quality(candidate, base) -> (difference, se), "
+                        f"got {type(quality).__name__}")
     kept = np.ones(plan.num_steps, bool)
-    medians = rmses = (float("nan"), float("nan"))
+    nan = (float("nan"), float("nan"))
+    medians = rmses = judged = nan
+    dropped = ()
     if layout.hold_rows:
-        values, kept, medians, rmses = _never_worse(denoiser, plan, make, values, rows, hold_end, pbar)
+        held = _HeldOut(denoiser, plan, make, rows, hold_end)
+        values, kept, medians, rmses = _never_worse(held, values, pbar)
+        if quality is not None:
+            values, kept, judged, dropped = _quality_check(held, values, kept, quality)
+            medians, rmses = _error_summary(held.errors(np.zeros_like(values)), held.errors(values))
     pbar.close()
     report = FitReport(*local, kept, medians, rmses, layout.train_rows, layout.hold_rows,
-                       time.perf_counter() - start, _holdout_indices(rows))
+                       time.perf_counter() - start, _holdout_indices(rows), judged, dropped)
     return FitResult(make(jnp.asarray(values), jnp.asarray(kept)), report)
 
 
@@ -468,39 +497,83 @@ def _guidance_scale(denoiser):
     return None if scale is None else float(scale)
 
 
-def _never_worse(denoiser, plan, make, values, rows: _Rows, reference, pbar):
+class _HeldOut:
+    """The IIA sampler on the held-out rows of every chunk, for given coefficient values ``[N, K]``
+    (all steps on; zero rows are the base step): per-sample errors at sigma = 0 against the fine
+    reference (one scalar a row comes to the host) or, for a quality judge, the samples."""
+
+    def __init__(self, denoiser, plan, make, rows: _Rows, reference):
+        n = plan.num_steps
+        self.rows, self.reference = rows, reference
+        self.real = _host(rows.hold_weights).reshape(-1) > 0
+        run = lambda d, vals, x, c: iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x, cond=c)  # noqa: E731
+        self._samples = _jit_with_model(run, denoiser)
+        self._errors = _jit_with_model(lambda d, vals, x, c, ref: per_sample_rms(run(d, vals, x, c), ref), denoiser)
+
+    def _over_chunks(self, fn, *extra):
+        rows = self.rows
+        parts = [fn(rows.hold_x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.hold_cond),
+                    *(e[c] for e in extra)) for c in range(rows.layout.chunks)]
+        return np.concatenate([_host(p) for p in parts])[self.real]
+
+    def errors(self, vals):
+        return self._over_chunks(lambda x, c, ref: self._errors(vals, x, c, ref), self.reference)
+
+    def samples(self, vals):
+        return self._over_chunks(lambda x, c: self._samples(vals, x, c))
+
+
+def _error_summary(base, iia):
+    """``(median base, median IIA), (RMSE base, RMSE IIA)`` of per-sample errors."""
+    rms = lambda e: float(np.sqrt(np.mean(e.astype(np.float64) ** 2)))  # noqa: E731
+    return (float(np.median(base)), float(np.median(iia))), (rms(base), rms(iia))
+
+
+def _never_worse(held: _HeldOut, values, pbar):
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
-    per-sample error at sigma = 0; otherwise leave them at zero.  Runs over the held-out rows of
-    each chunk; only their per-sample errors (one scalar a row) come to the host for the median."""
+    per-sample error at sigma = 0; otherwise leave them at zero."""
     n = values.shape[0]
-    layout = rows.layout
-    real = _host(rows.hold_weights).reshape(-1) > 0
-
-    def errors(d, vals, x, c, ref):
-        coeffs = make(vals, jnp.ones((n,), bool))
-        return per_sample_rms(iia_sample(d, plan, coeffs, x, cond=c), ref)
-
-    jitted = _jit_with_model(errors, denoiser)
-
-    def err(vals):
-        parts = [jitted(vals, rows.hold_x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.hold_cond),
-                        reference[c]) for c in range(layout.chunks)]
-        return np.concatenate([_host(p) for p in parts])[real]
-
     current = np.zeros_like(values)
-    base = err(current)
+    base = held.errors(current)
     pbar.update(1)
     best, best_err = np.median(base), base
     kept = np.zeros(n, bool)
     for i in range(n):
         trial = current.copy()
         trial[i] = values[i]
-        e = err(trial)
+        e = held.errors(trial)
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
         pbar.update(1)
-    rms = lambda e: float(np.sqrt(np.mean(e.astype(np.float64) ** 2)))  # noqa: E731
-    return current, kept, (float(np.median(base)), float(best)), (rms(base), rms(best_err))
+    return (current, kept) + _error_summary(base, best_err)
 
 
-__all__ = ["fit", "FitResult", "FitReport", "fine_grid", "fine_solution", "solve_lstsq", "solve_gram"]
+def _judge(quality, candidate, base):
+    diff, se = (float(v) for v in quality(candidate, base))
+    if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
+        raise ValueError(f"quality must return a finite (difference, se >= 0), got ({diff}, {se})")
+    return diff, se
+
+
+def _quality_check(held: _HeldOut, values, kept, quality):
+    """Drop kept steps while the held-out samples are worse than the base's by more than
+    ``QUALITY_Z`` se of the paired difference: each round removes the step whose removal gives
+    the lowest difference.  Returns the values, kept mask, final ``(difference, se)`` and the
+    dropped steps."""
+    base = held.samples(np.zeros_like(values))
+    judged, dropped = _judge(quality, held.samples(values), base), []
+    while judged[0] > QUALITY_Z * judged[1] and kept.any():
+        trials = {}
+        for i in np.flatnonzero(kept):
+            trial = values.copy()
+            trial[i] = 0
+            trials[int(i)] = (_judge(quality, held.samples(trial), base), trial)
+        step = min(trials, key=lambda i: trials[i][0][0])
+        judged, values = trials[step]
+        kept = kept.copy()
+        kept[step] = False
+        dropped.append(step)
+    return values, kept, judged, tuple(dropped)
+
+
+__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "fine_grid", "fine_solution", "solve_lstsq", "solve_gram"]

@@ -8,7 +8,8 @@ from .fd import (GaussianStats, corrupt_blur, corrupt_noise, digits_fd, digits_f
                  digits_features, digits_reference_stats, fd_from_features, frechet_distance,
                  gaussian_stats)
 from .ode import ODEError, ode_error, per_sample_rms
-from .quality import (bootstrap_std, contrast_ratio, density_coverage, digits_quality, digits_score,
+from .quality import (bootstrap_std, contrast_ratio, density_coverage, digits_check, digits_quality,
+                      digits_score,
                       digits_split, inception_score, judge_features, kid, pixel_mmd, precision_recall,
                       quantize_digits, score_difference)
 
@@ -17,4 +18,4 @@ __all__ = ["ODEError", "ode_error", "per_sample_rms", "GaussianStats", "gaussian
            "digits_fd", "digits_fd_sanity", "corrupt_noise", "corrupt_blur",
            "digits_score", "digits_quality", "digits_split", "quantize_digits", "judge_features", "kid",
            "pixel_mmd", "precision_recall", "density_coverage", "inception_score", "contrast_ratio",
-           "bootstrap_std", "score_difference"]
+           "bootstrap_std", "score_difference", "digits_check"]

@@ -67,6 +67,7 @@ __all__ = [
     "DIGITS_LEVELS",
     "JUDGE_SPLIT",
     "quantize_digits",
+    "digits_check",
     "digits_split",
     "judge_features",
     "judge_logits",
@@ -382,3 +383,10 @@ def score_difference(samples_a, samples_b, paired: bool = False) -> tuple[float,
     fy = _reference()[1]
     (va, loo_a), (vb, loo_b) = (mmd2_jackknife(polynomial_kernel, f, fy) for f in (fa, fb))
     return SCORE_SCALE * (va - vb), SCORE_SCALE * jackknife_se(loo_a, loo_b, paired)
+
+
+def digits_check(candidate, base) -> tuple[float, float]:
+    """The judge for ``iia_jax.fit(..., quality=digits_check)`` on the shipped digits models:
+    ``digits_score(candidate) - digits_score(base)`` with its paired jackknife se (both sets from
+    the same noise, row by row; negative: ``candidate`` is better)."""
+    return score_difference(candidate, base, paired=True)
