@@ -163,33 +163,42 @@ def adaptive_rows(bench: Bench, tolerances) -> list:
     return rows
 
 
-def run_model(model, cfg, log=print) -> tuple[list, dict]:
-    """Every row for one model: the NFE x grid table, the IIA variants, the adaptive peer."""
+def run_model(model, cfg, emit, log=print) -> None:
+    """Every row for one model: the NFE x grid table, the IIA variants, the adaptive peer; handed
+    to ``emit(rows, extra)`` (reference, judge, seconds so far) after the reference, each grid, the
+    variants of each NFE and the adaptive peer."""
     start = time.perf_counter()
-    bench = setup(model, cfg.eval_batch(model.name), cfg.fit_batch(model.name), cfg.ref_steps(model.name))
+    settings = cfg.per_model[model.name]
+    bench = setup(model, settings.eval_batch, settings.fit_batch, settings.ref_steps)
     log(f"[{model.name}] reference ready ({time.perf_counter() - start:.0f} s), its own median error "
         f"{bench.reference_error:.2e}")
-    eps = peers.eps_function(model.denoiser)
-    rows = []
-    for grid_name in cfg.model_grids(model.name):
-        for nfe in cfg.nfes(model.name):
-            for solver in cfg.solvers:
-                rows += ours(bench, solver, grid_name, nfe,
-                             ((DEFAULTS, {}),) if solver in cfg.iia_solvers(model.name) else ())
-            rows += diffusers_rows(bench, eps, grid_name, nfe, cfg.peers)
-            rows += diffrax_rows(bench, grid_name, nfe, cfg.peers)
-            best = min((r for r in rows if r.nfe == nfe and r.grid == grid_name), key=lambda r: r.median)
-            log(f"[{model.name}] {grid_name:12s} NFE {nfe:2d}: best {best.family} {best.method} "
-                f"{best.variant} median {best.median:.3e} ({time.perf_counter() - start:.0f} s)")
-    for nfe in cfg.variant_nfes(model.name):
-        for solver in cfg.variant_solvers:
-            rows += [r for r in ours(bench, solver, cfg.variant_grid, nfe, variants(solver, cfg.quick))
-                     if r.family == "IIA"]
-        log(f"[{model.name}] variants NFE {nfe} done ({time.perf_counter() - start:.0f} s)")
-    if peers.DIFFRAX_ADAPTIVE in cfg.peers:
-        rows += adaptive_rows(bench, cfg.tolerances)
     extra = {"reference_error": bench.reference_error, "seconds": time.perf_counter() - start,
              "judge": bench.judge[0] if bench.judge else None,
              "reference_quality": bench.judge[1](bench.reference) if bench.judge else (float("nan"),) * 2}
+    emit([], extra)
+    eps = peers.eps_function(model.denoiser)
+    for grid_name in settings.grids:
+        rows = []
+        for nfe in settings.nfes:
+            for solver in cfg.solvers:
+                rows += ours(bench, solver, grid_name, nfe,
+                             ((DEFAULTS, {}),) if settings.has_iia(solver, grid_name, nfe) else ())
+            rows += diffusers_rows(bench, eps, grid_name, nfe, cfg.peers)
+            rows += diffrax_rows(bench, grid_name, nfe, cfg.peers)
+            best = min((r for r in rows if r.nfe == nfe), key=lambda r: r.median)
+            log(f"[{model.name}] {grid_name:12s} NFE {nfe:2d}: best {best.family} {best.method} "
+                f"{best.variant} median {best.median:.3e} ({time.perf_counter() - start:.0f} s)")
+        extra["seconds"] = time.perf_counter() - start
+        emit(rows, extra)
+    for nfe in settings.variant_nfes:
+        rows = []
+        for solver in settings.variant_solvers:
+            rows += [r for r in ours(bench, solver, cfg.variant_grid, nfe, variants(solver, cfg.quick))
+                     if r.family == "IIA"]
+        extra["seconds"] = time.perf_counter() - start
+        emit(rows, extra)
+        log(f"[{model.name}] variants NFE {nfe} done ({time.perf_counter() - start:.0f} s)")
+    rows = adaptive_rows(bench, cfg.tolerances) if peers.DIFFRAX_ADAPTIVE in cfg.peers else []
+    extra["seconds"] = time.perf_counter() - start
+    emit(rows, extra)
     log(f"[{model.name}] done in {extra['seconds']:.0f} s")
-    return rows, extra

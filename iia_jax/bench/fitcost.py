@@ -2,8 +2,12 @@
 
 **Time.** A fit must at least integrate the fine reference: about ``batch x fine_steps x NFE``
 model evaluations.  We time exactly that many evaluations, warm, as the Euler sampler on a grid of
-``fine_steps x NFE`` steps over the same batch, and divide the fit's wall time by it.  The fit's
-wall time includes its compilation (every fit compiles its programs, so a user always pays it).
+``fine_steps x NFE`` steps over the same batch, and divide the fit's wall time by it.  Every fit
+compiles its programs (a user pays that once per plan and shape), which dominates small fits; so
+each fit runs twice in a fresh process with JAX's persistent compilation cache in an empty
+directory: the first fit compiles (and fills the cache), the second, on the same shapes, loads
+the compiled programs.  The time JAX reports spending in tracing, lowering and XLA compilation
+during the first fit is recorded too.
 
 **Memory.** A fresh Python process per batch size: its resident-set high-water mark (``VmHWM``,
 reset just before ``fit``) minus its resident set just before ``fit`` (imports, noise, one model
@@ -15,7 +19,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from collections import defaultdict
 
 import jax
 import numpy as np
@@ -25,31 +31,60 @@ from ..sampling import plan, sample
 from ..solvers import SOLVERS
 from .grids import grid, steps_for
 
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
 
-def fit_time(model, solver: str, nfe: int, batch: int, fine_steps: int, modes) -> list:
-    """Fit wall time per mode over the warm time of ``batch x fine_steps x NFE`` evaluations."""
-    m = model
-    n = steps_for(nfe, SOLVERS[solver].evals_per_step)
-    p = plan(solver, grid("karras", n, m.sigma_min, m.sigma_max))
+
+def _in_fresh_process(code: str) -> dict:
+    """Run ``code`` (which prints one JSON line last) in a new interpreter; return that JSON."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, mode: str,
+               target: str | None) -> None:
+    """Run in a fresh process: print the evaluation floor and two fits' times as JSON."""
+    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="iia_jax_bench_cache_"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    compile_s = defaultdict(float)
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **_: compile_s.__setitem__(event, compile_s[event] + secs))
+    from .models import MODELS
+    m = MODELS[model_name]()
+    p = plan(solver, grid("karras", steps_for(nfe, SOLVERS[solver].evals_per_step), m.sigma_min, m.sigma_max))
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(7), (batch,) + m.shape)
     evals = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr", fine_steps * p.nfe, m.sigma_min,
                                                                      m.sigma_max)), y))
-    t = time.perf_counter()
-    jax.block_until_ready(evals(x))
-    cold = time.perf_counter() - t
-    warm = []
-    for _ in range(3):
+    times = []
+    for _ in range(4):
         t = time.perf_counter()
         jax.block_until_ready(evals(x))
-        warm.append(time.perf_counter() - t)
-    floor = float(np.median(warm))
+        times.append(time.perf_counter() - t)
+    fits = []
+    for _ in range(2):
+        compile_s.clear()
+        res = fit(m.denoiser, p, x, mode=mode, target=target, fine_steps=fine_steps, progress=False)
+        jax.block_until_ready(res.coeffs.values)
+        fits.append((res.report.fit_seconds, sum(compile_s[e] for e in COMPILE_EVENTS)))
+    print(json.dumps(dict(nfe=p.nfe, evals_cold_s=times[0], evals_s=float(np.median(times[1:])),
+                          fit_s=fits[0][0], compile_s=fits[0][1], fit_warm_s=fits[1][0], compile_warm_s=fits[1][1])))
+
+
+def fit_time(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, modes, log=print) -> list:
+    """Per mode: the fit's wall time (first and second fit) over the warm time of
+    ``batch x fine_steps x NFE`` evaluations, each mode in a fresh process."""
     out = []
     for mode, target in modes:
-        res = fit(m.denoiser, p, x, mode=mode, target=target, fine_steps=fine_steps, progress=False)
+        r = _in_fresh_process(f"from iia_jax.bench.fitcost import time_probe; time_probe({model_name!r}, "
+                              f"{solver!r}, {nfe}, {batch}, {fine_steps}, {mode!r}, {target!r})")
         label = mode if target is None else f"{mode}/{target}"
-        out.append(dict(solver=solver, nfe=p.nfe, batch=batch, fine_steps=fine_steps, mode=label,
-                        fit_s=res.report.fit_seconds, evals_s=floor, evals_cold_s=cold,
-                        ratio=res.report.fit_seconds / floor))
+        out.append(dict(r, solver=solver, batch=batch, fine_steps=fine_steps, mode=label,
+                        ratio=r["fit_s"] / r["evals_s"], ratio_warm=r["fit_warm_s"] / r["evals_s"]))
+        log(f"fit time {solver} {label}: {r['fit_s']:.1f} s (compiling {r['compile_s']:.1f} s), second fit "
+            f"{r['fit_warm_s']:.1f} s, evaluations {r['evals_s']:.1f} s")
     return out
 
 
@@ -61,7 +96,7 @@ def _status_mb(field: str) -> float:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str) -> None:
+def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str) -> None:
     """Run in a fresh process (Linux): print ``{"before_mb", "peak_mb", "fit_s"}`` of one fit as JSON.
 
     The resident-set high-water mark is reset just before the fit (``echo 5 > /proc/self/clear_refs``),
@@ -85,10 +120,8 @@ def peak_memory(model_name: str, solver: str, nfe: int, batches, chunk: int, mod
     for mode in modes:
         for b in batches:
             for c in (0, chunk):
-                code = (f"from iia_jax.bench.fitcost import probe; "
-                        f"probe({model_name!r}, {solver!r}, {nfe}, {b}, {c}, {mode!r})")
-                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                r = _in_fresh_process(f"from iia_jax.bench.fitcost import memory_probe; "
+                                      f"memory_probe({model_name!r}, {solver!r}, {nfe}, {b}, {c}, {mode!r})")
                 out.append(dict(mode=mode, batch=b, chunk=c or None, fit_mb=r["peak_mb"] - r["before_mb"],
                                 before_mb=r["before_mb"], fit_s=r["fit_s"]))
                 log(f"memory {mode} batch {b} chunk {c or None}: +{out[-1]['fit_mb']:.0f} MiB "

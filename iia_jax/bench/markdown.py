@@ -25,11 +25,14 @@ def _setup(cfg, results, meta):
         "- **Batches and seeds**: evaluation noise `80 * N(0, I)` from `PRNGKey(1)`, fit noise from "
         "`PRNGKey(0)`, fit shuffle key `PRNGKey(2)`. Fits use `iia_jax.fit` library defaults (25 % of the fit "
         "batch held out for the never-worse check) unless a variant says otherwise. Per model:", "",
-        *table(["model", "evaluation batch", "fit batch", "NFE", "grids", "solvers with IIA", "variant NFE"],
-               [[m, s.eval_batch, s.fit_batch, list(s.nfes), ", ".join(s.grids), ", ".join(s.iia_solvers),
-                 list(s.variant_nfes)] for m, s in cfg.per_model.items()]), "",
-        f"- **Our solvers** (base rows): {', '.join(cfg.solvers)}; IIA variants for "
-        f"{', '.join(cfg.variant_solvers)} on the {cfg.variant_grid} grid.",
+        *table(["model", "evaluation batch", "fit batch", "NFE", "grids", "IIA (library defaults) at",
+                "variants (solvers at NFE)"],
+               [[m, s.eval_batch, s.fit_batch, list(s.nfes), ", ".join(s.grids),
+                 "; ".join(f"{', '.join(i.solvers)} on {', '.join(i.grids)} at NFE {list(i.nfes)}" for i in s.iia),
+                 f"{', '.join(s.variant_solvers)} at {list(s.variant_nfes)}" if s.variant_nfes else "—"]
+                for m, s in cfg.per_model.items()]), "",
+        f"- **Our solvers** (base rows, every NFE and grid): {', '.join(cfg.solvers)}; the IIA variants are "
+        f"fitted on the {cfg.variant_grid} grid.",
         "- **NFE**: where the solver has a plan with exactly that NFE (heun and diffusers Heun: 2N - 1, odd only; diffrax Heun 2N - 1; "
         "diffrax Bosh3 3N - 1). NFE is counted (diffusers) or follows from the solver's stages (diffrax, "
         "checked in tests/test_bench.py).",

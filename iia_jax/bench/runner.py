@@ -9,12 +9,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from . import accuracy, fitcost, report, speed
+from .markdown import markdown
 from .grids import GRIDS
 from .models import MODELS
 from .peers import PEERS
@@ -23,16 +23,35 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 SECTIONS = ("accuracy", "speed", "fitcost")
 
 
+class IIASet(NamedTuple):
+    """IIA (library defaults) for these solvers on these grids at these NFE."""
+
+    grids: tuple
+    solvers: tuple
+    nfes: tuple
+
+    def covers(self, solver: str, grid_name: str, nfe: int) -> bool:
+        return solver in self.solvers and grid_name in self.grids and nfe in self.nfes
+
+
 class ModelSettings(NamedTuple):
-    """What runs on one model: NFE values, grids, batches, which solvers get IIA, the variant NFE."""
+    """What runs on one model: NFE values, grids, batches, where IIA is fitted, the variants."""
 
     nfes: tuple
     grids: tuple
     eval_batch: int
     fit_batch: int
-    iia_solvers: tuple
+    iia: tuple                 # IIASet, ...: a solver/grid/NFE gets an IIA row when one covers it
+    variant_solvers: tuple
     variant_nfes: tuple
     ref_steps: int             # Karras steps of the heun reference
+
+    def has_iia(self, solver: str, grid_name: str, nfe: int) -> bool:
+        return any(s.covers(solver, grid_name, nfe) for s in self.iia)
+
+    @property
+    def iia_solvers(self) -> tuple:
+        return tuple(dict.fromkeys(s for i in self.iia for s in i.solvers))
 
 
 class Config(NamedTuple):
@@ -41,15 +60,16 @@ class Config(NamedTuple):
     per_model: dict            # model name -> ModelSettings
     solvers: tuple             # base rows for every one of these
     peers: tuple               # peer names (iia_jax.bench.peers.PEERS)
-    variant_solvers: tuple
     variant_grid: str
     tolerances: tuple
     sections: tuple
     speed_solvers: tuple
     speed_batch: int
     repeats: int
+    fit_time_solvers: tuple
     fit_batch_time: int
     memory_batches: tuple
+    memory_modes: tuple
     out: Path
 
     def __getattr__(self, name):   # cfg.nfes(model), cfg.eval_batch(model), ...
@@ -65,42 +85,66 @@ class Config(NamedTuple):
         return tuple(g for g in GRIDS if any(g in s.grids for s in self.per_model.values()))
 
 
+MAIN_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc")   # IIA rows and variants in both modes
+
+
 def config(args) -> Config:
     from ..solvers import SOLVERS
     solvers = tuple(args.solvers or SOLVERS)
+    main = tuple(s for s in MAIN_SOLVERS if s in solvers)
+    euler_and_2m = tuple(s for s in ("euler", "dpmpp_2m") if s in solvers)
     if args.quick:
         # a few minutes of CPU: two grids on the mixtures, Karras on digits, IIA for four solvers
         # (two on digits, whose fits cost the most)
-        iia = tuple(s for s in ("euler", "heun", "dpmpp_2m", "unipc") if s in solvers)
-        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (), 512),
-               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, iia, (5,), 512),
+        mix = (IIASet(("karras", "quadratic"), main, (5, 10)),)
+        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, mix, (), (), 512),
+               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, mix,
+                                            tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers),
+                                            (5,), 512),
                "digits": ModelSettings((5, 10), ("karras",), 128, 48,
-                                       tuple(s for s in ("euler", "dpmpp_2m") if s in solvers), (), 128)}
+                                       (IIASet(("karras",), euler_and_2m, (5, 10)),), (), (), 128)}
     else:
+        # Sized for the 2-core CPU this runs on: about an hour in one process (docs/benchmarks.md
+        # states the duration).  A fit compiles its programs: ~5 s on a mixture, ~30 s on the digits
+        # U-Net, where a base row or peer also costs a few seconds of compilation.  So: every
+        # solver and peer at every NFE (base rows are cheap), all four grids on the mixtures and
+        # Karras + quadratic (its best other grid) on digits; IIA where the goals are decided
+        # (NFE <= 10): euler, heun, dpmpp_2m, unipc on the mixtures' Karras and quadratic grids,
+        # euler and dpmpp_2m elsewhere; the variants of euler, heun and dpmpp_2m at NFE 5 and 10
+        # on the mixtures and, on digits, heun's at NFE 5 (its default target changed); fit time
+        # for euler only (two fits per mode, each in its own process).
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
-        per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10), 1024),
-               "overlapping": ModelSettings(nfes, GRIDS, 512, 512, solvers, (5, 10), 1024),
-               "digits": ModelSettings(nfes, GRIDS, 128, 128, solvers, (5, 10), 256)}
+        mix = (IIASet(("karras", "quadratic"), main, (3, 4, 5, 6, 8, 10)),
+               IIASet(("logsnr", "time_uniform"), euler_and_2m, (5, 10)))
+        digits_iia = (IIASet(("karras", "quadratic"), euler_and_2m, (3, 4, 5, 6, 8, 10)),
+                      IIASet(("karras",), tuple(s for s in ("heun",) if s in solvers), (5,)))
+        tuned = tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers)
+        per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
+               "overlapping": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
+               "digits": ModelSettings(nfes, ("karras", "quadratic"), 128, 128, digits_iia,
+                                       tuple(s for s in ("heun",) if s in solvers), (5,), 256)}
     models = tuple(args.models or MODELS)
     per = {m: per[m] for m in models}
     if args.nfe:
-        per = {m: s._replace(nfes=tuple(args.nfe), variant_nfes=tuple(n for n in s.variant_nfes if n in args.nfe))
+        per = {m: s._replace(nfes=tuple(args.nfe), variant_nfes=tuple(n for n in s.variant_nfes if n in args.nfe),
+                             iia=tuple(i._replace(nfes=tuple(args.nfe)) for i in s.iia))
                for m, s in per.items()}
     if args.grids:
-        per = {m: s._replace(grids=tuple(args.grids)) for m, s in per.items()}
+        per = {m: s._replace(grids=tuple(args.grids), iia=tuple(i._replace(grids=tuple(args.grids)) for i in s.iia))
+               for m, s in per.items()}
     if args.batch:
         per = {m: s._replace(eval_batch=args.batch, fit_batch=args.batch) for m, s in per.items()}
     return Config(
         quick=args.quick, models=models, per_model=per, solvers=solvers, peers=tuple(args.peers or PEERS),
-        variant_solvers=tuple(s for s in (("euler", "heun", "dpmpp_2m") if args.quick else solvers)
-                              if s in solvers),
         variant_grid="karras",
         tolerances=(0.1, 0.01) if args.quick else (0.3, 0.1, 0.03, 0.01, 0.003),
         sections=tuple(args.sections or SECTIONS),
-        speed_solvers=tuple(s for s in (("euler", "dpmpp_2m") if args.quick else solvers) if s in solvers),
-        speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 15,
+        speed_solvers=tuple(s for s in (("euler", "dpmpp_2m") if args.quick else MAIN_SOLVERS) if s in solvers),
+        speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 9,
+        fit_time_solvers=("euler",),
         fit_batch_time=32 if args.quick else 128,
         memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
+        memory_modes=("sequential",),
         out=Path(args.out) if args.out else DOCS)
 
 
@@ -141,14 +185,17 @@ def git_revision() -> str:
         return "unknown"
 
 
-def run(cfg: Config, log=print) -> dict:
-    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]]}
-    if "accuracy" in cfg.sections:
-        for name in cfg.models:
-            rows, extra = accuracy.run_model(MODELS[name](), cfg, log)
-            results["rows"] += rows
-            results["extra"][name] = extra
-            results["load"].append(os.getloadavg()[0])
+def run(cfg: Config, log=print, save=lambda results: None) -> dict:
+    """Every section of ``cfg``; ``save(results)`` after each section, model and grid, so a run cut
+    short leaves what it measured (speed and fit cost first: they are short, and the goals need them)."""
+    start = time.perf_counter()
+    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]], "seconds": 0.0}
+
+    def checkpoint():
+        results["seconds"] = time.perf_counter() - start
+        results["load"].append(os.getloadavg()[0])
+        save(results)
+
     model = MODELS["digits" if "digits" in cfg.models else cfg.models[0]]()
     results["speed_model"] = model.name
     if "speed" in cfg.sections:
@@ -161,19 +208,29 @@ def run(cfg: Config, log=print) -> dict:
         s["scaling"] = speed.scaling(model, "euler", (8, 32, 128) if cfg.quick else (8, 32, 128, 512),
                                      (5, 20) if cfg.quick else (5, 10, 20), 3)
         log(f"speed done ({time.perf_counter() - t:.0f} s)")
-        results["load"].append(os.getloadavg()[0])
+        checkpoint()
     if "fitcost" in cfg.sections:
         t = time.perf_counter()
         f = results["fitcost"]
         modes = [("teacher_forced", "local"), ("sequential", None)]
         f["time"] = []
-        for solver in ("euler", "heun", "dpmpp_2m") if not cfg.quick else ("euler",):
-            f["time"] += fitcost.fit_time(model, solver, 5 if cfg.quick else 9, cfg.fit_batch_time, 16, modes)
+        for solver in cfg.fit_time_solvers:
+            f["time"] += fitcost.fit_time(model.name, solver, 5 if cfg.quick else 9, cfg.fit_batch_time, 16, modes,
+                                          log)
+        checkpoint()
         f["memory_model"] = "overlapping"
-        f["memory"] = fitcost.peak_memory("overlapping", "euler", 5, cfg.memory_batches, 256,
-                                          ("sequential",) if cfg.quick else ("sequential", "teacher_forced"), log)
+        f["memory"] = fitcost.peak_memory("overlapping", "euler", 5, cfg.memory_batches, 256, cfg.memory_modes, log)
         log(f"fit cost done ({time.perf_counter() - t:.0f} s)")
-        results["load"].append(os.getloadavg()[0])
+        checkpoint()
+    if "accuracy" in cfg.sections:
+        for name in cfg.models:
+            def emit(rows, extra=None, name=name):
+                results["rows"] += rows
+                if extra is not None:
+                    results["extra"][name] = extra
+                checkpoint()
+            accuracy.run_model(MODELS[name](), cfg, emit, log)
+    results["seconds"] = time.perf_counter() - start
     return results
 
 
@@ -210,22 +267,32 @@ def main(argv=None) -> int:
             cfg = config(argparse.Namespace(**{**vars(args), "models": None, "sections": None}))
     else:
         command = "python -m iia_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-        start = time.perf_counter()
-        results = run(cfg, lambda s: print(s, flush=True))
-        results["seconds"] = time.perf_counter() - start
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        raw = raw_path(cfg)
+        print(f"raw results (written after every section, model and grid): {raw}", flush=True)
+        results = run(cfg, lambda s: print(s, flush=True), lambda r: save_raw(raw, command, r))
     if args.rerun or not args.replot:
-        raw = Path(tempfile.gettempdir()) / f"iia_jax_bench_{os.getpid()}.json"
-        raw.write_text(json.dumps(dict(command=command, results=results)))
-        print(f"raw results: {raw}", flush=True)
+        save_raw(raw_path(cfg), command, results)
     cfg.out.mkdir(parents=True, exist_ok=True)
     paths = write(results, cfg, command.strip())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
+def raw_path(cfg: Config) -> Path:
+    """Where the raw results go: ``bench_results_quick.json`` or ``bench_results_full.json`` beside the report."""
+    return cfg.out / f"bench_results_{'quick' if cfg.quick else 'full'}.json"
+
+
+def save_raw(path: Path, command: str, results: dict) -> None:
+    """Write the raw results (rows as lists); ``--replot`` reads them back."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(command=command, results=results)))
+    tmp.replace(path)
+
+
 def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
     """Run ``cfg.sections`` for ``cfg.models`` again and put them in place of the saved ones."""
-    start = time.perf_counter()
     new = run(cfg, lambda s: print(s, flush=True))
     if "accuracy" in cfg.sections:
         results["rows"] = [r for r in results["rows"] if r.model not in cfg.models] + new["rows"]
@@ -234,14 +301,13 @@ def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
         if section in cfg.sections:
             results[section] = new[section]
             results["speed_model"] = new["speed_model"]
-    results["seconds"] += time.perf_counter() - start
+    results["seconds"] += new["seconds"]
     results["load"] = results.get("load", []) + new["load"]
     again = " ".join(sys.argv[1:] if argv is None else argv)
     return results, f"{command}; then python -m iia_jax.bench {again}"
 
 
 def write(results, cfg: Config, command: str) -> list:
-    from .markdown import markdown
     rows, out = results["rows"], cfg.out
     paths = [out / "benchmarks.md"]
     models = [m for m in cfg.models if any(r.model == m for r in rows)]
