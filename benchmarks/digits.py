@@ -6,8 +6,11 @@
 For heun, euler and dpmpp_2m on the EDM Karras grid (rho 7, sigma 80 -> 0.002 -> 0) at each NFE
 (heun: odd NFE = 2N - 1): fit IIA with the default settings (``iia_jax.fit``: sequential mode,
 the solver's default target, history 1, 25 % held out for the never-worse check) on
-``--fit-batch`` noise draws with ``--fine-steps`` sub-steps, then sample base and IIA from fresh
-evaluation noise (``--n`` samples, never used in the fit) and measure
+``--fit-batch`` noise draws with ``--fine-steps`` sub-steps, with the digits judge in the
+never-worse check (``quality=digits_check``, what ``iia-jax fit --model digits`` does) and, for
+the before/after, without it (refitted only where the judge switched steps off: the fit is
+deterministic); then sample base and IIA from fresh evaluation noise (``--n`` samples, never
+used in the fit) and measure
 
 * ``digits_score`` (``iia_jax.metrics.quality``: 1000 x KID of the quantised samples against the
   600 real reference digits in the features of a judge classifier that never saw them; validated
@@ -44,7 +47,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
-from iia_jax.metrics import ode_error  # noqa: E402
+from iia_jax.metrics import digits_check, ode_error, score_difference  # noqa: E402
 from iia_jax.metrics.fd import corrupt_blur, corrupt_noise  # noqa: E402
 from iia_jax.metrics.quality import digits_quality, digits_split  # noqa: E402
 
@@ -117,36 +120,41 @@ def benchmark(args):
             steps = steps_for(solver, nfe)
             plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
             t = time.perf_counter()
-            try:
-                res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, progress=False)
-                coeffs, report, failed = res.coeffs, res.report, None
-            except ValueError as e:  # a failed fit is a result too; keep the rest of the table
-                coeffs, report, failed = None, None, str(e)
-            fit_s = time.perf_counter() - t
-            t = time.perf_counter()
             base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
-            iia = (run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval)
-                   if coeffs is not None else None)
-            sample_s = time.perf_counter() - t
-            e_base = ode_error(base, reference)
-            score_base = score(base)
-            if iia is not None and np.all(np.isfinite(iia)):
-                e_iia, score_iia = ode_error(iia, reference), score(iia)
-            else:
-                e_iia, score_iia = ode_error(np.full_like(base, np.nan), reference), (np.nan, np.nan)
-            rows.append(dict(solver=solver, nfe=plan.nfe, steps=steps,
-                             score_base=score_base[0], score_base_std=score_base[1], score_iia=score_iia[0],
-                             score_iia_std=score_iia[1], median_base=e_base.median, median_iia=e_iia.median,
-                             rmse_base=e_base.rmse, rmse_iia=e_iia.rmse,
-                             kept=int(np.sum(report.kept)) if report else 0, fit_s=fit_s,
-                             sample_s=sample_s, failed=failed))
-            r = rows[-1]
-            print(f"{solver:9s} NFE {plan.nfe:3d}  score base {r['score_base']:7.1f} IIA {r['score_iia']:7.1f}   "
-                  f"median err base {r['median_base']:.4f} IIA {r['median_iia']:.4f}   kept "
-                  f"{r['kept']}/{steps}   fit {fit_s:5.1f}s  sample {sample_s:5.1f}s"
-                  + (f"   FIT FAILED: {failed}" if failed else ""), flush=True)
+            e_base, score_base = ode_error(base, reference), score(base)
+            r = dict(solver=solver, nfe=plan.nfe, steps=steps, score_base=score_base[0],
+                     score_base_std=score_base[1], median_base=e_base.median, rmse_base=e_base.rmse)
+            judged = iia_row(denoiser, plan, x_fit, x_eval, reference, base, args.fine_steps, digits_check)
+            plain = (iia_row(denoiser, plan, x_fit, x_eval, reference, base, args.fine_steps, None)
+                     if judged.get("dropped") else dict(judged, fit_s=0.0))
+            r.update({k: v for k, v in judged.items()})
+            r.update({f"{k}_plain": v for k, v in plain.items()})
+            rows.append(r)
+            print(f"{solver:9s} NFE {plan.nfe:3d}  score base {r['score_base']:7.1f} IIA {r['score_iia']:7.1f} "
+                  f"(no judge {r['score_iia_plain']:7.1f})   median err base {r['median_base']:.4f} IIA "
+                  f"{r['median_iia']:.4f} (no judge {r['median_iia_plain']:.4f})   kept {r['kept']}/{steps} "
+                  f"dropped {r.get('dropped')}   {time.perf_counter() - t:5.1f}s"
+                  + (f"   FIT FAILED: {r['failed']}" if r["failed"] else ""), flush=True)
     return dict(rows=rows, real=real, score_ref=ref_score[0], score_ref_std=ref_score[1], revision=args.revision,
                 ref_nfe=ref_plan.nfe, timings=timings)
+
+
+def iia_row(denoiser, plan, x_fit, x_eval, reference, base, fine_steps, quality) -> dict:
+    """Fit (with the ``quality`` judge or without), sample the evaluation noise and measure."""
+    t = time.perf_counter()
+    try:
+        res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, quality=quality, progress=False)
+    except ValueError as e:  # a failed fit is a result too; keep the rest of the table
+        nan = float("nan")
+        return dict(score_iia=nan, score_iia_std=nan, median_iia=nan, rmse_iia=nan, diff=nan, diff_se=nan,
+                    kept=0, dropped=[], fit_s=time.perf_counter() - t, failed=str(e))
+    fit_s = time.perf_counter() - t
+    iia = run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval)
+    e_iia, score_iia = ode_error(iia, reference), score(iia)
+    diff = score_difference(iia, base, paired=True)
+    return dict(score_iia=score_iia[0], score_iia_std=score_iia[1], median_iia=e_iia.median,
+                rmse_iia=e_iia.rmse, diff=diff[0], diff_se=diff[1], kept=int(np.sum(res.report.kept)),
+                dropped=list(res.report.quality_dropped), fit_s=fit_s, failed=None)
 
 
 # ----------------------------------------------------------------------------- output
@@ -198,7 +206,9 @@ def markdown(result, args, command, total_s):
         "Setup (docstring of `benchmarks/digits.py`): the shipped digits denoiser "
         "(`iia_jax.pretrained.digits()`), EDM Karras grid (rho 7, sigma 80 -> 0.002 -> 0), noise "
         f"`80 N(0, I)`. IIA: `iia_jax.fit` with its defaults (sequential, per-solver target, history 1, "
-        f"25 % held out), fit batch {args.fit_batch}, fine_steps {args.fine_steps}. Evaluation: "
+        f"25 % held out), fit batch {args.fit_batch}, fine_steps {args.fine_steps}, and the digits judge "
+        "in the never-worse check (`quality=iia_jax.metrics.digits_check`, the default of `iia-jax fit "
+        "--model digits`); \"no judge\": the same fit without it. Evaluation: "
         f"{args.n} fresh noise draws (not used in the fit), the same for every row. ODE error: median "
         f"per-sample RMS (and RMSE) at sigma = 0 against heun with {args.ref_steps} Karras steps "
         f"(NFE {result['ref_nfe']}) from the same noise. Score: `iia_jax.metrics.digits_score` (1000 x "
@@ -220,17 +230,22 @@ def markdown(result, args, command, total_s):
         "",
         "## Base vs IIA",
         "",
-        "| solver | NFE | score base | score IIA | median err base | median err IIA | gain | RMSE base | "
-        "RMSE IIA | IIA steps kept | fit s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "IIA - base: the paired score difference (same noise; jackknife se), negative = IIA better. "
+        "Steps dropped: what the judge switched off after the error check.",
+        "",
+        "| solver | NFE | score base | score IIA | IIA - base | no judge: IIA - base | median err base | "
+        "median err IIA | no judge | gain | RMSE base | RMSE IIA | IIA steps kept | steps dropped | fit s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in rows:
         gain = r["median_base"] / r["median_iia"] if r["median_iia"] > 0 else float("nan")
         lines.append(
             f"| {r['solver']} | {r['nfe']} | {r['score_base']:.1f} +- {r['score_base_std']:.1f} | "
-            f"{r['score_iia']:.1f} +- {r['score_iia_std']:.1f} | {r['median_base']:.4f} | {r['median_iia']:.4f} | "
-            f"{gain:.1f}x | {r['rmse_base']:.4f} | {r['rmse_iia']:.4f} | {r['kept']}/{r['steps']} | "
-            f"{r['fit_s']:.0f} |" + (f" fit failed: {r['failed']}" if r["failed"] else ""))
+            f"{r['score_iia']:.1f} +- {r['score_iia_std']:.1f} | {r['diff']:+.1f} +- {r['diff_se']:.1f} | "
+            f"{r['diff_plain']:+.1f} +- {r['diff_se_plain']:.1f} | {r['median_base']:.4f} | "
+            f"{r['median_iia']:.4f} | {r['median_iia_plain']:.4f} | {gain:.1f}x | {r['rmse_base']:.4f} | "
+            f"{r['rmse_iia']:.4f} | {r['kept']}/{r['steps']} | {', '.join(map(str, r['dropped'])) or '-'} | "
+            f"{r['fit_s'] + r['fit_s_plain']:.0f} |" + (f" fit failed: {r['failed']}" if r["failed"] else ""))
     lines += ["", "![digits_score and ODE error vs NFE](digits_score_vs_nfe.png)", ""]
     if args.interpretation:
         lines += ["## Reading the numbers", "", Path(args.interpretation).read_text().strip(), ""]
@@ -245,7 +260,7 @@ def main(argv=None):
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--nfe", nargs="+", type=int, default=None, help="default: 5 9 15 25")
     ap.add_argument("--n", type=int, default=None, help="evaluation samples (default 1000)")
-    ap.add_argument("--fit-batch", type=int, default=None, help="default 256")
+    ap.add_argument("--fit-batch", type=int, default=None, help="default 1024")
     ap.add_argument("--fine-steps", type=int, default=8)
     ap.add_argument("--ref-steps", type=int, default=64, help="heun Karras steps of the reference")
     ap.add_argument("--seed", type=int, default=0)
@@ -267,7 +282,7 @@ def main(argv=None):
         quick = args.quick
         args.nfe = args.nfe or ([5, 9, 15] if quick else [5, 9, 15, 25])
         args.n = args.n or (300 if quick else 1000)
-        args.fit_batch = args.fit_batch or (128 if quick else 256)
+        args.fit_batch = args.fit_batch or (128 if quick else 1024)
         out = args.out or (Path(tempfile.mkdtemp(prefix="iia-digits-")) if quick else DOCS)
         command = " ".join(["python", "benchmarks/digits.py"] + (sys.argv[1:] if argv is None else list(argv)))
         args.revision = git_revision()

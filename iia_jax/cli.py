@@ -114,6 +114,19 @@ def _labels(model, label, n):
     return jnp.full((n,), int(label), jnp.int32)
 
 
+def _quality(model, choice):
+    """``--quality``: the sample judge of fit's never-worse check.  ``auto`` is the digits judge on
+    the unconditional digits model, the only model we ship a validated judge for (docs/metrics.md;
+    it does not measure strongly guided samples, docs/guidance.md), and none elsewhere."""
+    from .metrics import digits_check
+    if choice == "digits" or (choice == "auto" and model.name == "digits"):
+        if model.shape != (8, 8, 1):
+            raise SystemExit("error: --quality digits judges 8x8 digits; this model makes "
+                             f"{model.shape} samples")
+        return digits_check
+    return None
+
+
 # ----------------------------------------------------------------------------- commands
 
 def cmd_fit(args):
@@ -124,7 +137,7 @@ def cmd_fit(args):
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
     fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
                       mode=args.mode, target=args.target, chunk_size=args.chunk_size,
-                      fingerprint=model.fingerprint, progress=True)
+                      fingerprint=model.fingerprint, progress=True, quality=_quality(model, args.quality))
     if args.grid == "fitted":
         res = _fit_grid(model, args, fit_kwargs)
     else:
@@ -259,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, choices=["local", "trajectory"],
                    help="default: the solver's measured best (docs/iia.md)")
     p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--quality", default="auto", choices=["auto", "digits", "none"],
+                   help="sample judge for the never-worse check (auto: digits on --model digits)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_fit)
 

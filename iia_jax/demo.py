@@ -1,7 +1,8 @@
 """The main job, ``iia-jax demo``: IIA on the shipped digits model, end to end.
 
-For heun, euler and dpmpp_2m at the same low NFE: fit IIA coefficients (saved with orbax under
-``OUT/coeffs``), sample base and IIA from the same fresh noise, and compare both with a fine
+For heun, euler and dpmpp_2m at the same low NFE: fit IIA coefficients with the digits judge in
+the never-worse check (``quality=digits_check``, as ``iia-jax fit --model digits`` does; saved with
+orbax under ``OUT/coeffs``), sample base and IIA from the same fresh noise, and compare both with a fine
 reference (heun, 64 Karras steps, same noise) by median ODE error and ``digits_score`` (1000 x KID
 against real digits in the features of a judge classifier that never saw them, validated on ladders
 of known order in ``docs/metrics.md``; lower is better, real held-out digits score about 0), with
@@ -20,7 +21,7 @@ import numpy as np
 import iia_jax
 from . import pretrained, schedules
 from .metrics import ode_error
-from .metrics.quality import digits_quality, digits_split, score_difference
+from .metrics.quality import digits_check, digits_quality, digits_split, score_difference
 from .plots import coefficient_plot, sample_grid
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -49,7 +50,7 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 256, fine_steps
         plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
         print(f"{solver}: fitting IIA ({plan}) on {batch} samples ...", flush=True)
         res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, fingerprint="digits-shipped",
-                          progress=True)
+                          quality=digits_check, progress=True)
         iia_jax.save_coefficients(out / "coeffs" / f"{solver}-{steps}", res.coeffs, overwrite=True)
         base = _run(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
         iia = _run(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval)
@@ -60,7 +61,8 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 256, fine_steps
                          rmse_base=e_base.rmse, rmse_iia=e_iia.rmse, score_base=q_base["score"],
                          score_base_se=q_base["score_se"], score_iia=q_iia["score"], score_iia_se=q_iia["score_se"],
                          score_diff=diff, score_diff_se=diff_se, fit_seconds=res.report.fit_seconds,
-                         kept=int(res.report.kept.sum()), steps=steps))
+                         kept=int(res.report.kept.sum()), steps=steps,
+                         dropped_for_quality=list(res.report.quality_dropped)))
         grids[f"{solver} NFE {plan.nfe}"] = {"fine reference": reference[:36], "base": base[:36],
                                              "IIA": iia[:36]}
         coeffs[f"{solver} NFE {plan.nfe}"] = res.coeffs
