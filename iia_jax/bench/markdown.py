@@ -1,8 +1,122 @@
 """The text of ``docs/benchmarks.md``: every table states machine, versions, batch sizes and seeds."""
 from __future__ import annotations
 
-from .peers import DIFFUSERS_PEERS, TAIL_RATIO
-from .report import GOAL_NFE, fmt, goals, grid_verdict, nfe_table, table, variant_verdict
+from .peers import DIFFRAX_ADAPTIVE, DIFFUSERS_PEERS, TAIL_RATIO
+from .report import GOAL_NFE, fmt, goal_rows, goals, grid_verdict, nfe_table, table, variant_verdict
+
+FLAT = 1.25   # chunked peak memory counts as flat when the largest batch needs at most this times the smallest's
+
+
+def _goal_a(rows, cfg, model, key) -> str:
+    g = goal_rows(rows, model, cfg.nfes(model), key)
+    if not g:
+        return ""
+    val = (lambda r: f"{fmt(r.quality)} ± {fmt(r.quality_se, 2)}") if key == "quality" else (lambda r: fmt(r.median))
+    lost = [x for x in g if not x.met]
+    if not lost:
+        tight = min(g, key=lambda x: getattr(x.top, key) / getattr(x.ours, key))
+        return (f"**met** at all {len(g)} NFE <= {GOAL_NFE}; smallest margin "
+                f"{getattr(tight.top, key) / getattr(tight.ours, key):.2f}x at NFE {tight.nfe} "
+                f"({_name(tight.ours)} {val(tight.ours)} vs {tight.top.method} on {tight.top.grid} {val(tight.top)})")
+    return (f"**not met** at NFE {', '.join(str(x.nfe) for x in lost)} of {len(g)}: " + "; ".join(
+        f"NFE {x.nfe}: {_name(x.ours)} {val(x.ours)} vs best peer {x.top.method} on {x.top.grid} {val(x.top)}, "
+        f"{x.beaten_best}/{x.peers} peers beaten" for x in lost))
+
+
+def _name(r) -> str:
+    return f"{r.method} + IIA" + ("" if r.variant == "defaults" else f" [{r.variant}]") + f" on {r.grid}"
+
+
+def _goal_memory(memory) -> list:
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in memory):
+        sel = {(r["batch"], r["chunk"] is not None): r["fit_mb"] for r in memory if r["mode"] == mode}
+        lo, hi = min(b for b, _ in sel), max(b for b, _ in sel)
+        if (lo, True) not in sel or (hi, True) not in sel:
+            continue
+        growth = sel[hi, True] / max(sel[lo, True], 1.0)
+        out.append(f"{mode}: chunked {sel[lo, True]:.0f} MiB at batch {lo} -> {sel[hi, True]:.0f} MiB at {hi} "
+                   f"({growth:.2f}x for {hi // lo}x the batch; **{'met' if growth <= FLAT else 'not met'}**, flat "
+                   f"meaning <= {FLAT}x); unchunked {sel.get((lo, False), float('nan')):.0f} -> "
+                   f"{sel.get((hi, False), float('nan')):.0f} MiB")
+    return out
+
+
+def _goal_defaults(rows, cfg) -> list:
+    out = []
+    var = variant_verdict(rows, cfg.variant_grid)
+    models = sorted({r.model for r in rows})
+    for solver in dict.fromkeys(v[0] for v in var):
+        mine = [v for v in var if v[0] == solver]
+        better = [v for v in mine if v[-1] != "—" and float(v[-1]) < 1.0]
+        best_v = min(mine, key=lambda v: float(v[-1]) if v[-1] != "—" else float("inf"))
+        per_model = lambda v: ", ".join(f"{m} {c}" for m, c in zip(models, v[2:-1]) if c != "—")  # noqa: E731
+        if not better:
+            out.append(f"{solver}: the defaults beat every variant (closest: {best_v[1]}, {best_v[-1]}x the "
+                       f"defaults' error; {per_model(best_v)}) — **supported**")
+        else:
+            out.append(f"{solver}: " + "; ".join(f"{v[1]} {v[-1]}x the defaults' error ({per_model(v)})"
+                                                  for v in sorted(better, key=lambda v: float(v[-1])))
+                       + " — **the defaults are not the best here**")
+    heun = [v for v in var if v[0] == "heun" and v[1] == "target=local"]
+    if heun:
+        v = heun[0]
+        verdict = "confirms" if float(v[-1]) > 1.0 else "contradicts"
+        out.append(f"heun's default target (now trajectory): target=local gives {v[-1]}x the error of trajectory "
+                   f"(geometric mean; {per_model(v)}): the run **{verdict}** the change")
+    gv = grid_verdict(rows, cfg.grids)
+    for model in dict.fromkeys(r[0] for r in gv):
+        picks = [f"{r[1]} {r[-1]}" for r in gv if r[0] == model]
+        out.append(f"grid for IIA on {model} (geometric mean over NFE <= {GOAL_NFE} of the grids run): "
+                   + ", ".join(picks) + (" (the library's default for EDM models such as digits is karras)"
+                                        if model == "digits" else ""))
+    return out
+
+
+def summary(results, cfg) -> list:
+    """The issue's goals, each met or not, with its numbers."""
+    rows, lines = results["rows"], ["## Goals: met or not", ""]
+    models = list(dict.fromkeys(r.model for r in rows))
+    for m in models:
+        text = _goal_a(rows, cfg, m, "median")
+        if text:
+            lines.append(f"- (a) {m}, median ODE error: {text}.")
+    if "digits" in models and any(r.quality == r.quality for r in rows if r.model == "digits"):
+        lines.append(f"- (a) digits, digits_score (a win counts beyond 2 se): {_goal_a(rows, cfg, 'digits', 'quality')}.")
+    over = results["speed"].get("overhead")
+    if over:
+        verdicts = [_within(r, 1.03) for r in over]
+        overall = "met" if all(v == "yes" for v in verdicts) else (
+            "not met" if any(v == "**no**" for v in verdicts) else "inconclusive")
+        lines.append(f"- (b) `iia_sample` / `sample` at NFE {over[0]['nfe']} (median of paired ratios, IQR): "
+                     + ", ".join(f"{r['solver']} {r['ratio']:.3f} ({r['q25']:.3f}-{r['q75']:.3f})" for r in over)
+                     + f": **{overall}** (within 3 % when the IQR is below 1.03).")
+    for r in results["fitcost"].get("time", []):
+        lines.append(f"- (c) fit / unavoidable evaluations, {r['solver']} {r['mode']} NFE {r['nfe']} batch {r['batch']}: "
+                     f"{r['ratio']:.2f}x with compilation ({r['compile_s']:.1f} of {r['fit_s']:.1f} s compiling), "
+                     f"{r['ratio_warm']:.2f}x for a second fit with the programs compiled: "
+                     f"**{'met' if r['ratio'] <= 1.2 else 'not met'}** with compile time, "
+                     f"**{'met' if r['ratio_warm'] <= 1.2 else 'not met'}** without.")
+    for text in _goal_memory(results["fitcost"].get("memory", [])):
+        lines.append(f"- (d) fit peak memory, {text}.")
+    for text in _goal_defaults(rows, cfg):
+        lines.append(f"- (e) {text}.")
+    return lines
+
+
+def _cut_short(cfg, results) -> str:
+    """`` (cut short: ...)`` when sections or models of ``cfg`` are missing from ``results``."""
+    missing = [f"{name} section" for name in ("speed", "fitcost") if name in cfg.sections and not results[name]]
+    if "accuracy" in cfg.sections:
+        for m in cfg.models:
+            grids = {r.grid for r in results["rows"] if r.model == m}
+            if not grids:
+                missing.append(f"model {m}")
+            elif set(cfg.model_grids(m)) - grids:
+                missing.append(f"{m} grids {', '.join(g for g in cfg.model_grids(m) if g not in grids)}")
+            elif DIFFRAX_ADAPTIVE in cfg.peers and "adaptive" not in grids:
+                missing.append(f"{m} variants or adaptive peer")
+    return f" (cut short: no {', '.join(missing)})" if missing else ""
 
 
 def _setup(cfg, results, meta):
@@ -11,9 +125,12 @@ def _setup(cfg, results, meta):
     score, score_se = extra["digits"]["reference_quality"] if judge else (None, None)
     lines = [
         "## Setup", "",
-        f"- **Command**: `{meta['command']}` ({'quick' if cfg.quick else 'full'} mode), {meta['date']}, "
-        f"took {results['seconds'] / 60:.1f} min. The full mode is `python -m iia_jax.bench`, the quick one "
-        "`python -m iia_jax.bench --quick`.",
+        f"- **Command**: `{meta['command']}` ({'quick' if cfg.quick else 'full'} mode), one process at nice "
+        f"level {results.get('nice', '(not recorded)')}, started {results.get('started', '(not recorded)')}, "
+        f"took **{results['seconds'] / 60:.1f} min** of wall time{_cut_short(cfg, results)}; report written "
+        f"{meta['date']}. The full mode is `python -m iia_jax.bench` (also `iia-jax bench`), the quick one "
+        "`python -m iia_jax.bench --quick`; `--replot docs/bench_results_full.json` rewrites this report from the "
+        "saved raw results.",
         f"- **Machine**: {meta['machine']}; 1-minute load average during the run "
         f"{min(results['load']):.1f}..{max(results['load']):.1f} (sampled between sections), so other jobs "
         "shared the cores: only ratios measured within this run are reported for speed, and the run took "
@@ -29,7 +146,8 @@ def _setup(cfg, results, meta):
                 "variants (solvers at NFE)"],
                [[m, s.eval_batch, s.fit_batch, list(s.nfes), ", ".join(s.grids),
                  "; ".join(f"{', '.join(i.solvers)} on {', '.join(i.grids)} at NFE {list(i.nfes)}" for i in s.iia),
-                 f"{', '.join(s.variant_solvers)} at {list(s.variant_nfes)}" if s.variant_nfes else "—"]
+                 f"{', '.join(s.variant_solvers)} at {list(s.variant_nfes)}"
+                 + (f" ({', '.join(s.variant_only)} only)" if s.variant_only else "") if s.variant_nfes else "—"]
                 for m, s in cfg.per_model.items()]), "",
         f"- **Our solvers** (base rows, every NFE and grid): {', '.join(cfg.solvers)}; the IIA variants are "
         f"fitted on the {cfg.variant_grid} grid.",
@@ -63,12 +181,14 @@ def _setup(cfg, results, meta):
     return lines
 
 
-def _accuracy(cfg, results):
+def _accuracy(cfg, results, meta):
     rows, lines = results["rows"], []
     models = list(dict.fromkeys(r.model for r in rows))
-    lines += ["## Goals", "",
-              f"At every NFE <= {GOAL_NFE}: our best IIA configuration (any solver, variant and grid) against "
-              "every peer on its best grid; `peer on Karras` is the best peer on the EDM default grid."]
+    lines += ["## Goal (a): best IIA against every peer, per NFE", "",
+              f"At every NFE <= {GOAL_NFE}: our best IIA configuration (any solver, variant and grid run) against "
+              "every peer, each on its best grid of this run and on its default grid (diffusers: time_uniform; "
+              "diffrax: Karras, EDM's). `best peer` is the best of all peers on any grid. For digits_score a peer "
+              "counts as beaten only where IIA is lower by more than 2 standard errors of the difference."]
     for key, what in (("median", "median ODE error"), ("quality", "digits_score")):
         for m in models:
             if key == "quality" and m != "digits":
@@ -77,20 +197,24 @@ def _accuracy(cfg, results):
             if not g:
                 continue
             lines += ["", f"**{m}, {what}: {'met' if won else 'not met'}**", ""]
-            lines += table(["NFE", "best IIA", what, "best peer", what, "peer / IIA", "peer on Karras",
-                            "peers beaten", "met"], g)
+            lines += table(["NFE", "best IIA", what, "best peer (any grid)", what, "peer / IIA",
+                            "peers beaten on their default grid", "peers beaten on their best grid", "met"], g)
+            lines += ["", _model_caption(cfg, meta, m)]
     for m in models:
         nfes = cfg.nfes(m)
-        lines += ["", f"## {m}: median ODE error", ""] + nfe_table(rows, m, "median", nfes, cfg.grids)
-        lines += ["", f"## {m}: RMSE", ""] + nfe_table(rows, m, "rmse", nfes, cfg.grids)
+        cap = ["", _model_caption(cfg, meta, m)]
+        lines += ["", f"## {m}: median ODE error", ""] + nfe_table(rows, m, "median", nfes, cfg.grids) + cap
+        lines += ["", f"## {m}: RMSE", ""] + nfe_table(rows, m, "rmse", nfes, cfg.grids) + cap
         if m == "digits" and any(r.quality == r.quality for r in rows if r.model == m):
-            lines += ["", "## digits: digits_score (lower is better)", ""] + nfe_table(rows, m, "quality", nfes, cfg.grids)
+            lines += ["", "## digits: digits_score (lower is better)", ""]
+            lines += nfe_table(rows, m, "quality", nfes, cfg.grids) + cap
             lines += ["", "Standard errors of those scores:", ""] + nfe_table(rows, m, "quality_se", nfes, cfg.grids)
     ada = [r for r in rows if r.grid == "adaptive"]
     if ada:
         lines += ["", "## Adaptive peer: diffrax Tsit5 (PID, rtol = atol = tol), mean NFE per sample", ""]
         lines += table(["model", "tol", "mean NFE", "median", "RMSE", "quality"],
                        [[r.model, r.variant, f"{r.nfe:.1f}", fmt(r.median), fmt(r.rmse), fmt(r.quality)] for r in ada])
+        lines += ["", _all_models_caption(cfg, meta)]
     var = variant_verdict(rows, cfg.variant_grid)
     if var:
         lines += ["", "## IIA variants against the library defaults", "",
@@ -98,6 +222,7 @@ def _accuracy(cfg, results):
                   f"{cfg.variant_grid} grid of (variant median error / defaults median error): below 1 the "
                   "variant is better than the default."]
         lines += [""] + table(["solver", "variant"] + sorted({r.model for r in rows}) + ["all"], var)
+        lines += ["", _all_models_caption(cfg, meta)]
         better = [f"{v[0]} {v[1]} ({v[-1]})" for v in var
                   if all(c == "—" or float(c) < 1.0 for c in v[2:]) and float(v[-1]) < 0.9]
         lines += ["", "Variants better than the default by more than 10 % (geometric mean) and on every model: "
@@ -114,6 +239,7 @@ def _accuracy(cfg, results):
                   f"Geometric-mean median error of IIA (library defaults) over the NFE <= {GOAL_NFE} that every "
                   "grid has, per grid."]
         lines += [""] + table(["model", "solver", "NFE"] + list(cfg.grids) + ["best"], gv)
+        lines += ["", _all_models_caption(cfg, meta)]
     return lines
 
 
@@ -124,51 +250,84 @@ def _within(r, limit):
     return "**no**" if r["q25"] > limit else "inconclusive (noise)"
 
 
-def _speed(cfg, results):
+def _speed(cfg, results, meta):
     s, model = results["speed"], results.get("speed_model")
     if not s:
         return []
+    cap = _caption(meta, f"model {model}, Karras grid")
     lines = ["## Speed (ratios within this run)", "",
-             f"Model: {model}, batch {cfg.speed_batch}, Karras grid, noise `PRNGKey(3..6)`; "
-             f"ratios are medians (and interquartile ranges) of {cfg.repeats} interleaved pairs.", ""]
+             f"Model: {model}, batch {cfg.speed_batch}, Karras grid; ratios are medians (and interquartile ranges) of "
+             f"{cfg.repeats} interleaved pairs, warm.", ""]
     lines += table(["solver", "NFE", "iia_sample / sample", "IQR", "sample s", "within 3 %",
                     "compile sample s", "compile iia_sample s"],
                    [[r["solver"], r["nfe"], f"{r['ratio']:.3f}", f"{r['q25']:.3f}-{r['q75']:.3f}",
                      f"{r['base_s']:.3f}", _within(r, 1.03),
                      f"{r['compile_sample']:.2f}", f"{r['compile_iia']:.2f}"] for r in s["overhead"]])
-    lines += ["", "Python loop stepping a diffusers scheduler around the same jitted `eps` over our jitted "
+    lines += ["", cap + f" Batch {cfg.speed_batch}, noise `PRNGKey(3)`; coefficients fitted on its first 16 rows.",
+              "", "Python loop stepping a diffusers scheduler around the same jitted `eps` over our jitted "
               "`lax.scan` sampler (same model, NFE and grid):", ""]
     lines += table(["ours", "peer", "NFE", "peer / ours", "IQR", "ours s"],
                    [[r["ours"], r["peer"], r["nfe"], f"{r['ratio']:.2f}", f"{r['q25']:.2f}-{r['q75']:.2f}",
                      f"{r['ours_s']:.3f}"] for r in s["peer"]])
-    lines += ["", "Jitted `sample` (euler) over batch and NFE: compile time of the plan "
+    lines += ["", cap + f" Batch {cfg.speed_batch}, noise `PRNGKey(4)`, {max(3, cfg.repeats // 3)} pairs.",
+              "", "Jitted `sample` (euler) over batch and NFE: compile time of the plan "
               "(`jax.jit(...).lower(x).compile()`) and warm wall time (median of 3):", ""]
     lines += table(["NFE", "batch", "compile s", "seconds", "µs per sample-evaluation"],
                    [[r["nfe"], r["batch"], f"{r['compile_s']:.2f}", f"{r['seconds']:.4f}",
                      f"{r['per_eval_us']:.1f}"] for r in s["scaling"]])
+    lines += ["", cap + " Batches as listed, noise `PRNGKey(6)`."]
     return lines
 
 
-def _fitcost(cfg, results):
+def _fitcost(cfg, results, meta):
     f, model = results["fitcost"], results.get("speed_model")
     if not f:
         return []
-    lines = ["## Fit cost", "",
-             f"Model: {model}, Karras grid, fine_steps 16, fit batch {cfg.fit_batch_time}, noise `PRNGKey(7)`. "
-             "`evals s` is the warm time of exactly batch x 16 x NFE model evaluations (the Euler sampler on a "
-             "grid of 16 x NFE steps); the fit's wall time includes compiling its programs.", ""]
-    lines += table(["solver", "NFE", "mode", "fit s", "evals s (warm)", "evals s (incl. compile)", "fit / evals",
-                    "within 1.2x"],
-                   [[r["solver"], r["nfe"], r["mode"], f"{r['fit_s']:.2f}", f"{r['evals_s']:.2f}",
-                     f"{r['evals_cold_s']:.2f}", f"{r['ratio']:.2f}", "yes" if r["ratio"] <= 1.2 else "**no**"]
-                    for r in f["time"]])
-    lines += ["", f"Peak memory of one fit (model {f['memory_model']}, euler, NFE 5, fine_steps 16): peak RSS of a "
-              "fresh process (`VmHWM`, reset just before `fit`) minus its resident set just before `fit`, "
-              "noise `PRNGKey(8)`.", ""]
-    lines += table(["mode", "fit batch", "chunk_size", "fit's peak MiB", "fit s"],
-                   [[r["mode"], r["batch"], r["chunk"] or "none", f"{r['fit_mb']:.0f}", f"{r['fit_s']:.1f}"]
-                    for r in f["memory"]])
+    lines = ["## Fit cost", ""]
+    if f.get("time"):
+        lines += [f"Model: {model}, Karras grid, fine_steps 16. `evals s` is the warm time of exactly batch x 16 x "
+                  "NFE model evaluations (the Euler sampler on a grid of 16 x NFE steps), the least a fit must "
+                  "compute. Each mode runs in a fresh process with JAX's persistent compilation cache in an empty "
+                  "directory: the first fit compiles its programs (`compile s`: the tracing, lowering and XLA "
+                  "compilation JAX reports during that fit), the second, on the same shapes, loads them.", ""]
+        lines += table(["solver", "NFE", "mode", "batch", "evals s (warm)", "first fit s", "of which compile s",
+                        "first fit / evals", "second fit s", "second fit / evals", "within 1.2x (first, second)"],
+                       [[r["solver"], r["nfe"], r["mode"], r["batch"], f"{r['evals_s']:.2f}", f"{r['fit_s']:.2f}",
+                         f"{r['compile_s']:.2f}", f"{r['ratio']:.2f}", f"{r['fit_warm_s']:.2f}",
+                         f"{r['ratio_warm']:.2f}", f"{_yes(r['ratio'] <= 1.2)}, {_yes(r['ratio_warm'] <= 1.2)}"]
+                        for r in f["time"]])
+        lines += ["", _caption(meta, f"model {model}") + f" Fit batch {cfg.fit_batch_time}, noise `PRNGKey(7)`."]
+    if f.get("memory"):
+        lines += ["", f"Peak memory of one fit (model {f['memory_model']}, euler, NFE 5, fine_steps 16): peak RSS "
+                  "of a fresh process (`VmHWM`, reset just before `fit`) minus its resident set just before `fit` "
+                  "(it includes what XLA allocates to compile).", ""]
+        lines += table(["mode", "fit batch", "chunk_size", "fit's peak MiB", "fit s"],
+                       [[r["mode"], r["batch"], r["chunk"] or "none", f"{r['fit_mb']:.0f}", f"{r['fit_s']:.1f}"]
+                        for r in f["memory"]])
+        lines += ["", _caption(meta, f"model {f['memory_model']}") + " Fit batches as listed, noise `PRNGKey(8)`."]
     return lines
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _caption(meta, what: str) -> str:
+    """The line under a table: machine, versions, model; batch and seeds follow."""
+    return f"*{meta['machine_short']}; {meta['versions_short']}; {what}.*"
+
+
+def _model_caption(cfg, meta, model) -> str:
+    s = cfg.per_model[model]
+    return _caption(meta, f"model {model}") + (
+        f" Evaluation batch {s.eval_batch} (noise `80 N(0, I)`, `PRNGKey(1)`), fit batch {s.fit_batch} "
+        f"(`PRNGKey(0)`, shuffle `PRNGKey(2)`), reference heun with {s.ref_steps} Karras steps.")
+
+
+def _all_models_caption(cfg, meta) -> str:
+    batches = ", ".join(f"{m} {s.eval_batch}/{s.fit_batch}" for m, s in cfg.per_model.items())
+    return _caption(meta, "models as named") + (f" Evaluation/fit batch: {batches}; noise `PRNGKey(1)`, fit "
+                                                "`PRNGKey(0)`, shuffle `PRNGKey(2)`.")
 
 
 def markdown(results, cfg, meta, images) -> str:
@@ -176,8 +335,9 @@ def markdown(results, cfg, meta, images) -> str:
              "Written by `iia_jax.bench` (`python -m iia_jax.bench [--quick]`). Error is distance to the "
              "exact ODE solution from the same noise, so lower is better everywhere."]
     lines += [""] + [f"![{name}]({name})" for name in images] + [""]
+    lines += summary(results, cfg) + [""]
     lines += _setup(cfg, results, meta) + [""]
     if results["rows"]:
-        lines += _accuracy(cfg, results) + [""]
-    lines += _speed(cfg, results) + [""] + _fitcost(cfg, results)
+        lines += _accuracy(cfg, results, meta) + [""]
+    lines += _speed(cfg, results, meta) + [""] + _fitcost(cfg, results, meta)
     return "\n".join(lines).rstrip() + "\n"

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ class ModelSettings(NamedTuple):
     variant_solvers: tuple
     variant_nfes: tuple
     ref_steps: int             # Karras steps of the heun reference
+    variant_only: tuple = ()   # variant labels to run (empty: all, see accuracy.variants)
 
     def has_iia(self, solver: str, grid_name: str, nfe: int) -> bool:
         return any(s.covers(solver, grid_name, nfe) for s in self.iia)
@@ -104,25 +106,27 @@ def config(args) -> Config:
                "digits": ModelSettings((5, 10), ("karras",), 128, 48,
                                        (IIASet(("karras",), euler_and_2m, (5, 10)),), (), (), 128)}
     else:
-        # Sized for the 2-core CPU this runs on: about an hour in one process (docs/benchmarks.md
-        # states the duration).  A fit compiles its programs: ~5 s on a mixture, ~30 s on the digits
-        # U-Net, where a base row or peer also costs a few seconds of compilation.  So: every
-        # solver and peer at every NFE (base rows are cheap), all four grids on the mixtures and
-        # Karras + quadratic (its best other grid) on digits; IIA where the goals are decided
-        # (NFE <= 10): euler, heun, dpmpp_2m, unipc on the mixtures' Karras and quadratic grids,
-        # euler and dpmpp_2m elsewhere; the variants of euler, heun and dpmpp_2m at NFE 5 and 10
-        # on the mixtures and, on digits, heun's at NFE 5 (its default target changed); fit time
-        # for euler only (two fits per mode, each in its own process).
+        # Sized for the 2-core CPU this runs on, shared with other jobs: about an hour in one
+        # process (docs/benchmarks.md states the duration).  A fit compiles its programs: ~5 s on a
+        # mixture, ~30 s on the digits U-Net, where a base row or peer also costs seconds of
+        # compilation.  So: every solver and peer at every NFE (base rows are cheap), all four grids
+        # on the mixtures, Karras + quadratic (its best other grid) on digits.  IIA where the goals
+        # are decided (NFE <= 10): euler, heun, dpmpp_2m, unipc on the mixtures' Karras and
+        # quadratic grids, euler and dpmpp_2m on their other grids at NFE 5 and 10; on digits euler
+        # and dpmpp_2m at every NFE <= 10 on Karras and at 5 and 10 on quadratic.  The variants of
+        # euler, heun and dpmpp_2m at NFE 5 and 10 on the mixtures, and heun's target at NFE 5 on
+        # digits (its default changed).  Fit time for euler only (two fits per mode, own process).
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
         mix = (IIASet(("karras", "quadratic"), main, (3, 4, 5, 6, 8, 10)),
                IIASet(("logsnr", "time_uniform"), euler_and_2m, (5, 10)))
-        digits_iia = (IIASet(("karras", "quadratic"), euler_and_2m, (3, 4, 5, 6, 8, 10)),
-                      IIASet(("karras",), tuple(s for s in ("heun",) if s in solvers), (5,)))
+        heun = tuple(s for s in ("heun",) if s in solvers)
+        digits_iia = (IIASet(("karras",), euler_and_2m, (3, 4, 5, 6, 8, 10)),
+                      IIASet(("quadratic",), euler_and_2m, (5, 10)), IIASet(("karras",), heun, (5,)))
         tuned = tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers)
         per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
                "overlapping": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
-               "digits": ModelSettings(nfes, ("karras", "quadratic"), 128, 128, digits_iia,
-                                       tuple(s for s in ("heun",) if s in solvers), (5,), 256)}
+               "digits": ModelSettings(nfes, ("karras", "quadratic"), 128, 128, digits_iia, heun, (5,), 256,
+                                       ("target=local",))}
     models = tuple(args.models or MODELS)
     per = {m: per[m] for m in models}
     if args.nfe:
@@ -137,10 +141,10 @@ def config(args) -> Config:
     return Config(
         quick=args.quick, models=models, per_model=per, solvers=solvers, peers=tuple(args.peers or PEERS),
         variant_grid="karras",
-        tolerances=(0.1, 0.01) if args.quick else (0.3, 0.1, 0.03, 0.01, 0.003),
+        tolerances=(0.1, 0.01) if args.quick else (0.3, 0.1, 0.03, 0.01),
         sections=tuple(args.sections or SECTIONS),
         speed_solvers=tuple(s for s in (("euler", "dpmpp_2m") if args.quick else MAIN_SOLVERS) if s in solvers),
-        speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 9,
+        speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 7,
         fit_time_solvers=("euler",),
         fit_batch_time=32 if args.quick else 128,
         memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
@@ -159,18 +163,35 @@ def versions() -> str:
     return ", ".join(out)
 
 
-def machine() -> str:
-    import jax
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPU cores visible, "
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    import jax
+    return (f"{platform.system()} {platform.release()}, {cpu_name()}, {os.cpu_count()} CPU cores visible, "
             f"jax backend {jax.default_backend()} ({jax.devices()[0].device_kind}), Python {platform.python_version()}")
+
+
+def machine_short() -> str:
+    """For the line under each table, e.g. ``2-core AMD EPYC, jax on cpu``."""
+    import jax
+    return f"{os.cpu_count()}-core {cpu_name()}, jax on {jax.default_backend()}"
+
+
+def versions_short() -> str:
+    def v(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "none"
+    return ", ".join(f"{n} {v(n)}" for n in ("jax", "diffusers", "diffrax", "torch"))
 
 
 def git_revision() -> str:
@@ -189,7 +210,9 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     """Every section of ``cfg``; ``save(results)`` after each section, model and grid, so a run cut
     short leaves what it measured (speed and fit cost first: they are short, and the goals need them)."""
     start = time.perf_counter()
-    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]], "seconds": 0.0}
+    results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]], "seconds": 0.0,
+               "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "nice": os.nice(0)}
 
     def checkpoint():
         results["seconds"] = time.perf_counter() - start
@@ -266,7 +289,7 @@ def main(argv=None) -> int:
             results, command = rerun(cfg, results, command, argv)
             cfg = config(argparse.Namespace(**{**vars(args), "models": None, "sections": None}))
     else:
-        command = "python -m iia_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m iia_jax.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
         cfg.out.mkdir(parents=True, exist_ok=True)
         raw = raw_path(cfg)
         print(f"raw results (written after every section, model and grid): {raw}", flush=True)
@@ -303,7 +326,7 @@ def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
             results["speed_model"] = new["speed_model"]
     results["seconds"] += new["seconds"]
     results["load"] = results.get("load", []) + new["load"]
-    again = " ".join(sys.argv[1:] if argv is None else argv)
+    again = shlex.join(sys.argv[1:] if argv is None else argv)
     return results, f"{command}; then python -m iia_jax.bench {again}"
 
 
@@ -322,6 +345,7 @@ def write(results, cfg: Config, command: str) -> list:
         report.plot_speed(results["speed"], results["fitcost"], out / "bench_speed.png")
         paths.append(out / "bench_speed.png")
     meta = dict(command=command, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                machine=machine(), versions=versions(), revision=git_revision())
+                machine=machine(), versions=versions(), revision=git_revision(), machine_short=machine_short(),
+                versions_short=versions_short())
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths
