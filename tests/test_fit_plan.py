@@ -2,8 +2,11 @@
 
 Independent references: central finite differences of the objective (in float64) for its
 gradient; a separate, finer Heun integration for the interpolated reference states and for
-the judge's errors; the grid families of :mod:`iia_jax.schedules`.
+the judge's errors; the grid families of :mod:`iia_jax.schedules`; the rows ``iia_jax.fit`` holds
+out; and, for conditions, an unconditional twin that carries the label as a coordinate of ``x``.
 """
+import math
+
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +122,7 @@ def test_never_worse_than_the_best_family_on_the_judge_rows(planfit):
     candidate the report lists; the returned plan must be the best family or beat it."""
     x_T, result = planfit
     report = result.report
-    judge = x_T[jax.random.permutation(jax.random.PRNGKey(3), x_T.shape[0])][report.train_size:]
+    judge = x_T[report.judge_rows]
     assert judge.shape[0] == report.judge_size == 24
     exact = _heun(_mixture(), judge, SIGMA_MIN, 400)
     exact = _mixture()(exact, SIGMA_MIN)   # the final Euler step to sigma = 0
@@ -141,6 +144,76 @@ def test_never_worse_than_the_best_family_on_the_judge_rows(planfit):
     assert report.evaluations["search"] == (QUICK["search_steps"] + 1) * 48 * euler_evals
     # an ordinary fit costs more than sampling the train and judge rows once, base and IIA
     assert report.evaluations["fit karras"] > 2 * 96 * euler_evals
+
+
+def test_judge_rows_are_the_rows_fit_holds_out(planfit):
+    """The judge follows ``fit``'s row split (iia_jax.rows) for the same key and fraction; the
+    search rows are training rows spread over the whole batch."""
+    x_T, result = planfit
+    report = result.report
+    p = iia_jax.plan("euler", schedules.karras(3, SIGMA_MIN, SIGMA_MAX))
+    held = iia_jax.fit(_mixture(), p, x_T, holdout=0.25, key=jax.random.PRNGKey(3), fine_steps=2,
+                       mode="teacher_forced", progress=False).report.holdout_rows
+    np.testing.assert_array_equal(report.judge_rows, held)
+    search = report.search_rows
+    assert search.size == QUICK["search_rows"] and np.all(np.diff(search) > 0)
+    assert not set(search.tolist()) & set(held.tolist())
+    assert search[0] < 8 and search[-1] > x_T.shape[0] - 8   # spread over the batch
+
+
+SHIFT = np.array([0.7, -0.4, 0.3, 0.5], np.float32)   # class c: the mixture translated by c * SHIFT
+_BASE = _mixture()
+
+
+def _class_mixture(x, sigma, cond):
+    """Exact denoiser of the class-``cond`` mixture: ``D_c(x) = m_c + D(x - m_c)``, ``m_c = c SHIFT``."""
+    m = cond.astype(x.dtype)[:, None] * SHIFT
+    return m + _BASE(x - m, sigma)
+
+
+def _label_as_coordinate(x_aug, sigma):
+    """Unconditional twin of ``_class_mixture``: the label rides along as a last coordinate that
+    the ODE keeps constant (its denoised value is itself)."""
+    label = x_aug[:, -1]
+    return jnp.concatenate([_class_mixture(x_aug[:, :-1], sigma, label), label[:, None]], axis=1)
+
+
+def test_conditional_fit_plan_equals_label_as_coordinate():
+    """heun's features (``x - D``, ``D' - D``) and every residual vanish on the label coordinate, so
+    the twin's reference, search objective, fits and choices are the conditional ones; its
+    per-sample RMS errors are the conditional ones times sqrt(4/5) (a fifth coordinate with zero
+    error).  Labels sorted: judge and search rows must still see every class, each row with its
+    own label.  No Adam steps (the update does not see the conditions; the objective does)."""
+    x, c = _noise(8, 48), jnp.repeat(jnp.arange(4, dtype=jnp.int32), 12)
+    common = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, key=jax.random.PRNGKey(2),
+                  families=("karras",), search_steps=0, search_rows=24, reference_steps=64,
+                  fine_steps=2, progress=False)
+    cond_fit = fit_plan(_class_mixture, "heun", 3, x, cond=c, **common)
+    twin = fit_plan(_label_as_coordinate, "heun", 3, jnp.concatenate([x, c[:, None].astype(x.dtype)], 1),
+                    **common)
+    a, b = cond_fit.report, twin.report
+    np.testing.assert_array_equal(a.judge_rows, b.judge_rows)
+    np.testing.assert_array_equal(a.search_rows, b.search_rows)
+    labels = np.asarray(c)
+    assert set(labels[a.judge_rows]) == set(labels[a.search_rows]) == {0, 1, 2, 3}
+    assert a.chosen == b.chosen == a.best_family == "karras"
+    # float32 noise through an ill-conditioned solve moves the search's errors by ~1 %; wrong labels
+    # (c[::-1]) move the objective by 0.6 and the medians by 10-40 %.
+    np.testing.assert_allclose(a.objective + math.log(4 / 5), b.objective, atol=2e-2)   # mean log err^2
+    shrink = math.sqrt(4 / 5)
+    np.testing.assert_allclose(a.search_median * shrink, b.search_median, rtol=5e-2)
+    np.testing.assert_allclose(a.median["karras"] * shrink, b.median["karras"], rtol=2e-3)
+    np.testing.assert_allclose(a.median_base["karras"] * shrink, b.median_base["karras"], rtol=2e-3)
+    scale = np.abs(np.asarray(b.coeffs["karras"].values)).max(axis=1, keepdims=True) + 1e-6
+    np.testing.assert_allclose(np.asarray(a.coeffs["karras"].values) / scale,
+                               np.asarray(b.coeffs["karras"].values) / scale, atol=5e-3)
+    assert np.asarray(a.coeffs["karras"].values).any()
+    # The returned plan samples fresh noise with its conditions as the twin does.
+    x_new, c_new = _noise(9, 16), jnp.arange(16, dtype=jnp.int32) % 4
+    out = iia_jax.iia_sample(_class_mixture, cond_fit.plan, cond_fit.coeffs, x_new, cond=c_new)
+    twin_out = iia_jax.iia_sample(_label_as_coordinate, twin.plan, twin.coeffs,
+                                  jnp.concatenate([x_new, c_new[:, None].astype(x_new.dtype)], 1))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(twin_out[:, :-1]), atol=2e-3)
 
 
 def test_fitted_plan_samples_and_round_trips_storage(planfit, tmp_path):
@@ -181,6 +254,10 @@ def test_deterministic_given_key(planfit):
     (dict(reference_steps=1), "reference_steps"),
     (dict(search_rows=1), "search_rows"),
     (dict(solver="rk45"), "solver"),
+    (dict(judge=0.02), "judge"),                     # 1 in 32 rows, but x_T has 16
+    (dict(cond=jnp.zeros((5,), jnp.int32)), "cond"),
+    (dict(cond=np.array(["a"] * 16)), "cond"),
+    (dict(cond={}), "cond"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     args = dict(denoiser=_mixture(), solver="euler", num_steps=4, x_T=_noise(0, 16),

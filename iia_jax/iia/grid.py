@@ -27,6 +27,11 @@ sigma = 0.  :func:`fit_plan` therefore optimises the grid by gradient descent th
   ``schedule`` is given) get the ordinary :func:`iia_jax.fit` on the remaining rows, and are
   judged by the median per-sample error at sigma = 0 on the judge rows against the reference.
   The fitted grid is returned only if it beats the best family there.
+* **Rows.**  The judge rows are the rows :func:`iia_jax.fit` would hold out with
+  ``holdout=judge`` and the same ``key`` (:mod:`iia_jax.rows`: a few rows of every group of
+  consecutive rows, stratified); the search takes ``search_rows`` training rows evenly spaced
+  over the batch and alternates them between fitting and objective.  Conditions ``cond`` of a
+  conditional denoiser ``D(x, sigma, cond)`` are indexed with their rows of ``x_T`` everywhere.
 
 The idea of learning where to step next to how to step follows the learned-solver work after
 IIA (LD3: Tong et al., "Learning to Discretize Denoising Diffusion ODEs", 2024; S4S: Frankel
@@ -47,7 +52,8 @@ from tqdm.auto import tqdm
 
 from .. import schedules, solvers
 from ..metrics.ode import per_sample_rms
-from ..sampling import check_state, plan as make_plan, run_steps, sample
+from ..rows import check_cond, make_layout
+from ..sampling import bind_condition, check_state, plan as make_plan, run_steps, sample
 from .coefficients import Coefficients
 from .features import feature_spec
 from .fit import fit, gram_stats, solve_gram
@@ -68,7 +74,8 @@ class PlanReport(NamedTuple):
     median error on the search's objective rows at each Adam iterate.  ``evaluations``/
     ``seconds``: model evaluations (one per sample and denoiser call; a gradient counts its
     forward pass once) and wall time per phase: ``reference``, ``fit <candidate>`` (the ordinary
-    fit and the judge's sampling), ``search``, ``overhead`` (time only).
+    fit and the judge's sampling), ``search``, ``overhead`` (time only).  ``judge_rows``/
+    ``search_rows``: indices into ``x_T`` (and ``cond``) of the judge's rows and the search's.
     """
 
     chosen: str
@@ -84,6 +91,8 @@ class PlanReport(NamedTuple):
     seconds: dict
     train_size: int
     judge_size: int
+    judge_rows: np.ndarray
+    search_rows: np.ndarray
 
     @property
     def total_evaluations(self) -> int:
@@ -174,9 +183,11 @@ class Reference(NamedTuple):
     end: jax.Array      # [B, ...]
 
 
-def reference_solution(denoiser, x_T, sigma_min: float, sigma_max: float, steps: int) -> Reference:
+def reference_solution(denoiser, x_T, sigma_min: float, sigma_max: float, steps: int,
+                       cond=None) -> Reference:
     """Heun on ``steps`` Karras steps (rho 7) from ``x_T``, keeping every state and ``D`` it
-    computed (``2 steps - 1`` evaluations a sample)."""
+    computed (``2 steps - 1`` evaluations a sample); ``cond``: the rows' conditions, if any."""
+    denoiser = bind_condition(denoiser, cond)
     heun = solvers.get("heun")
     sigmas = jnp.asarray(schedules.karras(steps, sigma_min, sigma_max), x_T.dtype)
 
@@ -214,11 +225,13 @@ def _solve(stats, ridge):
 
 
 def grid_objective(denoiser, solver_name: str, spec, params, ref: Reference, w_fit, w_obj,
-                   sigma_min: float, sigma_max: float, ridge: float):
+                   sigma_min: float, sigma_max: float, ridge: float, cond=None):
     """``(loss, median)`` of the grid ``grid_from_params(params)``: the IIA sampler from
-    ``ref.states[0]`` with each step's coefficients solved on the rows weighted by ``w_fit [B]``
-    against the reference (module docstring); ``loss`` is the mean of ``log |x_N - x*_0|^2``
-    and ``median`` the median per-sample RMS error, both over the rows where ``w_obj [B]`` is 1."""
+    ``ref.states[0]`` (conditions ``cond``, if any) with each step's coefficients solved on the
+    rows weighted by ``w_fit [B]`` against the reference (module docstring); ``loss`` is the mean
+    of ``log |x_N - x*_0|^2`` and ``median`` the median per-sample RMS error, both over the rows
+    where ``w_obj [B]`` is 1."""
+    denoiser = bind_condition(denoiser, cond)
     solver = solvers.get(solver_name)
     x_T = ref.states[0]
     sigmas = grid_from_params(params, sigma_min, sigma_max).astype(x_T.dtype)
@@ -299,23 +312,49 @@ def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge
         raise ValueError(f"reference_steps must be an integer >= 2, got {reference_steps!r}")
 
 
+def split_rows(num_rows: int, judge: float, search_rows: int, key=None):
+    """``(train, judge, search)``: indices of the rows that fit, judge and search.
+
+    The judge rows are the held-out rows of :func:`iia_jax.fit` with ``holdout=judge`` and the
+    same ``key`` (:mod:`iia_jax.rows`); ``search``: at most ``search_rows`` training rows evenly
+    spaced over the batch (a batch sorted by label gives the search every label).
+    """
+    layout = make_layout(num_rows, judge, None)
+    if layout.hold_rows < 1 or layout.train_rows < 2:
+        raise ValueError(f"x_T has {num_rows} samples; judge={judge} holds out {layout.hold} in every "
+                         f"group of {layout.group} rows, leaving {layout.train_rows} to fit and "
+                         f"{layout.hold_rows} to judge (need >= 2 and >= 1)")
+    weights = np.asarray(layout.weights(layout.holdout_positions(key), jnp.float32))[:, :num_rows]
+    train, held = np.flatnonzero(weights[0]), np.flatnonzero(weights[1])
+    n_search = min(search_rows, train.size)
+    return train, held, train[np.arange(n_search) * train.size // n_search]
+
+
+def _take(tree, index):
+    """The rows ``index`` of every leaf: ``x_T`` and its conditions alike."""
+    return jax.tree_util.tree_map(lambda a: a[index], tree)
+
+
 def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, sigma_max: float,
-             init: str = "karras", key=None, families=None, schedule=None, judge: float = 0.25,
+             cond=None, init: str = "karras", key=None, families=None, schedule=None, judge: float = 0.25,
              search_steps: int = 25, learning_rate: float = 0.1, search_rows: int = 128,
              reference_steps: int = 64, progress: bool | None = None, **fit_kwargs) -> PlanFit:
     """Fit the step grid of ``solver`` (``num_steps`` steps from ``sigma_max`` to ``sigma_min``,
     then 0) jointly with its IIA coefficients; never worse than the best fixed grid family.
 
     ``x_T [B, ...]``: initial states in sigma-space (``sigma_max * N(0, I)`` for EDM models).
-    A fraction ``judge`` of them (shuffled with ``key``, else the last rows) judges the
-    candidates and is used by nothing else.  ``init``: the family the search starts from;
+    ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
+    ``D(x, sigma, cond)`` with its rows everywhere: reference, search, fits and judge.  A fraction
+    ``judge`` of the rows judges the candidates and is used by nothing else: the rows ``fit``
+    would hold out with ``holdout=judge`` and this ``key`` (drawn per group of rows; without a
+    key the last of each group; :func:`split_rows`).  ``init``: the family the search starts from;
     ``families``: the fixed families to beat (default :data:`DEFAULT_FAMILIES`, plus
     ``time_uniform`` when a VP ``schedule`` is given; ``init`` is always one of them).
     ``search_steps`` Adam steps of size ``learning_rate`` on the free grid parameters, over at
     most ``search_rows`` training rows (its cost is linear in them); ``reference_steps``: Karras
     steps of the heun reference.  ``fit_kwargs`` go to :func:`iia_jax.fit` (``preset``,
     ``history``, ``fine_steps``, ``mode``, ``ridge``, ...); the search uses the same ``preset``,
-    ``history`` and ``ridge``.  Conditional models (``cond=``) are not supported yet.
+    ``history`` and ``ridge``.
 
     Returns :class:`PlanFit`: an ordinary ``Plan``, the ordinary ``fit`` coefficients of its
     grid (fitted on the non-judge rows), and a :class:`PlanReport`.  Deterministic given ``key``.
@@ -323,25 +362,18 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     start = time.perf_counter()
     solver_obj = solvers.get(solver)
     check_state(x_T)
+    check_cond(cond, x_T.shape[0])
     families = tuple(DEFAULT_FAMILIES + (("time_uniform",) if schedule is not None else ())
                      if families is None else families)
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
     _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
                 learning_rate, search_rows, reference_steps)
     families = tuple(dict.fromkeys((init,) + families))
-    if "cond" in fit_kwargs:
-        raise ValueError("fit_plan does not support cond= yet: its reference, search and judge "
-                         "call the denoiser as D(x, sigma)")
     spec = feature_spec(solver, fit_kwargs.get("preset"), fit_kwargs.get("history", 1))
     ridge = float(fit_kwargs.get("ridge", 1e-4))
-    n_judge = int(round(judge * x_T.shape[0]))
-    n_train = x_T.shape[0] - n_judge
-    if n_judge < 1 or n_train < 2:
-        raise ValueError(f"x_T has {x_T.shape[0]} samples; judge={judge} leaves {n_train} to fit "
-                         f"and {n_judge} to judge (need >= 2 and >= 1)")
-    if key is not None:
-        x_T = x_T[jax.random.permutation(key, x_T.shape[0])]
-    x_train, x_judge = x_T[:n_train], x_T[n_train:]
+    train_idx, judge_idx, search_idx = split_rows(x_T.shape[0], judge, search_rows, key)
+    (x_train, c_train), (x_judge, c_judge) = (_take((x_T, cond), r) for r in (train_idx, judge_idx))
+    n_train, n_judge, n_search = train_idx.size, judge_idx.size, search_idx.size
     steps = search_steps if num_steps > 2 else 0   # with 2 steps the grid has no free sigma
     pbar = tqdm(total=2 + len(families) + steps, desc=f"fit_plan {solver}", leave=False,
                 disable=None if progress is None else not progress)
@@ -351,15 +383,16 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
         evals[name] = evals.get(name, 0) + int(count)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
 
-    # One reference run for the rows that need it: the search's (the first n_search training
-    # rows: states and slopes) and the judge's (end points).
+    # One reference run for the rows that need it: the search's (states and slopes) and the
+    # judge's (end points).
     t0 = time.perf_counter()
-    n_search = min(search_rows, n_train)
-    ref = jax.jit(lambda x: reference_solution(denoiser, x, sigma_min, sigma_max, reference_steps))(
-        jnp.concatenate([x_train[:n_search], x_judge]))
+    ref_x, ref_c = _take((x_T, cond), np.concatenate([search_idx, judge_idx]))
+    ref = jax.jit(lambda x, c: reference_solution(denoiser, x, sigma_min, sigma_max, reference_steps,
+                                                  c))(ref_x, ref_c)
     ref = jax.block_until_ready(ref)
     search_ref = Reference(ref.log_sigmas, ref.states[:, :n_search], ref.slopes[:, :n_search],
                            ref.end[:n_search])
+    search_c = _take(ref_c, slice(0, n_search))
     judge_end = ref.end[n_search:]
     phase("reference", (n_search + n_judge) * solvers.get("heun").nfe(reference_steps), t0)
     pbar.update(1)
@@ -380,9 +413,9 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
         tally = _Tally()
         counted = _Counted(denoiser, tally)
         p = make_plan(solver, sigmas)
-        fitted = fit(counted, p, x_train, key=key, progress=False, **fit_kwargs).coeffs
-        x_iia = jax.jit(lambda x: iia_sample(counted, p, fitted, x))(x_judge)
-        x_base = jax.jit(lambda x: sample(counted, p, x))(x_judge)
+        fitted = fit(counted, p, x_train, cond=c_train, key=key, progress=False, **fit_kwargs).coeffs
+        x_iia = jax.jit(lambda x, c: iia_sample(counted, p, fitted, x, cond=c))(x_judge, c_judge)
+        x_base = jax.jit(lambda x, c: sample(counted, p, x, cond=c))(x_judge, c_judge)
         coeffs[name] = fitted
         median[name], median_base[name] = (float(np.median(np.asarray(per_sample_rms(x, judge_end))))
                                            for x in (x_iia, x_base))
@@ -394,19 +427,19 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     best_family = min(families, key=median.__getitem__)
 
     # The search: Adam on the free grid parameters over (at most) search_rows training rows;
-    # half of them fit the coefficients, the other half measure the end-to-end error.
+    # every other one fits the coefficients, the rest measure the end-to-end error.
     t0 = time.perf_counter()
     params = params_from_grid(grids[init])
-    w_fit = (jnp.arange(n_search) < n_search // 2).astype(x_T.dtype)
+    w_fit = (jnp.arange(n_search) % 2 == 0).astype(x_T.dtype)
     w_obj = 1.0 - w_fit
     value_and_grad = jax.jit(jax.value_and_grad(
-        lambda p, r, wf, wo: grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min,
-                                            sigma_max, ridge), has_aux=True))
+        lambda p, r, c, wf, wo: grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min,
+                                               sigma_max, ridge, c), has_aux=True))
     optimiser = optax.adam(learning_rate)
     opt_state = optimiser.init(params)
     objective, search_median, iterates = [], [], []
     for i in range(steps + 1):
-        (loss, med), grad = value_and_grad(params, search_ref, w_fit, w_obj)
+        (loss, med), grad = value_and_grad(params, search_ref, search_c, w_fit, w_obj)
         if not (np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))):
             raise ValueError(f"fit_plan: the grid objective or its gradient is not finite at search "
                              f"step {i} (grid {np.asarray(grid_from_params(params, sigma_min, sigma_max))})")
@@ -428,10 +461,10 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     seconds["overhead"] = time.perf_counter() - start - sum(seconds.values())
     report = PlanReport(chosen, best_family, grids, coeffs, median, median_base,
                         np.asarray(objective), np.asarray(search_median), best_iterate, evals,
-                        seconds, int(n_train), int(n_judge))
+                        seconds, int(n_train), int(n_judge), judge_idx, search_idx)
     return PlanFit(make_plan(solver, grids[chosen]), coeffs[chosen], report)
 
 
 __all__ = ["fit_plan", "PlanFit", "PlanReport", "FAMILIES", "DEFAULT_FAMILIES", "family_grid",
-           "grid_from_params", "params_from_grid", "reference_solution", "reference_state",
+           "split_rows", "grid_from_params", "params_from_grid", "reference_solution", "reference_state",
            "grid_objective", "Reference"]
