@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import iia_jax
 from iia_jax import pretrained, schedules
 from iia_jax.data import digits
+from iia_jax.iia import DEFAULT_TARGET
 from iia_jax.metrics import ode_error
 from iia_jax.metrics import quality as q
 from iia_jax.metrics.fd import (apply_in_batches, corrupt_blur, corrupt_noise, digits_features,
@@ -59,6 +60,7 @@ SHAPE = (8, 8, 1)
 REF_STEPS = 64
 HEUN_LADDER = (4, 5, 6, 8, 12, 18, 32)
 NFE9_SOLVERS = ("heun", "euler", "dpmpp_2m")
+NFE9_FIT_BATCH = 1024   # the digits judge in fit's never-worse check needs about 1,000 rows
 
 
 def _noise(n: int, fit_batch: int, seed: int):
@@ -93,9 +95,11 @@ def heun_samples(steps: int, n: int, seed: int) -> np.ndarray:
                    lambda: _run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval))
 
 
-def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_steps: int = 8):
+def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_steps: int = 8,
+                 judged: bool = False):
     """``(base, iia)`` samples of ``solver`` at NFE 9 from the evaluation noise (cached); IIA is
-    fitted with the library defaults on the fit noise."""
+    fitted with the library defaults on the fit noise, with ``judged`` the digits judge in its
+    never-worse check (``quality=digits_check``, as ``iia-jax fit --model digits``)."""
     denoiser = pretrained.digits()
     steps = 5 if solver == "heun" else 9
     plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
@@ -105,10 +109,13 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
         jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval))
 
     def make_iia():
-        coeffs = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, progress=False).coeffs
+        coeffs = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, progress=False,
+                             quality=q.digits_check if judged else None).coeffs
         return _run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval)
 
-    iia = _cached(f"iia_{tag}_fit{fit_batch}_m{fine_steps}", make_iia)
+    # the cache name carries the target: heun's default changed from local to trajectory
+    suffix = f"_{DEFAULT_TARGET[solver]}_judged" if judged else ""
+    iia = _cached(f"iia_{tag}_fit{fit_batch}_m{fine_steps}{suffix}", make_iia)
     return base, iia
 
 
@@ -118,7 +125,8 @@ def all_samples(n: int, seed: int) -> dict:
     for steps in HEUN_LADDER:
         out[f"heun{steps}"] = heun_samples(steps, n, seed)
     for solver in NFE9_SOLVERS:
-        out[f"{solver} base"], out[f"{solver} IIA"] = nfe9_samples(solver, n, seed)
+        out[f"{solver} base"], out[f"{solver} IIA"] = nfe9_samples(solver, n, seed, NFE9_FIT_BATCH,
+                                                                   judged=True)
     return out
 
 
@@ -358,24 +366,46 @@ def verdicts(results: dict) -> dict:
 # ----------------------------------------------------------------------------- base vs IIA at NFE 9
 
 
+# judge -> (its metric in METRICS, if it has ladder verdicts; lower is better)
+NFE9_JUDGES = {
+    "digits_score": (HEADLINE, True), "FD, judge": ("FD, judge, quantised", True),
+    "coverage": ("coverage", False), "pixel MMD to real": ("1000 pixel MMD (RBF)", True),
+    "pixel MMD to fine ref": (None, True), "precision": ("precision", False),
+    "recall": ("recall", False), "density": ("density", False), "IS": ("Inception Score (judge)", False),
+    "|contrast - 1|": (None, True),
+}
+
+
+def _judges(x, ref) -> dict:
+    """Every judge of samples ``x`` (``ref``: the fine reference from the same noise)."""
+    qual = q.digits_quality(x, boot=2)
+    xq, rq = q.quantize_digits(x), q.quantize_digits(ref)
+    return {"digits_score": qual["score"], "FD, judge": qual["fd"], "coverage": qual["coverage"],
+            "pixel MMD to real": 1000 * qual["pixel_mmd"],
+            "pixel MMD to fine ref": 1000 * q.pixel_mmd(xq, rq, _bandwidth())[0],
+            "precision": qual["precision"], "recall": qual["recall"], "density": qual["density"],
+            "IS": qual["inception_score"], "|contrast - 1|": abs(q.contrast_ratio(xq, rq) - 1)}
+
+
 def nfe9_table(samples: dict) -> list:
-    """The headline and the independent judges on base and IIA samples at NFE 9."""
-    ref, real = samples["reference"], q.digits_split("reference")
+    """Every judge on base and IIA samples at NFE 9, and each judge's IIA - base difference with a
+    paired error: ``score_difference``'s jackknife for the headline, ``BOOT`` bootstrap resamples
+    of the noise draws (the same rows for base, IIA and reference) for the others."""
+    ref = samples["reference"]
+    rng = np.random.default_rng(0)
     rows = []
     for solver in NFE9_SOLVERS:
-        diff = q.score_difference(samples[f"{solver} IIA"], samples[f"{solver} base"], paired=True)
-        for kind in ("base", "IIA"):
-            x = samples[f"{solver} {kind}"]
-            qual = q.digits_quality(x)
-            to_ref = q.pixel_mmd(q.quantize_digits(x), q.quantize_digits(ref), _bandwidth())
-            rows.append(dict(
-                solver=solver, kind=kind, ode=ode_error(x, ref).median, score=qual["score"],
-                score_se=qual["score_se"], mmd_real=1000 * qual["pixel_mmd"], mmd_real_se=1000 * qual["pixel_mmd_se"],
-                mmd_ref=1000 * to_ref[0], mmd_ref_se=1000 * to_ref[1], precision=qual["precision"],
-                recall=qual["recall"], density=qual["density"], coverage=qual["coverage"],
-                inception=qual["inception_score"], diff=diff if kind == "IIA" else None,
-                contrast_ref=q.contrast_ratio(q.quantize_digits(x), q.quantize_digits(ref)),
-                old_fd=METRICS["old digits FD (shipped classifier, clipped)"][0](x, f"{solver} {kind}", real, "real")[0]))
+        base, iia = samples[f"{solver} base"], samples[f"{solver} IIA"]
+        j_base, j_iia = _judges(base, ref), _judges(iia, ref)
+        boots = []
+        for _ in range(BOOT):
+            idx = rng.integers(0, len(base), len(base))
+            b, i = _judges(base[idx], ref[idx]), _judges(iia[idx], ref[idx])
+            boots.append({k: i[k] - b[k] for k in b})
+        paired = {k: (j_iia[k] - j_base[k], float(np.std([d[k] for d in boots], ddof=1))) for k in j_base}
+        paired["digits_score"] = q.score_difference(iia, base, paired=True)
+        rows.append(dict(solver=solver, ode_base=ode_error(base, ref).median, ode_iia=ode_error(iia, ref).median,
+                         base=j_base, iia=j_iia, paired=paired))
     return rows
 
 
@@ -412,6 +442,16 @@ def plot(results: dict, path: Path):
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _num(v):
+    return f"{v:.3g}"
+
+
+def _verdict(diff, se, lower):
+    if abs(diff) <= 2 * se:
+        return "tie"
+    return "IIA" if (diff < 0) == lower else "base"
 
 
 def _fmt(v, se):
@@ -471,34 +511,33 @@ def markdown(results, verdict, rows, args, command, total_s) -> str:
         "## Base vs IIA at NFE 9, by every judge",
         "",
         "heun (5 steps), euler and dpmpp_2m (9 steps) on the Karras grid; IIA from `iia_jax.fit` with the "
-        "library defaults, fine_steps 8, fit batch 256 (fit noise: the demo's key); the same "
-        f"{args.n} evaluation draws; reference: heun 64 steps from the same noise. Pixel MMD to "
+        f"library defaults, fine_steps 8, fit batch {NFE9_FIT_BATCH} (fit noise: the demo's key) and the digits "
+        "judge in its never-worse check (`quality=digits_check`, what `iia-jax fit --model digits` does); "
+        f"the same {args.n} evaluation draws; reference: heun 64 steps from the same noise. Pixel MMD to "
         "real: against the 600 reference digits; to the fine reference: against the 64-step samples "
         "of the same noise (both quantised, bandwidth of the real reference). Contrast: RMS deviation "
         "from the mean image relative to the fine reference's. IS: Inception Score analogue from the "
-        "judge's class probabilities (max 10).",
+        "judge's class probabilities (max 10). Each cell: base -> IIA, and the difference IIA - base "
+        "with its paired error (the headline: paired jackknife; the others: "
+        f"{BOOT} bootstrap resamples of the noise draws, the same rows for both samplers).",
         "",
-        "| solver | sampler | median ODE err | digits_score | IIA - base (paired) | 1000 pixel MMD to real | "
-        "1000 pixel MMD to fine ref | precision | recall | density | coverage | contrast vs ref | IS | old FD |",
-        "| --- | --- |" + " ---: |" * 12,
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['solver']} | {r['kind']} | {r['ode']:.3f} | {_fmt(r['score'], r['score_se'])} | "
-            f"{_fmt(*r['diff']) if r['diff'] else ''} | "
-            f"{_fmt(r['mmd_real'], r['mmd_real_se'])} | {_fmt(r['mmd_ref'], r['mmd_ref_se'])} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
-            f"{r['contrast_ref']:.3f} | {r['inception']:.2f} | {r['old_fd']:.1f} |")
-    lines += ["", "Which sampler each judge prefers (IIA or base):", "",
-              "| solver | digits_score | pixel MMD to real | pixel MMD to fine ref | precision | recall | "
-              "|contrast - 1| | IS | old FD |", "| --- |" + " --- |" * 8]
-    for solver in NFE9_SOLVERS:
-        b, i = [r for r in rows if r["solver"] == solver]
-        pick = lambda key, lower=True: "IIA" if (i[key] < b[key]) == lower else "base"  # noqa: E731
-        cont = "IIA" if abs(i["contrast_ref"] - 1) < abs(b["contrast_ref"] - 1) else "base"
-        lines.append(f"| {solver} | {pick('score')} | {pick('mmd_real')} | {pick('mmd_ref')} | "
-                     f"{pick('precision', False)} | {pick('recall', False)} | {cont} | {pick('inception', False)} | "
-                     f"{pick('old_fd')} |")
+    passed = {name: all(verdict[ladder][metric][1] is not False for ladder in verdict)
+              for name, (metric, _) in NFE9_JUDGES.items() if metric is not None}
+    lines += ["| judge | passes every ladder | " + " | ".join(r["solver"] for r in rows) + " |",
+              "| --- | --- |" + " --- |" * len(rows)]
+    lines.append("| median ODE error | - | " + " | ".join(
+        f"{r['ode_base']:.3f} -> {r['ode_iia']:.3f}" for r in rows) + " |")
+    for name in NFE9_JUDGES:
+        cells = [f"{_num(r['base'][name])} -> {_num(r['iia'][name])} ({_fmt(*r['paired'][name])})" for r in rows]
+        ok = {True: "yes", False: "no"}.get(passed.get(name), "no ladder")
+        lines.append(f"| {name} | {ok} | " + " | ".join(cells) + " |")
+    lines += ["", "Verdicts: the sampler a judge prefers where the difference exceeds 2 paired errors, "
+              "else a tie.", "", "| judge | passes every ladder | " + " | ".join(r["solver"] for r in rows) + " |",
+              "| --- | --- |" + " --- |" * len(rows)]
+    for name, (_, lower) in NFE9_JUDGES.items():
+        ok = {True: "yes", False: "no"}.get(passed.get(name), "no ladder")
+        lines.append(f"| {name} | {ok} | " + " | ".join(_verdict(*r["paired"][name], lower) for r in rows) + " |")
     lines += ["", "## Reading the numbers", "", DISCUSSION.strip(), ""]
     return "\n".join(lines) + "\n"
 
@@ -570,6 +609,8 @@ def main(argv=None):
                     "scores (checkpoints/metric_ladders/scores_*.json) without scoring")
     ap.add_argument("--only", nargs="+", default=None, help="rescore only the ladders whose names start "
                     "with these strings, keeping the other saved scores")
+    ap.add_argument("--nfe9", action="store_true", help="recompute only the base-vs-IIA table at NFE 9, "
+                    "keeping the saved ladder scores")
     ap.add_argument("--out", type=Path, default=DOCS)
     ap.add_argument("--cpu-note", default="2 shared CPU cores", help="hardware note for the markdown")
     args = ap.parse_args(argv)
@@ -580,6 +621,13 @@ def main(argv=None):
     saved = CACHE / f"scores_n{args.n}_seed{args.seed}.json"
     if args.replot:
         results, verdict, rows, total, command = json.loads(saved.read_text())
+    elif args.nfe9:
+        results, verdict, _, total, first = json.loads(saved.read_text())
+        start = time.perf_counter()
+        rows = nfe9_table(samples)
+        total += time.perf_counter() - start
+        command = f"{first}` then `{command}"
+        saved.write_text(json.dumps([results, verdict, rows, total, command], default=float))
     elif args.only:  # rescore some ladders, keep the rest of the saved scores
         results, verdict, rows, total, command = json.loads(saved.read_text())
         start = time.perf_counter()

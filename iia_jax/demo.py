@@ -32,7 +32,7 @@ def _run(fn, x, batch=500):
     return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
 
 
-def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 256, fine_steps: int = 8, seed: int = 0):
+def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 1024, fine_steps: int = 8, seed: int = 0):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     denoiser = pretrained.digits()

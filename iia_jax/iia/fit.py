@@ -390,11 +390,11 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     medians = rmses = judged = nan
     dropped = ()
     if layout.hold_rows:
-        held = _HeldOut(denoiser, plan, make, rows, hold_end)
-        values, kept, medians, rmses = _never_worse(held, values, pbar)
+        runs = _EndToEnd(denoiser, plan, make, rows, hold_end)
+        values, kept, medians, rmses = _never_worse(runs, values, pbar)
         if quality is not None:
-            values, kept, judged, dropped = _quality_check(held, values, kept, quality)
-            medians, rmses = _error_summary(held.errors(np.zeros_like(values)), held.errors(values))
+            values, kept, judged, dropped = _quality_check(runs, values, kept, quality)
+            medians, rmses = _error_summary(runs.errors(np.zeros_like(values)), runs.errors(values))
     pbar.close()
     report = FitReport(*local, kept, medians, rmses, layout.train_rows, layout.hold_rows,
                        time.perf_counter() - start, _holdout_indices(rows), judged, dropped)
@@ -500,7 +500,7 @@ def _guidance_scale(denoiser):
     return None if scale is None else float(scale)
 
 
-class _HeldOut:
+class _EndToEnd:
     """The IIA sampler for given coefficient values ``[N, K]`` (all steps on; zero rows are the
     base step), chunk by chunk: per-sample errors at sigma = 0 of the held-out rows against the
     fine reference (one scalar a row comes to the host) or, for a quality judge, the samples of
@@ -535,19 +535,19 @@ def _error_summary(base, iia):
     return (float(np.median(base)), float(np.median(iia))), (rms(base), rms(iia))
 
 
-def _never_worse(held: _HeldOut, values, pbar):
+def _never_worse(runs: _EndToEnd, values, pbar):
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
     per-sample error at sigma = 0; otherwise leave them at zero."""
     n = values.shape[0]
     current = np.zeros_like(values)
-    base = held.errors(current)
+    base = runs.errors(current)
     pbar.update(1)
     best, best_err = np.median(base), base
     kept = np.zeros(n, bool)
     for i in range(n):
         trial = current.copy()
         trial[i] = values[i]
-        e = held.errors(trial)
+        e = runs.errors(trial)
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
         pbar.update(1)
@@ -561,19 +561,19 @@ def _judge(quality, candidate, base):
     return diff, se
 
 
-def _quality_check(held: _HeldOut, values, kept, quality):
+def _quality_check(runs: _EndToEnd, values, kept, quality):
     """Drop kept steps while the samples are worse than the base's by more than ``QUALITY_Z`` se
     of the paired difference: each round removes the step whose removal gives the lowest
     difference, if that is lower than the current one.  Returns the values, kept mask, final
     ``(difference, se)`` and the dropped steps."""
-    base = held.samples(np.zeros_like(values))
-    judged, dropped = _judge(quality, held.samples(values), base), []
+    base = runs.samples(np.zeros_like(values))
+    judged, dropped = _judge(quality, runs.samples(values), base), []
     while judged[0] > QUALITY_Z * judged[1] and kept.any():
         trials = {}
         for i in np.flatnonzero(kept):
             trial = values.copy()
             trial[i] = 0
-            trials[int(i)] = (_judge(quality, held.samples(trial), base), trial)
+            trials[int(i)] = (_judge(quality, runs.samples(trial), base), trial)
         step = min(trials, key=lambda i: trials[i][0][0])
         if trials[step][0][0] >= judged[0]:
             break
