@@ -60,14 +60,13 @@ FINDINGS = """
   check on 500 fresh selection draws (neither fit nor evaluation noise) picks exactly that subset.
   The other target, teacher-forced mode and fine_steps 16 stay worse (+14 to +24).
 
-**Recommended fix (not made here: `iia/fit.py` belongs to the integrator).** Make the never-worse
-check watch the distribution as well as the end-to-end error: after the greedy error check, drop
-kept steps greedily while that lowers a distribution distance of the held-out samples (for the
-digits, `digits_score` on a few hundred extra draws; model-free, the slope of the error on the
-centred reference, i.e. shrinkage). Measured above: dpmpp_2m at NFE 9 then ties the base in quality
-(-0.5 +- 4.5 instead of +19.7 +- 10.6) and keeps 92 % of its ODE-error gain; heun is unchanged
-by it (its steps only work together), where `target="trajectory"` is worth re-measuring as the
-default.
+**The fix, made since (session 4).** `iia_jax.fit(..., quality=judge)`: after the greedy error
+check, while a paired judge of the samples finds IIA worse than the base by more than one
+standard error, the kept step whose removal lowers that most is switched off (docs/iia.md).
+`iia-jax fit --model digits` and the demo use `iia_jax.metrics.digits_check` on 1,024 fit rows.
+On this setting it drops exactly step 5 of dpmpp_2m (measured in docs/digits.md, which has the
+before/after for every solver and NFE), and heun's default target is now `trajectory`. This
+page is the diagnosis with the fits of that time (256 rows, no judge, heun target `local`).
 """
 
 
