@@ -8,9 +8,13 @@
 * diffrax Euler and Heun on ``dx/dsigma = (x - D)/sigma`` must equal our euler and heun (EDM's
   Heun ends with an Euler step, as the diffrax peer does), with the NFE each claims, counted here
   by a callback on every model call.
-* A miniature ``main`` run writes its table and plot.
+* A miniature ``main`` run writes its table and plot, and ``--replot`` writes up its saved raw
+  results, also when cut short.
+* The goal counts a peer as beaten on its best and on its default grid (hand-made rows).
 """
 from __future__ import annotations
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,7 @@ pytest.importorskip("diffusers")
 diffrax = pytest.importorskip("diffrax")
 
 import iia_jax  # noqa: E402
-from iia_jax.bench import grids, main, models, peers  # noqa: E402
+from iia_jax.bench import accuracy, grids, main, models, peers, report  # noqa: E402
 
 TOL = 2e-4   # float32 (ours) vs float64 (diffusers) over a trajectory starting at |x| ~ 80
 
@@ -81,10 +85,12 @@ def test_diffrax_nfe_claims_match_counted_calls(setup):
 
 
 def test_miniature_bench_writes_table_and_plot(tmp_path):
-    assert main(["--quick", "--out", str(tmp_path), "--models", "separated", "--nfe", "4", "6", "--grids",
-                 "karras", "--solvers", "euler", "--peers", "DDIM", "diffrax Euler", "--batch", "16",
-                 "--sections", "accuracy"]) == 0
+    args = ["--quick", "--out", str(tmp_path), "--models", "separated", "--nfe", "4", "6", "--grids",
+            "karras", "--solvers", "euler", "--peers", "DDIM", "diffrax Euler", "--batch", "16",
+            "--sections", "accuracy"]
+    assert main(args) == 0
     text = (tmp_path / "benchmarks.md").read_text()
+    assert "cut short" not in text
     assert (tmp_path / "bench_error_vs_nfe.png").stat().st_size > 10_000
     for needle in ("## Goals", "euler + IIA", "| DDIM |", "| diffrax Euler |", "Machine", "Versions",
                    "PRNGKey(1)"):
@@ -92,6 +98,33 @@ def test_miniature_bench_writes_table_and_plot(tmp_path):
     # every table row of the error table has a value at both NFE
     row = next(line for line in text.splitlines() if line.startswith("| euler + IIA | karras |"))
     assert row.count("—") == 0
+    # a run cut short (here: before its rows) still leaves raw results that --replot writes up, saying so
+    raw = tmp_path / "bench_results_quick.json"
+    saved = json.loads(raw.read_text())
+    assert len(saved["results"]["rows"]) == 2 * 4   # euler base + IIA, DDIM, diffrax Euler at NFE 4 and 6
+    saved["results"]["rows"] = []
+    raw.write_text(json.dumps(saved))
+    assert main(args + ["--replot", str(raw)]) == 0
+    assert "cut short: no model separated" in (tmp_path / "benchmarks.md").read_text()
+
+
+def _row(family, method, grid, median, nfe=5, variant=""):
+    return accuracy.Row("m", family, method, variant, grid, nfe, median, median)
+
+
+def test_goal_counts_each_peer_on_its_best_and_its_default_grid():
+    """IIA 0.1 beats DDIM on Karras (0.2) and on its default time_uniform grid (0.3), but not on
+    quadratic (0.05), its best grid; diffrax Euler (default Karras) is beaten everywhere."""
+    rows = [_row("IIA", "euler", "karras", 0.1, variant="defaults"), _row("IIA", "euler", "karras", 0.5, nfe=20),
+            _row("diffusers", "DDIM", "karras", 0.2), _row("diffusers", "DDIM", "time_uniform", 0.3),
+            _row("diffusers", "DDIM", "quadratic", 0.05), _row("diffrax", "diffrax Euler", "karras", 0.4),
+            _row("diffrax", "diffrax Euler", "quadratic", 0.15)]
+    (goal,) = report.goal_rows(rows, "m", (5, 20))       # NFE 20 is above the goal's NFE
+    assert (goal.nfe, goal.ours.median, goal.top.method, goal.top.grid) == (5, 0.1, "DDIM", "quadratic")
+    assert (goal.beaten_best, goal.peers, goal.beaten_default, goal.on_default) == (1, 2, 2, 2)
+    assert not goal.met
+    rows[4] = _row("diffusers", "DDIM", "quadratic", 0.11)
+    assert report.goal_rows(rows, "m", (5,))[0].met
 
 
 def test_bad_arguments_are_named():

@@ -175,8 +175,9 @@ def _setup(cfg, results, meta):
         f"sigma^2)`; DEIS ends at {TAIL_RATIO:g} x the last grid sigma instead of 0 (it cannot end at 0). "
         "diffrax Euler, Heun and Bosh3 (3rd order) step on the grid (`StepTo`), then `x_0 = D(x, sigma_{N-1})`; "
         "diffrax Tsit5 with a PID controller runs per sample (`vmap`) at several tolerances and reports its "
-        "mean NFE. Peer \"default grid\": time_uniform is diffusers' default for VP schedulers, Karras EDM's; "
-        "the goal compares with each peer's best grid, which covers both.",
+        "mean NFE. A peer's \"default grid\": time_uniform for diffusers (their default timestep spacing is "
+        "uniform in time), Karras for diffrax (it has none; EDM's). A peer's \"best grid\" is the best of the "
+        "grids this model ran, so on a model that ran only some grids it is the best of those.",
     ]
     return lines
 

@@ -237,7 +237,7 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
 
 
 def plot_speed(speed, fitcost, path):
-    panels = [p for p in ("overhead", "peer", "scaling", "memory") if speed.get(p) or fitcost.get(p)]
+    panels = [p for p in ("overhead", "peer", "scaling", "time", "memory") if speed.get(p) or fitcost.get(p)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     for ax, name in zip(axes[0], panels):
         if name == "overhead":
@@ -263,6 +263,16 @@ def plot_speed(speed, fitcost, path):
             ax.set_ylabel("µs per sample per evaluation")
             ax.set_title("sample: time / (batch x NFE)")
             ax.legend(fontsize=7)
+        elif name == "time":
+            o = fitcost["time"]
+            pos = np.arange(len(o))
+            ax.bar(pos - 0.2, [r["ratio"] for r in o], 0.4, label="first fit (compiles)", color="C3")
+            ax.bar(pos + 0.2, [r["ratio_warm"] for r in o], 0.4, label="second fit (compiled)", color="C2")
+            ax.axhline(1.2, color="k", linestyle="--", linewidth=1, label="goal 1.2")
+            ax.set_xticks(pos, [f"{r['solver']}\n{r['mode'].split('/')[0]}" for r in o])
+            ax.set_yscale("log")
+            ax.set_title("fit time / its unavoidable evaluations")
+            ax.legend(fontsize=7)
         else:
             for mode in dict.fromkeys(r["mode"] for r in fitcost["memory"]):
                 for chunked in (False, True):
@@ -271,6 +281,9 @@ def plot_speed(speed, fitcost, path):
                             "-o" if chunked else "--s",
                             label=f"{mode}, {'chunk ' + str(sel[0]['chunk']) if chunked else 'no chunk'}")
             ax.set_xscale("log")
+            batches = sorted({r["batch"] for r in fitcost["memory"]})
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_ylim(bottom=0)
             ax.set_xlabel("fit batch")
             ax.set_ylabel("fit's own peak RSS (MiB)")

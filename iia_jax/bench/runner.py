@@ -212,7 +212,7 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     start = time.perf_counter()
     results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]], "seconds": 0.0,
                "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "nice": os.nice(0)}
+               "nice": os.nice(0), "revision": git_revision()}
 
     def checkpoint():
         results["seconds"] = time.perf_counter() - start
@@ -345,7 +345,8 @@ def write(results, cfg: Config, command: str) -> list:
         report.plot_speed(results["speed"], results["fitcost"], out / "bench_speed.png")
         paths.append(out / "bench_speed.png")
     meta = dict(command=command, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                machine=machine(), versions=versions(), revision=git_revision(), machine_short=machine_short(),
-                versions_short=versions_short())
+                machine=machine(), versions=versions(),
+                revision=results.get("revision") or f"{git_revision()} (when the report was written)",
+                machine_short=machine_short(), versions_short=versions_short())
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths
