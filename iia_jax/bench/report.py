@@ -171,6 +171,7 @@ def grid_verdict(rows, grids):
 # ----------------------------------------------------------------------------- plots
 
 PEER_STYLE = dict(linestyle="--", linewidth=1.0, alpha=0.8)
+PEER_MARKERS = "sDv<>phP^*X"   # one per peer, in the order of iia_jax.bench.peers.PEERS
 
 
 def _color(solver):
@@ -206,8 +207,7 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
         for j, name in enumerate(peer_names):
             env = _envelope([r for r in sel if r.method == name and is_peer(r)], key)
             if env:
-                marker = "^" if name.startswith("diffrax") else "s"
-                handles[name] = ax.plot(*zip(*env), marker=marker, markersize=3,
+                handles[name] = ax.plot(*zip(*env), marker=PEER_MARKERS[j % len(PEER_MARKERS)], markersize=4,
                                         color=cmap(0.35 + 0.6 * j / max(1, len(peer_names) - 1)),
                                         **PEER_STYLE)[0]
         values = [getattr(r, key) for r in sel if not math.isnan(getattr(r, key))]
@@ -222,7 +222,8 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
         if log_y:
             ax.set_yscale("log")
         nfes = sorted({int(r.nfe) for r in sel})
-        ax.set_xticks(nfes + [n for n in (40,) if any(r.nfe > nfes[-1] for r in ada)])
+        far = max([r.nfe for r in ada if top is None or getattr(r, key) <= top], default=0)
+        ax.set_xticks(nfes + [n for n in (40, 80, 160, 320) if nfes[-1] < n <= 1.3 * far])
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(model)
