@@ -74,7 +74,7 @@ def _goal_defaults(rows, cfg) -> list:
     gv = grid_verdict(rows, cfg.grids)
     for model in dict.fromkeys(r[0] for r in gv):
         picks = [f"{r[1]} {r[-1]}" for r in gv if r[0] == model]
-        out.append(f"grid for IIA on {model} (geometric mean over NFE <= {GOAL_NFE} of the grids run): "
+        out.append(f"grid for IIA on {model} (best geometric mean over the NFE <= {GOAL_NFE} its grids share): "
                    + ", ".join(picks) + (" (the library's default for EDM models such as digits is karras)"
                                         if model == "digits" else ""))
     return out
@@ -249,7 +249,7 @@ def _accuracy(cfg, results, meta):
     if gv:
         lines += ["", "## Which grid suits IIA", "",
                   f"Geometric-mean median error of IIA (library defaults) over the NFE <= {GOAL_NFE} that every "
-                  "grid has, per grid."]
+                  "grid the solver was fitted on has (column NFE), per grid; — where it was not fitted."]
         lines += [""] + table(["model", "solver", "NFE"] + list(cfg.grids) + ["best"], gv)
         lines += ["", _all_models_caption(cfg, meta)]
     return lines

@@ -153,18 +153,23 @@ def variant_verdict(rows, variant_grid):
 
 
 def grid_verdict(rows, grids):
-    """Per model and solver: geometric-mean IIA (defaults) median over NFE <= GOAL_NFE, per grid."""
+    """Per model and solver: geometric-mean IIA (defaults) median over the NFE <= GOAL_NFE that
+    every grid the solver was fitted on has, per grid ("—" where it was not fitted)."""
     out = []
     for model in dict.fromkeys(r.model for r in rows):
         for solver in dict.fromkeys(r.method for r in rows if r.family == "IIA"):
             sel = [r for r in rows if r.model == model and r.method == solver and r.family == "IIA"
                    and r.variant == "defaults" and r.nfe <= GOAL_NFE]
-            nfes = set.intersection(*[{int(r.nfe) for r in sel if r.grid == g} for g in grids]) if sel else set()
+            fitted = [g for g in grids if any(r.grid == g for r in sel)]
+            if len(fitted) < 2:
+                continue
+            nfes = set.intersection(*[{int(r.nfe) for r in sel if r.grid == g} for g in fitted])
             if not nfes:
                 continue
-            vals = {g: geo_mean([r.median for r in sel if r.grid == g and int(r.nfe) in nfes]) for g in grids}
+            vals = {g: geo_mean([r.median for r in sel if r.grid == g and int(r.nfe) in nfes]) for g in fitted}
             top = min(vals, key=vals.get)
-            out.append([model, solver, ", ".join(map(str, sorted(nfes)))] + [fmt(vals[g]) for g in grids] + [top])
+            out.append([model, solver, ", ".join(map(str, sorted(nfes)))]
+                       + [fmt(vals[g]) if g in vals else "—" for g in grids] + [top])
     return out
 
 
