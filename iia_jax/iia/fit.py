@@ -27,7 +27,9 @@ first, while the samples are worse than the base sampler's by more than ``QUALIT
 errors of the judge's paired difference and a removal still lowers it.  The judge sees every row
 of the batch, not only the held-out ones: it needs no reference, the coefficients never saw a
 quality signal, and a distribution judge needs many rows (``digits_check``: se about 11 at 1,000
-rows, for a loss of about 20 that dpmpp_2m at NFE 9 shows).
+rows, for a loss of about 20 that dpmpp_2m at NFE 9 shows).  If the steps left after that no
+longer lower the held-out median error, the base sampler is returned (all steps off): never
+worse in either measure.
 
 Rows: the batch ``(x_T, cond)`` is split into training and held-out rows, chunks and padding by
 one helper, :mod:`iia_jax.rows`, so conditions and a sharding of the rows cannot disagree about
@@ -352,8 +354,8 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     a paired comparison of the batch's samples at sigma = 0 (row i of both from the same noise;
     difference < 0 means the candidate is better), e.g. :func:`iia_jax.metrics.digits_check` for
     the shipped digits model.  While IIA's samples are worse than the base's by more than
-    ``QUALITY_Z`` se, the kept step whose removal lowers that most is switched off (module
-    docstring).  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
+    ``QUALITY_Z`` se, the kept step whose removal lowers that most is switched off; if what is
+    left no longer lowers the held-out error, every step is (module docstring).  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
     rows and Gram matrices are summed over them.  A batch sharded along its rows (or a host batch
     with ``mesh=``/``batch_axis=``) is fitted data-parallel (docs/scaling.md).  ``fingerprint``
     is stored with the coefficients for a later check.  Raises a ValueError naming the step if
@@ -395,6 +397,10 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
         if quality is not None:
             values, kept, judged, dropped = _quality_check(runs, values, kept, quality)
             medians, rmses = _error_summary(runs.errors(np.zeros_like(values)), runs.errors(values))
+            if dropped and not medians[1] < medians[0]:   # what is left must still beat the base
+                dropped += tuple(int(i) for i in np.flatnonzero(kept))
+                values, kept = np.zeros_like(values), np.zeros_like(kept)
+                judged, medians, rmses = (0.0, 0.0), (medians[0],) * 2, (rmses[0],) * 2
     pbar.close()
     report = FitReport(*local, kept, medians, rmses, layout.train_rows, layout.hold_rows,
                        time.perf_counter() - start, _holdout_indices(rows), judged, dropped)
