@@ -136,10 +136,15 @@ def _setup(cfg, results, meta):
         "## Setup", "",
         f"- **Command**: `{meta['command']}` ({'quick' if cfg.quick else 'full'} mode), one process at nice "
         f"level {results.get('nice', '(not recorded)')}, started {results.get('started', '(not recorded)')}, "
-        f"took **{results['seconds'] / 60:.1f} min** of wall time{_cut_short(cfg, results)}; report written "
+        f"took **{results['seconds'] / 60:.1f} min** of wall time{' in all' if results.get('reruns') else ''}"
+        f"{_cut_short(cfg, results)}; report written "
         f"{meta['date']}. The full mode is `python -m iia_jax.bench` (also `iia-jax bench`), the quick one "
         "`python -m iia_jax.bench --quick`; `--replot docs/bench_results_full.json` rewrites this report from the "
         "saved raw results.",
+        *[f"- **Rerun**: `python -m iia_jax.bench {r['command']}`, started {r['started']}, took "
+          f"{r['seconds'] / 60:.1f} min (library revision {r['revision']}); its sections and models replace the "
+          "first run's." for r in results.get("reruns", [])],
+        *[f"- **Note**: {note}" for note in results.get("notes", [])],
         f"- **Machine**: {meta['machine']}; 1-minute load average during the run "
         f"{min(results['load']):.1f}..{max(results['load']):.1f} (sampled between sections), so other jobs "
         "shared the cores: only ratios measured within this run are reported for speed, and the run took "

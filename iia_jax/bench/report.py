@@ -276,7 +276,7 @@ def plot_speed(speed, fitcost, path):
             ax.bar(pos + 0.2, [r["ratio_warm"] for r in o], 0.4, label="second fit (compiled)", color="C2")
             ax.axhline(1.2, color="k", linestyle="--", linewidth=1, label="goal 1.2")
             ax.set_xticks(pos, [f"{r['solver']}\n{r['mode'].split('/')[0]}" for r in o])
-            ax.set_yscale("log")
+            ax.set_ylim(bottom=0)
             ax.set_title("fit time / its unavoidable evaluations")
             ax.legend(fontsize=7)
         else:

@@ -272,6 +272,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
     ap.add_argument("--replot", metavar="JSON", help="rewrite the report from the raw results of an "
                     "earlier run with the same options (each run saves them, see its last line)")
+    ap.add_argument("--note", action="append", help="with --replot: a line for the report's Setup "
+                    "(kept in the raw results), e.g. what happened to the run")
     ap.add_argument("--rerun", action="store_true", help="with --replot: run --sections for --models "
                     "again and replace them in the saved results")
     args = ap.parse_args(argv)
@@ -285,6 +287,7 @@ def main(argv=None) -> int:
         saved = json.loads(Path(args.replot).read_text())
         command, results = saved["command"], saved["results"]
         results["rows"] = [accuracy.Row(*r) for r in results["rows"]]
+        results["notes"] = results.get("notes", []) + (args.note or [])
         if args.rerun:
             results, command = rerun(cfg, results, command, argv)
             cfg = config(argparse.Namespace(**{**vars(args), "models": None, "sections": None}))
@@ -294,8 +297,8 @@ def main(argv=None) -> int:
         raw = raw_path(cfg)
         print(f"raw results (written after every section, model and grid): {raw}", flush=True)
         results = run(cfg, lambda s: print(s, flush=True), lambda r: save_raw(raw, command, r))
-    if args.rerun or not args.replot:
-        save_raw(raw_path(cfg), command, results)
+    if args.rerun or not args.replot or args.note:
+        save_raw(Path(args.replot) if args.note and not args.rerun else raw_path(cfg), command, results)
     cfg.out.mkdir(parents=True, exist_ok=True)
     paths = write(results, cfg, command.strip())
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -315,19 +318,29 @@ def save_raw(path: Path, command: str, results: dict) -> None:
 
 
 def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
-    """Run ``cfg.sections`` for ``cfg.models`` again and put them in place of the saved ones."""
-    new = run(cfg, lambda s: print(s, flush=True))
-    if "accuracy" in cfg.sections:
-        results["rows"] = [r for r in results["rows"] if r.model not in cfg.models] + new["rows"]
-        results["extra"].update(new["extra"])
-    for section in ("speed", "fitcost"):
-        if section in cfg.sections:
-            results[section] = new[section]
-            results["speed_model"] = new["speed_model"]
-    results["seconds"] += new["seconds"]
-    results["load"] = results.get("load", []) + new["load"]
+    """Run ``cfg.sections`` for ``cfg.models`` again and put them in place of the saved ones
+    (saved to the raw results after every section, model and grid, like a run)."""
     again = shlex.join(sys.argv[1:] if argv is None else argv)
-    return results, f"{command}; then python -m iia_jax.bench {again}"
+    command = f"{command}; then python -m iia_jax.bench {again}"
+    old = dict(results)
+
+    def merged(new):
+        out = dict(old)
+        if "accuracy" in cfg.sections:
+            out["rows"] = [r for r in old["rows"] if r.model not in cfg.models] + new["rows"]
+            out["extra"] = {**old["extra"], **new["extra"]}
+        for section in ("speed", "fitcost"):
+            if section in cfg.sections:
+                out[section] = new[section]
+                out["speed_model"] = new["speed_model"]
+        out["seconds"] = old["seconds"] + new["seconds"]
+        out["load"] = old.get("load", []) + new["load"]
+        out["reruns"] = old.get("reruns", []) + [dict(started=new["started"], seconds=new["seconds"],
+                                                      revision=new["revision"], command=again)]
+        return out
+    raw = raw_path(cfg)
+    new = run(cfg, lambda s: print(s, flush=True), lambda new: save_raw(raw, command, merged(new)))
+    return merged(new), command
 
 
 def write(results, cfg: Config, command: str) -> list:
