@@ -162,15 +162,14 @@ def _fit_grid(model, args, fit_kwargs):
     """``fit --grid fitted``: the step grid fitted jointly with the coefficients."""
     import jax
     import iia_jax
-    if model.conditional:
-        raise SystemExit("error: --grid fitted is for unconditional models")
     s = model.schedule
     probe = make_plan(model, args.solver, args.steps, None)
     x_T = _noise(model, probe, args.batch, args.seed)
     print(f"fitting the grid and IIA for {args.solver}, {args.steps} steps on {model.name} with "
           f"{args.batch} samples ...", flush=True)
     return iia_jax.fit_plan(model.denoiser, args.solver, args.steps, x_T, sigma_min=s.sigma_min,
-                            sigma_max=s.sigma_max, key=jax.random.PRNGKey(args.seed), **fit_kwargs)
+                            sigma_max=s.sigma_max, cond=_labels(model, args.label, args.batch),
+                            key=jax.random.PRNGKey(args.seed), **fit_kwargs)
 
 
 def cmd_sample(args):
