@@ -14,6 +14,7 @@ def _goal_a(rows, cfg, model, key) -> str:
         return ""
     val = (lambda r: f"{fmt(r.quality)} ± {fmt(r.quality_se, 2)}") if key == "quality" else (lambda r: fmt(r.median))
     lost = [x for x in g if not x.met]
+    beyond = " beyond 2 se" if key == "quality" else ""
     if not lost:
         tight = min(g, key=lambda x: getattr(x.top, key) / getattr(x.ours, key))
         return (f"**met** at all {len(g)} NFE <= {GOAL_NFE}; smallest margin "
@@ -21,7 +22,7 @@ def _goal_a(rows, cfg, model, key) -> str:
                 f"({_name(tight.ours)} {val(tight.ours)} vs {tight.top.method} on {tight.top.grid} {val(tight.top)})")
     return (f"**not met** at NFE {', '.join(str(x.nfe) for x in lost)} of {len(g)}: " + "; ".join(
         f"NFE {x.nfe}: {_name(x.ours)} {val(x.ours)} vs best peer {x.top.method} on {x.top.grid} {val(x.top)}, "
-        f"{x.beaten_best}/{x.peers} peers beaten" for x in lost))
+        f"{x.beaten_best}/{x.peers} peers beaten, {x.lost_to} better than IIA{beyond}" for x in lost))
 
 
 def _name(r) -> str:

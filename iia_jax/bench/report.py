@@ -75,6 +75,7 @@ class Goal(NamedTuple):
     beaten_default: int        # ... and on their default grid (of those run on it)
     peers: int
     on_default: int            # peers that ran on their default grid
+    lost_to: int               # peers (best grid) better than the best IIA (quality: beyond 2 se)
 
     @property
     def met(self) -> bool:
@@ -99,7 +100,8 @@ def goal_rows(rows, model, nfes, key="median") -> list:
         on_default = [r for rs in peers.values() for r in rs if r.grid == default_grid(r)]
         out.append(Goal(n, ours, min(on_best, key=lambda r: getattr(r, key)),
                         sum(_better(ours, p, key) for p in on_best),
-                        sum(_better(ours, p, key) for p in on_default), len(on_best), len(on_default)))
+                        sum(_better(ours, p, key) for p in on_default), len(on_best), len(on_default),
+                        sum(_better(p, ours, key) for p in on_best)))
     return out
 
 
@@ -111,7 +113,7 @@ def goals(rows, model, nfes, key="median"):
         v, t = getattr(g.ours, key), getattr(g.top, key)
         se = (lambda r: f" ± {fmt(r.quality_se, 2)}") if key == "quality" else (lambda r: "")
         out.append([g.nfe, f"{_label(g.ours)}, {g.ours.grid}", fmt(v) + se(g.ours), f"{g.top.method}, {g.top.grid}",
-                    fmt(t) + se(g.top), f"{t / v:.2f}x" if v > 0 else "—",
+                    fmt(t) + se(g.top), f"{t / v:.2f}x" if v > 0 and t > 0 else "—",
                     f"{g.beaten_default}/{g.on_default}" if g.on_default else "not run",
                     f"{g.beaten_best}/{g.peers}", "yes" if g.met else "**no**"])
     return out, bool(g_all) and all(g.met for g in g_all)

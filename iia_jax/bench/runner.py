@@ -292,7 +292,7 @@ def main(argv=None) -> int:
             results, command = rerun(cfg, results, command, argv)
             cfg = config(argparse.Namespace(**{**vars(args), "models": None, "sections": None}))
     else:
-        command = "python -m iia_jax.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+        command = ("python -m iia_jax.bench " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
         cfg.out.mkdir(parents=True, exist_ok=True)
         raw = raw_path(cfg)
         print(f"raw results (written after every section, model and grid): {raw}", flush=True)
@@ -321,7 +321,7 @@ def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
     """Run ``cfg.sections`` for ``cfg.models`` again and put them in place of the saved ones
     (saved to the raw results after every section, model and grid, like a run)."""
     again = shlex.join(sys.argv[1:] if argv is None else argv)
-    command = f"{command}; then python -m iia_jax.bench {again}"
+    command = f"{command.strip()}; then python -m iia_jax.bench {again}"
     old = dict(results)
 
     def merged(new):
