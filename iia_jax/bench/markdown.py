@@ -22,7 +22,14 @@ def _goal_a(rows, cfg, model, key) -> str:
                 f"({_name(tight.ours)} {val(tight.ours)} vs {tight.top.method} on {tight.top.grid} {val(tight.top)})")
     return (f"**not met** at NFE {', '.join(str(x.nfe) for x in lost)} of {len(g)}: " + "; ".join(
         f"NFE {x.nfe}: {_name(x.ours)} {val(x.ours)} vs best peer {x.top.method} on {x.top.grid} {val(x.top)}, "
-        f"{x.beaten_best}/{x.peers} peers beaten, {x.lost_to} better than IIA{beyond}" for x in lost))
+        f"{x.beaten_best}/{x.peers} peers beaten, {x.lost_to} better than IIA{beyond}{_unfitted(rows, model, x)}"
+        for x in lost))
+
+
+def _unfitted(rows, model, goal) -> str:
+    """`` (no IIA fitted on GRID at this NFE)`` when the best peer's grid had no IIA row there."""
+    fitted = {r.grid for r in rows if r.model == model and r.family == "IIA" and int(r.nfe) == goal.nfe}
+    return "" if goal.top.grid in fitted else f" (no IIA fitted on {goal.top.grid} at this NFE)"
 
 
 def _name(r) -> str:
