@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "Schedule", "edm", "ve", "vp_linear", "vp_cosine", "vp_discrete", "ddpm_alphas_cumprod",
-    "karras", "logsnr_uniform", "time_uniform", "quadratic", "ddim",
+    "karras", "logsnr_uniform", "time_uniform", "quadratic", "vp_time", "ddim",
 ]
 
 
@@ -242,6 +242,16 @@ def time_uniform(schedule: Schedule, num_steps: int) -> np.ndarray:
 def quadratic(schedule: Schedule, num_steps: int) -> np.ndarray:
     """DDIM's quadratic grid: ``t_i = t_min + (t_max - t_min)(1 - i/N)^2``, i < N, then sigma 0."""
     return _time_grid(schedule, num_steps, 2.0)
+
+
+def vp_time(sigma_min: float, sigma_max: float) -> Schedule:
+    """The time of :func:`vp_linear` (beta 0.1..20) restricted to ``[sigma_min, sigma_max]``: a
+    clock for the time grids of any model, e.g. ``quadratic(vp_time(0.002, 80.0), N)`` for an EDM
+    model, the grid the peer benchmark found best for the shipped digits model (docs/benchmarks.md)."""
+    _check_range(sigma_min, sigma_max)
+    vp = vp_linear()
+    return Schedule("vp", vp.sigma, vp.time, float(vp.time(np.float64(sigma_min))),
+                    float(vp.time(np.float64(sigma_max))))
 
 
 def ddim(alphas_cumprod, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:

@@ -466,6 +466,14 @@ def test_grid_structure(n):
     t = vp.time(schedules.quadratic(vp, n)[:-1].astype(np.float64))
     np.testing.assert_allclose(t, vp.t_min + (vp.t_max - vp.t_min) * (1 - np.arange(n) / n) ** 2,
                                rtol=1e-5, atol=1e-6)
+    # vp_time: the VP clock restricted to an EDM range; the grid starts at sigma_max and its
+    # times, on the closed-form VP time, are quadratic between the two ends' times
+    clock = schedules.vp_time(0.002, 80.0)
+    s = schedules.quadratic(clock, n)
+    _assert_grid(s, n, 80.0)
+    ends = vp.time(np.array([0.002, 80.0]))
+    np.testing.assert_allclose(vp.time(s[:-1].astype(np.float64)),
+                               ends[0] + (ends[1] - ends[0]) * (1 - np.arange(n) / n) ** 2, rtol=1e-5, atol=1e-6)
     if n >= 2:
         for grid in (schedules.logsnr_uniform, schedules.karras):
             _assert_grid(grid(n), n, 80.0)

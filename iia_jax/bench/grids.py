@@ -20,13 +20,6 @@ from .. import schedules
 GRIDS = ("karras", "logsnr", "time_uniform", "quadratic")
 
 
-def vp_time(sigma_min: float, sigma_max: float) -> schedules.Schedule:
-    """The linear-beta VP time (beta 0.1..20) restricted to ``[sigma_min, sigma_max]``."""
-    vp = schedules.vp_linear()
-    return schedules.Schedule("vp", vp.sigma, vp.time, float(vp.time(np.float64(sigma_min))),
-                              float(vp.time(np.float64(sigma_max))))
-
-
 def grid(name: str, num_steps: int, sigma_min: float, sigma_max: float) -> np.ndarray:
     """The ``name`` grid with ``num_steps`` steps from ``sigma_max`` to 0 (float32)."""
     if name == "karras":
@@ -34,9 +27,9 @@ def grid(name: str, num_steps: int, sigma_min: float, sigma_max: float) -> np.nd
     if name == "logsnr":
         return schedules.logsnr_uniform(num_steps, sigma_min, sigma_max)
     if name == "time_uniform":
-        return schedules.time_uniform(vp_time(sigma_min, sigma_max), num_steps)
+        return schedules.time_uniform(schedules.vp_time(sigma_min, sigma_max), num_steps)
     if name == "quadratic":
-        return schedules.quadratic(vp_time(sigma_min, sigma_max), num_steps)
+        return schedules.quadratic(schedules.vp_time(sigma_min, sigma_max), num_steps)
     raise ValueError(f"grid must be one of {GRIDS}, got {name!r}")
 
 
