@@ -68,6 +68,18 @@ def test_time_uniform_family_is_uniform_in_model_time():
     np.testing.assert_allclose(grid[[0, -2]], [SIGMA_MAX, SIGMA_MIN], rtol=1e-6)
 
 
+def test_vp_quadratic_family_is_quadratic_in_vp_time():
+    """The family is the CLI's/benchmark's grid: on the closed-form linear-beta VP time, its times
+    are t_min + (t_max - t_min)(1 - i/N)^2 between the times of sigma_min and sigma_max."""
+    vp = schedules.vp_linear()
+    n = 6
+    grid = family_grid("vp_quadratic", n, SIGMA_MIN, SIGMA_MAX)
+    ends = vp.time(np.array([SIGMA_MIN, SIGMA_MAX]))
+    np.testing.assert_allclose(vp.time(grid[:-1].astype(np.float64)),
+                               ends[0] + (ends[1] - ends[0]) * (1 - np.arange(n) / n) ** 2, rtol=1e-5)
+    assert grid[-1] == 0 and grid[-2] > SIGMA_MIN
+
+
 def test_interpolated_reference_matches_a_finer_integration():
     denoiser, x = _mixture(), _noise(2, 64)
     ref = reference_solution(denoiser, x, SIGMA_MIN, SIGMA_MAX, 64)
@@ -248,6 +260,7 @@ def test_deterministic_given_key(planfit):
     (dict(init="cosine"), "family"),
     (dict(families=("karras", "nope")), "family"),
     (dict(init="time_uniform"), "schedule"),
+    (dict(init="vp_quadratic"), "cannot start the search"),
     (dict(judge=1.0), "judge"),
     (dict(search_steps=-1), "search_steps"),
     (dict(learning_rate=0.0), "learning_rate"),

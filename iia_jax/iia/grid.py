@@ -59,8 +59,11 @@ from .features import feature_spec
 from .fit import fit, gram_stats, solve_gram
 from .sample import apply_correction, corrected_step, iia_sample
 
-FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "time_uniform")
-DEFAULT_FAMILIES = ("karras", "karras_rho3", "logsnr_uniform")   # + time_uniform with a schedule
+FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "vp_quadratic", "time_uniform")
+# vp_quadratic joined after the peer benchmark found it the best fixed grid on the digits model
+# (docs/benchmarks.md); time_uniform is added when a schedule is given
+DEFAULT_FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "vp_quadratic")
+_NOT_A_START = ("vp_quadratic",)   # ends above sigma_min: the search's grids end exactly there
 _EPS = 1e-20   # keeps log |error|^2 finite
 
 
@@ -137,7 +140,10 @@ def family_grid(name: str, num_steps: int, sigma_min: float, sigma_max: float,
 
     ``karras`` (rho 7) and ``karras_rho3``: uniform in ``sigma^(1/rho)`` (Karras et al. 2022);
     ``logsnr_uniform``: uniform in log sigma (Lu et al. 2022); ``time_uniform``: uniform in the
-    model time of ``schedule`` between ``t(sigma_max)`` and ``t(sigma_min)`` (Song et al. 2021).
+    model time of ``schedule`` between ``t(sigma_max)`` and ``t(sigma_min)`` (Song et al. 2021);
+    ``vp_quadratic``: DDIM's quadratic grid in the time of a linear-beta VP model
+    (``schedules.quadratic(schedules.vp_time(sigma_min, sigma_max), N)``, the CLI's and the peer
+    benchmark's grid), whose last non-zero sigma lies above ``sigma_min``.
     """
     if name == "karras":
         return schedules.karras(num_steps, sigma_min, sigma_max, rho=7.0)
@@ -145,6 +151,8 @@ def family_grid(name: str, num_steps: int, sigma_min: float, sigma_max: float,
         return schedules.karras(num_steps, sigma_min, sigma_max, rho=3.0)
     if name == "logsnr_uniform":
         return schedules.logsnr_uniform(num_steps, sigma_min, sigma_max)
+    if name == "vp_quadratic":
+        return schedules.quadratic(schedules.vp_time(sigma_min, sigma_max), num_steps)
     if name == "time_uniform":
         if schedule is None:
             raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
@@ -298,6 +306,10 @@ def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge
     for name in (init,) + tuple(families):
         if name not in FAMILIES:
             raise ValueError(f"grid family must be one of {FAMILIES} (init= and families=), got {name!r}")
+        if name == init and name in _NOT_A_START:
+            raise ValueError(f"init={name!r} cannot start the search (its grid does not end at "
+                             f"sigma_min); start from one of {[f for f in FAMILIES if f not in _NOT_A_START]} "
+                             f"and pass {name!r} in families= to beat it")
         if name == "time_uniform" and schedule is None:
             raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
     if not 0.0 < judge < 1.0:
