@@ -393,14 +393,15 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     dropped = ()
     if layout.hold_rows:
         runs = _EndToEnd(denoiser, plan, make, rows, hold_end)
-        values, kept, medians, rmses = _never_worse(runs, values, pbar)
+        values, kept, base_errors, errors = _never_worse(runs, values, pbar)
         if quality is not None:
             values, kept, judged, dropped = _quality_check(runs, values, kept, quality)
-            medians, rmses = _error_summary(runs.errors(np.zeros_like(values)), runs.errors(values))
-            if dropped and not medians[1] < medians[0]:   # what is left must still beat the base
-                dropped += tuple(int(i) for i in np.flatnonzero(kept))
-                values, kept = np.zeros_like(values), np.zeros_like(kept)
-                judged, medians, rmses = (0.0, 0.0), (medians[0],) * 2, (rmses[0],) * 2
+            errors = runs.errors(values) if dropped else errors
+        medians, rmses = _error_summary(base_errors, errors)
+        if dropped and not medians[1] < medians[0]:   # what is left must still beat the base
+            dropped += tuple(int(i) for i in np.flatnonzero(kept))
+            values, kept = np.zeros_like(values), np.zeros_like(kept)
+            judged, medians, rmses = (0.0, 0.0), (medians[0],) * 2, (rmses[0],) * 2
     pbar.close()
     report = FitReport(*local, kept, medians, rmses, layout.train_rows, layout.hold_rows,
                        time.perf_counter() - start, _holdout_indices(rows), judged, dropped)
@@ -515,24 +516,26 @@ class _EndToEnd:
     def __init__(self, denoiser, plan, make, rows: _Rows, reference):
         n = plan.num_steps
         self.rows, self.reference = rows, reference
+        # which rows are real (not padding), in the order _over_chunks concatenates them
+        self._real_held = _host(rows.hold_weights).reshape(-1) > 0
+        self._real_all = _host(rows.weights.sum(axis=1)).reshape(-1) > 0
         run = lambda d, vals, x, c: iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x, cond=c)  # noqa: E731
         self._samples = _jit_with_model(run, denoiser)
         self._errors = _jit_with_model(lambda d, vals, x, c, ref: per_sample_rms(run(d, vals, x, c), ref), denoiser)
 
-    def _over_chunks(self, fn, x, cond, weights, *extra):
+    def _over_chunks(self, fn, x, cond, real, *extra):
         parts = [fn(x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], cond), *(e[c] for e in extra))
                  for c in range(self.rows.layout.chunks)]
-        return np.concatenate([_host(p) for p in parts])[_host(weights).reshape(-1) > 0]
+        return np.concatenate([_host(p) for p in parts])[real]
 
     def errors(self, vals):
         rows = self.rows
         return self._over_chunks(lambda x, c, ref: self._errors(vals, x, c, ref), rows.hold_x,
-                                 rows.hold_cond, rows.hold_weights, self.reference)
+                                 rows.hold_cond, self._real_held, self.reference)
 
     def samples(self, vals):
         rows = self.rows
-        return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond,
-                                 rows.weights.sum(axis=1))
+        return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond, self._real_all)
 
 
 def _error_summary(base, iia):
@@ -543,7 +546,8 @@ def _error_summary(base, iia):
 
 def _never_worse(runs: _EndToEnd, values, pbar):
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
-    per-sample error at sigma = 0; otherwise leave them at zero."""
+    per-sample error at sigma = 0; otherwise leave them at zero.  Returns the values, the kept
+    mask and the per-sample errors of the base sampler and of the result."""
     n = values.shape[0]
     current = np.zeros_like(values)
     base = runs.errors(current)
@@ -557,7 +561,7 @@ def _never_worse(runs: _EndToEnd, values, pbar):
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
         pbar.update(1)
-    return (current, kept) + _error_summary(base, best_err)
+    return current, kept, base, best_err
 
 
 def _judge(quality, candidate, base):
