@@ -16,6 +16,7 @@ from iia_jax.data import data_hash, digits
 from iia_jax.nets import EDMUNet, edm_coefficients
 from iia_jax.train import (DIGITS_COND_DENOISER, DenoiserConfig, _check_compatible, _keys, make_denoiser,
                            train_denoiser)
+from training_helpers import Interrupted, interrupt_at
 
 # norm_groups=2: with one channel per GroupNorm group the per-channel embedding would be normalised away.
 TINY_NET = {"channels": 8, "channel_mults": (1,), "num_res_blocks": 1, "attention": False, "norm_groups": 2}
@@ -88,18 +89,6 @@ TINY_COND = DenoiserConfig(name="tiny_cond", net="unet", net_kwargs=TINY_NET, si
                            num_classes=10, label_dropout=0.5)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(step):
-    def callback(done, loss):
-        if done >= step:
-            raise _Stop
-
-    return callback
-
-
 @pytest.fixture(scope="module")
 def tiny_data():
     d = digits("train")
@@ -112,8 +101,8 @@ def test_tiny_conditional_training_is_deterministic_resumes_and_drops_labels(tin
     # Two runs from scratch, one cut after step 5 (its last checkpoint: step 3) and resumed,
     # end bit-identical: label dropout is drawn from the step key like everything else.
     full = train_denoiser(TINY_COND, images, False, labels=labels, progress=False)
-    with pytest.raises(_Stop):
-        train_denoiser(TINY_COND, images, tmp_path / "cut", labels=labels, progress=False, callback=_stop_at(5))
+    with pytest.raises(Interrupted):
+        train_denoiser(TINY_COND, images, tmp_path / "cut", labels=labels, progress=False, callback=interrupt_at(5))
     resumed = train_denoiser(TINY_COND, images, tmp_path / "cut", labels=labels, progress=False)
     assert resumed.start_step == 3
     np.testing.assert_array_equal(resumed.losses, full.losses[3:])

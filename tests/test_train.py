@@ -17,6 +17,7 @@ import pytest
 from iia_jax.data import digits, toy
 from iia_jax.train import (CheckpointError, ClassifierConfig, DenoiserConfig, _keys, edm_loss, make_denoiser,
                            read_checkpoint, train_classifier, train_denoiser)
+from training_helpers import Interrupted, interrupt_at
 
 # One tiny config shared by the tests below, so its step function compiles once.
 TINY = DenoiserConfig(
@@ -32,18 +33,6 @@ TINY = DenoiserConfig(
     log_every=1,
 )
 DATA = toy("two_moons", 512, seed=0)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _interrupt_at(step):
-    def callback(done, loss):
-        if done >= step:
-            raise Interrupted
-
-    return callback
 
 
 def _leaves_equal(a, b):
@@ -91,7 +80,7 @@ def test_checkpoint_record(full_run):
 def test_resume_after_interruption_equals_uninterrupted_run(full_run, tmp_path):
     ckpt = tmp_path / "run"
     with pytest.raises(Interrupted):  # "killed" at step 60: steps 51-60 are lost
-        train_denoiser(TINY, DATA, ckpt, progress=False, callback=_interrupt_at(60))
+        train_denoiser(TINY, DATA, ckpt, progress=False, callback=interrupt_at(60))
     assert sorted(int(p) for p in os.listdir(ckpt) if p.isdigit())[-1] == 50
     resumed = train_denoiser(TINY, DATA, ckpt, progress=False)
     assert resumed.start_step == 50
@@ -122,7 +111,7 @@ def _latest_step_dir(ckpt):
 def test_corrupted_checkpoint_is_refused(tmp_path, damage):
     ckpt = str(tmp_path / "run")
     with pytest.raises(Interrupted):
-        train_denoiser(TINY, DATA, ckpt, progress=False, callback=_interrupt_at(25))
+        train_denoiser(TINY, DATA, ckpt, progress=False, callback=interrupt_at(25))
     step_dir = _latest_step_dir(ckpt)
     if damage == "junk_step":
         step_dir = os.path.join(ckpt, "30")
