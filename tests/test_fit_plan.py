@@ -11,7 +11,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import iia_jax
 from iia_jax import schedules
@@ -25,8 +28,10 @@ from iia_jax.sampling import integrate
 SIGMA_MIN, SIGMA_MAX = 0.002, 40.0
 _MEANS = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
 # Small and quick: a 4-D mixture, few Adam steps, a short reference.
+# The search starts from the VP-time quadratic grid, which ends above sigma_min.
 QUICK = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, families=("karras", "logsnr_uniform"),
-             search_steps=6, search_rows=48, reference_steps=128, fine_steps=4, progress=False)
+             init="vp_quadratic", search_steps=6, search_rows=48, reference_steps=128, fine_steps=4,
+             progress=False)
 
 
 def _mixture():
@@ -50,14 +55,57 @@ def planfit():
     return x_T, fit_plan(_mixture(), "euler", 4, x_T, key=jax.random.PRNGKey(3), **QUICK)
 
 
-def test_grid_parameters_round_trip_and_keep_the_ends():
-    for n in (3, 5, 9):
-        karras = schedules.karras(n, SIGMA_MIN, SIGMA_MAX)
-        np.testing.assert_allclose(grid_from_params(params_from_grid(karras), SIGMA_MIN, SIGMA_MAX),
-                                   karras, rtol=2e-5)
-    grid = np.asarray(grid_from_params(jnp.array([-3.0, 0.0, 5.0, 1.0]), SIGMA_MIN, SIGMA_MAX))
-    assert grid[0] == np.float32(SIGMA_MAX) and grid[-2] == np.float32(SIGMA_MIN) and grid[-1] == 0
+@pytest.mark.parametrize("family", ["karras", "logsnr_uniform", "vp_quadratic"])
+def test_grid_parameters_round_trip(family):
+    """Exact (to float32) for a grid that ends above sigma_min (vp_quadratic); one that ends at
+    sigma_min comes back with its last sigma raised to sigma_min * exp(1e-4), the rest exact."""
+    for n in (2, 3, 5, 9):
+        grid = family_grid(family, n, SIGMA_MIN, SIGMA_MAX)
+        params = params_from_grid(grid, SIGMA_MIN)
+        back = np.asarray(grid_from_params(params, SIGMA_MIN, SIGMA_MAX))
+        assert params.shape == (n,) and back.shape == grid.shape and back[-1] == 0
+        if family == "vp_quadratic":
+            assert grid[-2] > 10 * SIGMA_MIN
+            np.testing.assert_allclose(back, grid, rtol=3e-6)
+        else:
+            np.testing.assert_allclose(back[:-2], grid[:-2], rtol=3e-6)
+            np.testing.assert_allclose(back[-2], SIGMA_MIN * math.exp(1e-4), rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-6.0, 6.0), min_size=2, max_size=10))
+def test_any_parameters_give_a_decreasing_grid_inside_the_range(values):
+    """sigma_max > s_1 > ... > s_{N-1} >= sigma_min > 0, and the grid's own parameters give it back."""
+    grid = np.asarray(grid_from_params(jnp.asarray(values, jnp.float32), SIGMA_MIN, SIGMA_MAX))
+    assert grid.shape == (len(values) + 1,)
+    assert grid[0] == np.float32(SIGMA_MAX) and grid[-1] == 0
     assert np.all(np.diff(grid) < 0)
+    assert grid[-2] >= np.float32(SIGMA_MIN)
+    back = np.asarray(grid_from_params(params_from_grid(grid, SIGMA_MIN), SIGMA_MIN, SIGMA_MAX))
+    np.testing.assert_allclose(back[:-2], grid[:-2], rtol=1e-5)
+    # the last sigma: kept, or raised to the round trip's floor sigma_min * exp(1e-4)
+    np.testing.assert_allclose(back[-2], max(grid[-2], SIGMA_MIN * math.exp(1e-4)), rtol=1e-5)
+
+
+def test_last_sigma_moves_within_a_search_budget():
+    """Adam (lr 0.1, 25 steps, the search's defaults) pushing the last sigma up from a Karras
+    grid (which ends at sigma_min) lifts it well clear of sigma_min; pushing down from the
+    VP-time quadratic grid brings it toward sigma_min; the first sigma stays sigma_max."""
+    def last_sigma_after(grid, sign):
+        params = params_from_grid(grid, SIGMA_MIN)
+        loss = jax.jit(jax.grad(lambda p: sign * jnp.log(grid_from_params(p, SIGMA_MIN, SIGMA_MAX)[-2])))
+        optimiser = optax.adam(0.1)
+        state = optimiser.init(params)
+        for _ in range(25):
+            updates, state = optimiser.update(loss(params), state)
+            params = optax.apply_updates(params, updates)
+        out = np.asarray(grid_from_params(params, SIGMA_MIN, SIGMA_MAX))
+        assert out[0] == np.float32(SIGMA_MAX) and np.all(np.diff(out) < 0)
+        return out[-2]
+
+    assert last_sigma_after(schedules.karras(5, SIGMA_MIN, SIGMA_MAX), -1.0) > 1.5 * SIGMA_MIN
+    vp = family_grid("vp_quadratic", 5, SIGMA_MIN, SIGMA_MAX)
+    assert last_sigma_after(vp, 1.0) < 0.2 * vp[-2]
 
 
 def test_time_uniform_family_is_uniform_in_model_time():
@@ -89,12 +137,13 @@ def test_interpolated_reference_matches_a_finer_integration():
         assert float(jnp.median(per_sample_rms(interp, direct))) < 2e-3, sigma
 
 
-@pytest.mark.parametrize("solver,steps", [("heun", 4), ("dpmpp_2m", 5), ("ipndm", 4)])
-def test_objective_gradient_matches_finite_differences(solver, steps):
+@pytest.mark.parametrize("solver,steps,family", [("heun", 4, "karras"), ("dpmpp_2m", 5, "karras"),
+                                                 ("ipndm", 4, "vp_quadratic")])
+def test_objective_gradient_matches_finite_differences(solver, steps, family):
     """float64 so that central differences resolve the gradient; a random direction and two
-    coordinate directions.  heun (its final second gradient is zero) and history features that do
-    not exist yet at step 0 exercise the zero-feature guard of the solve; ipndm its variable-step
-    Adams-Bashforth weights."""
+    coordinate directions (the first increment and the slack).  heun (its final second gradient is
+    zero) and history features that do not exist yet at step 0 exercise the zero-feature guard of
+    the solve; ipndm its variable-step Adams-Bashforth weights, from a grid ending above sigma_min."""
     with jax.enable_x64(True):
         denoiser = gmm(_MEANS.astype(np.float64), 0.3)
         x = _noise(4, 48).astype(jnp.float64)
@@ -107,7 +156,8 @@ def test_objective_gradient_matches_finite_differences(solver, steps):
             return grid_objective(denoiser, solver, spec, p, ref, w_fit, 1.0 - w_fit, SIGMA_MIN,
                                   SIGMA_MAX, 1e-4)[0]
 
-        params = params_from_grid(schedules.karras(steps, SIGMA_MIN, SIGMA_MAX)).astype(jnp.float64)
+        params = params_from_grid(family_grid(family, steps, SIGMA_MIN, SIGMA_MAX),
+                                  SIGMA_MIN).astype(jnp.float64)
         params = params + 0.3 * jax.random.normal(jax.random.PRNGKey(5), params.shape, jnp.float64)
         grad = jax.jit(jax.grad(f))(params)
         assert np.all(np.isfinite(np.asarray(grad)))
@@ -124,7 +174,7 @@ def test_returned_grid_is_an_ordinary_decreasing_plan(planfit):
     sigmas = np.asarray(result.plan.sigmas)
     assert isinstance(result.plan, iia_jax.Plan) and result.plan.solver == "euler"
     assert sigmas.shape == (5,) and np.all(np.diff(sigmas) < 0) and sigmas[-1] == 0
-    np.testing.assert_allclose(sigmas[[0, -2]], [SIGMA_MAX, SIGMA_MIN], rtol=1e-6)
+    assert sigmas[0] == np.float32(SIGMA_MAX) and sigmas[-2] >= np.float32(SIGMA_MIN)
     np.testing.assert_array_equal(np.asarray(result.coeffs.sigmas), sigmas)
     assert result.report.chosen in result.report.grids
 
@@ -145,10 +195,14 @@ def test_never_worse_than_the_best_family_on_the_judge_rows(planfit):
         errors[name] = float(np.median(np.asarray(per_sample_rms(out, exact))))
         np.testing.assert_allclose(errors[name], report.median[name], rtol=0.05)
     families = [k for k in errors if k != "fitted"]
+    assert families == ["vp_quadratic", "karras", "logsnr_uniform"] and report.start == "vp_quadratic"
     assert report.best_family == min(families, key=report.median.__getitem__)
     best = min(report.median[k] for k in families)
     assert report.median[report.chosen] <= best
     assert (report.chosen == "fitted") == (report.median["fitted"] < best)
+    # the search moved the last sigma away from the start's, and it stays >= sigma_min
+    start, fitted = report.grids["vp_quadratic"][-2], report.grids["fitted"][-2]
+    assert abs(fitted / start - 1) > 0.01 and fitted >= np.float32(SIGMA_MIN)
     assert report.objective.shape == report.search_median.shape == (QUICK["search_steps"] + 1,)
     assert set(report.evaluations) == {"reference", "search"} | {f"fit {k}" for k in report.grids}
     heun_evals, euler_evals = 2 * QUICK["reference_steps"] - 1, 4
@@ -252,6 +306,21 @@ def test_deterministic_given_key(planfit):
     np.testing.assert_array_equal(again.report.objective, first.report.objective)
 
 
+def test_best_start_is_the_judges_best_family():
+    """init="best": the search starts from the family with the lowest judge error (here the
+    VP-time quadratic grid against Karras rho 3, which puts two of three sigmas above 1)."""
+    x = _noise(10, 32)
+    result = fit_plan(_mixture(), "euler", 3, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+                      families=("karras_rho3", "vp_quadratic"), init="best", search_steps=0,
+                      search_rows=16, reference_steps=32, fine_steps=2, key=jax.random.PRNGKey(0),
+                      progress=False)
+    report = result.report
+    assert report.start == report.best_family == min(("karras_rho3", "vp_quadratic"),
+                                                     key=report.median.__getitem__)
+    # no Adam steps: the "fitted" grid is the start's own
+    np.testing.assert_array_equal(report.grids["fitted"], report.grids[report.start])
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_steps=1), "num_steps"),
     (dict(num_steps=3.0), "num_steps"),
@@ -260,7 +329,7 @@ def test_deterministic_given_key(planfit):
     (dict(init="cosine"), "family"),
     (dict(families=("karras", "nope")), "family"),
     (dict(init="time_uniform"), "schedule"),
-    (dict(init="vp_quadratic"), "cannot start the search"),
+    (dict(init="best", families=()), "families"),
     (dict(judge=1.0), "judge"),
     (dict(search_steps=-1), "search_steps"),
     (dict(learning_rate=0.0), "learning_rate"),
