@@ -49,6 +49,8 @@ FITS = {   # name: fit keyword arguments
     "sequential": dict(),
     "sequential-chunked": dict(chunk_size=64),
     "teacher-forced-chunked": dict(mode="teacher_forced", chunk_size=64),
+    "sequential-spread": dict(match_spread=True),
+    "teacher-forced-spread": dict(mode="teacher_forced", chunk_size=64, match_spread=True),
 }
 
 

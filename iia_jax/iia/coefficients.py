@@ -21,6 +21,7 @@ class Coefficients:
     A pytree: ``values`` and ``sigmas`` are leaves; the rest is static metadata (DESIGN.md §4).
     ``kept[i]`` is False where the never-worse check zeroed step i.  ``plan_fingerprint`` is the
     fitted plan's :attr:`~iia_jax.Plan.fingerprint`: static, so checked even under ``jax.jit``.
+    ``match_spread``: fitted with the spread-preserving least squares (``fit(match_spread=True)``).
     """
 
     values: jax.Array
@@ -37,6 +38,7 @@ class Coefficients:
     guidance_scale: float | None = dataclasses.field(default=None, metadata=dict(static=True))
     version: str = dataclasses.field(default="", metadata=dict(static=True))
     plan_fingerprint: str | None = dataclasses.field(default=None, metadata=dict(static=True))
+    match_spread: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def num_steps(self) -> int:

@@ -18,6 +18,12 @@ per step in a scan) with target ``local`` (the paper's: the fine solution of the
 the current state) or ``trajectory`` (ours: the fine reference trajectory's state at
 ``sigma_{i+1}``, so a correction also removes the error accumulated so far).
 
+Shrinkage: least squares predicts the conditional mean of the target given the features, whose
+spread across samples is smaller than the target's by the part the features cannot predict; over
+the steps the samples lose contrast (docs/digits_shrinkage.md).  ``match_spread=True`` solves each
+step under the constraint that the corrected samples spread like the target (:func:`solve_matched`;
+the same Gram statistics plus per-pixel sums over the rows, so chunks and shards are unchanged).
+
 Never worse: on held-out samples, steps are switched on greedily in order and kept only if
 they lower the median per-sample error at sigma = 0 against the fine reference.  A least-squares
 correction can lower that error and still cost sample quality: the part of the step error its
@@ -162,6 +168,74 @@ def solve_gram(gram, rhs, ridge):
     return jnp.linalg.solve(scaled, rhs / scale) / scale
 
 
+class SpreadSums(NamedTuple):
+    """Sums over the weighted rows of one step that give the spread of its samples across the
+    batch: ``count`` rows; per-pixel sums of the features ``[K, P]``, the base step ``Phi [P]``
+    and the target ``T [P]``; ``F W Phi [K]``, ``Phi W Phi`` and ``T W T``.  Sums, so they add
+    over chunks and shards like the Gram statistics."""
+
+    count: jax.Array
+    features: jax.Array
+    base: jax.Array
+    target: jax.Array
+    features_base: jax.Array
+    base_base: jax.Array
+    target_target: jax.Array
+
+
+def spread_sums(feats, base, target, weights) -> SpreadSums:
+    """:class:`SpreadSums` of features ``[K, B, ...]``, base step and target ``[B, ...]`` over
+    the rows weighted by ``weights [B]``."""
+    w = weights.astype(base.dtype)
+    f = feats.reshape(feats.shape[:2] + (-1,))                 # [K, B, P]
+    phi, t = base.reshape(base.shape[0], -1), target.reshape(target.shape[0], -1)
+    wphi, wt = w[:, None] * phi, w[:, None] * t
+    return SpreadSums(jnp.sum(w), jnp.einsum("b,kbp->kp", w, f), jnp.sum(wphi, 0), jnp.sum(wt, 0),
+                      jnp.einsum("kbp,bp->k", f, wphi), jnp.sum(wphi * phi), jnp.sum(wt * t))
+
+
+def solve_matched(gram, rhs, sums: SpreadSums, ridge, iterations: int = 40):
+    """The ridge problem of :func:`solve_gram` under the constraint that the corrected samples
+    ``y = Phi + c F`` spread across the batch as much as the target does (docs/iia.md):
+
+        min_c |T - y|^2   s.t.   |y - mean(y)|^2 = |T - mean(T)|^2
+
+    (squared deviations from the per-pixel mean over the rows, summed).  Plain least squares
+    predicts ``E[T | F]``, which spreads less than ``T`` by the part of the target the features
+    cannot predict: samples shrink toward the mean image (docs/digits_shrinkage.md).  With
+    ``A = F P F^T``, ``b = F P Phi``, ``e0 = Phi P Phi`` (``P`` centres over the rows) the spread
+    of ``y`` is ``e0 + 2 b c + c A c``; the Lagrange condition is
+    ``(F W F^T + mu A) c = F W r - mu b``, and the spread decreases in ``mu`` (on ``mu > -1``,
+    where the problem stays convex), so ``mu`` is found by bisection (on ``v``, ``mu = v/(1-v) - 1``).
+    ``mu = 0`` is plain least squares; if no ``mu > -1`` reaches the target's spread the widest
+    solution of the bracket is returned.  Columns are scaled as in :func:`solve_gram`."""
+    n = jnp.maximum(sums.count, 1.0)
+    scale = _column_scale(jnp.sqrt(jnp.diagonal(gram)))
+    outer = jnp.outer(scale, scale)
+    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+    g = gram / outer + ridge * eye
+    a = (gram - sums.features @ sums.features.T / n) / outer
+    b = (sums.features_base - sums.features @ sums.base / n) / scale
+    e0 = sums.base_base - sums.base @ sums.base / n
+    goal = sums.target_target - sums.target @ sums.target / n
+    r = rhs / scale
+
+    def at(v):
+        mu = v / (1.0 - v) - 1.0
+        u = jnp.linalg.solve(g + mu * a, r - mu * b)
+        return u, e0 + 2.0 * b @ u + u @ a @ u
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        too_wide = at(mid)[1] > goal           # more mu, less spread
+        return jnp.where(too_wide, mid, lo), jnp.where(too_wide, hi, mid)
+
+    tiny = jnp.asarray(1e-6, gram.dtype)
+    lo, hi = jax.lax.fori_loop(0, iterations, bisect, (tiny, 1.0 - tiny))
+    return at(0.5 * (lo + hi))[0] / scale
+
+
 def local_mse(stats, c, count):
     """Mean squared residual before and after the correction ``c``, from Gram statistics."""
     gram, rhs, rr = stats
@@ -171,10 +245,12 @@ def local_mse(stats, c, count):
 
 # ----------------------------------------------------------------------------- passes
 
-def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights, keep_features):
+def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights, keep_features,
+                         spread=False):
     """One scan along the fine trajectory from ``x``: per-step Gram statistics for each row of
-    ``weights [W, B]`` (or the features and residuals themselves), the fine states at every
-    coarse sigma ``[N, B, ...]``, and finiteness flags."""
+    ``weights [W, B]`` and, with ``spread``, the :class:`SpreadSums` of the first row (or the
+    features and residuals themselves), the fine states at every coarse sigma ``[N, B, ...]``,
+    and finiteness flags."""
 
     def body(carry, index, sigma, sigma_next, final):
         x_fine = carry[1]
@@ -182,7 +258,8 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
         target = fine_solution(denoiser, solver, x_fine, sigma, sigma_next, fine_steps, final)
         residual = target - carry[1]
         fit_data = ((feats, residual) if keep_features else
-                    jax.vmap(gram_stats, in_axes=(None, None, 0))(feats, residual, weights))
+                    (jax.vmap(gram_stats, in_axes=(None, None, 0))(feats, residual, weights),
+                     spread_sums(feats, carry[1], target, weights[0]) if spread else None))
         ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(target))
         return (carry[0], target, carry[2]), (fit_data, target, ok)
 
@@ -192,11 +269,12 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
 
 
 def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
-                     target, ridge, exact):
+                     target, ridge, exact, match_spread):
     """The IIA sampler over chunks ``x [C, b, ...]`` (conditions ``cond`` alike), fitting each
     step's coefficients on the training rows before moving on.  ``weights [C, 2, b]`` (training,
     held-out); ``reference [N, C, b, ...]`` is the fine trajectory (trajectory target only).
-    ``exact`` (one chunk, one device): lstsq on the features instead of the normal equations."""
+    ``exact`` (one chunk, one device): lstsq on the features instead of the normal equations;
+    ``match_spread``: :func:`solve_matched` instead."""
 
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
@@ -217,7 +295,11 @@ def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weight
         stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
             jax.vmap(gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
         train = jax.tree_util.tree_map(lambda a: a[0], stats)
-        if exact:
+        if match_spread:
+            sums = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
+                feats, carry[1], goal, weights[:, 0]))
+            c = solve_matched(train[0], train[1], sums, ridge)
+        elif exact:
             wt = weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
             c = solve_lstsq(feats[0] * wt[None], residual[0] * wt, ridge)
         else:
@@ -250,7 +332,7 @@ def _raise_if_bad(ok, sigmas, what):
                          "returned NaN/Inf or the features are degenerate there")
 
 
-def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size):
+def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, match_spread):
     if mode not in FIT_MODES:
         raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
     if target not in TARGETS:
@@ -263,6 +345,8 @@ def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size):
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if not isinstance(match_spread, (bool, np.bool_)):
+        raise TypeError(f"match_spread must be True or False, got {match_spread!r}")
 
 
 class _Rows(NamedTuple):
@@ -339,7 +423,7 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
         mode: str = "sequential", target: str | None = None, ridge: float = 1e-4,
         holdout: float = 0.25, chunk_size: int | None = None, key=None,
         fingerprint: str | None = None, progress: bool | None = None, mesh=None,
-        batch_axis="data", quality=None) -> FitResult:
+        batch_axis="data", quality=None, match_spread: bool = False) -> FitResult:
     """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
 
     ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
@@ -355,7 +439,10 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     difference < 0 means the candidate is better), e.g. :func:`iia_jax.metrics.digits_check` for
     the shipped digits model.  While IIA's samples are worse than the base's by more than
     ``QUALITY_Z`` se, the kept step whose removal lowers that most is switched off; if what is
-    left no longer lowers the held-out error, every step is (module docstring).  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
+    left no longer lowers the held-out error, every step is (module docstring).  ``match_spread``:
+    each step's least squares is constrained so that the corrected samples of the training rows
+    spread across the batch (per-pixel deviation from the mean over rows) as much as the target
+    does (:func:`solve_matched`), instead of shrinking toward the mean image.  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
     rows and Gram matrices are summed over them.  A batch sharded along its rows (or a host batch
     with ``mesh=``/``batch_axis=``) is fitted data-parallel (docs/scaling.md).  ``fingerprint``
     is stored with the coefficients for a later check.  Raises a ValueError naming the step if
@@ -367,7 +454,7 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     check_cond(cond, x_T.shape[0])
     spec = feature_spec(plan.solver, preset, history)
     target = DEFAULT_TARGET[plan.solver] if target is None else target
-    _check_args(mode, target, fine_steps, ridge, holdout, chunk_size)
+    _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, match_spread)
     rows = _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis)
     layout = rows.layout
     sigmas = plan.sigmas.astype(x_T.dtype)
@@ -375,7 +462,7 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
                 disable=None if progress is None else not progress)
     passes = _Passes(denoiser, solver, spec, sigmas, fine_steps)
 
-    values, stats, hold_end = _fit_values(passes, rows, mode, target, ridge)
+    values, stats, hold_end = _fit_values(passes, rows, mode, target, ridge, match_spread)
     pbar.update(1)
     values = _host(values)
     _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
@@ -383,7 +470,8 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
 
     make = lambda vals, kept: Coefficients(  # noqa: E731
         vals, plan.sigmas, kept, plan.solver, spec.preset, spec.history, fine_steps, mode, target,
-        layout.train_rows, fingerprint, _guidance_scale(denoiser), __version__, plan.fingerprint)
+        layout.train_rows, fingerprint, _guidance_scale(denoiser), __version__, plan.fingerprint,
+        match_spread)
     if quality is not None and not callable(quality):
         raise TypeError(f"quality must be a callable quality(candidate, base) -> (difference, se), "
                         f"got {type(quality).__name__}")
@@ -414,24 +502,28 @@ class _Passes:
     def __init__(self, denoiser, solver, spec, sigmas, fine_steps):
         self.sigmas = sigmas
 
-        def teacher(d, x, c, w, keep):
-            return _teacher_forced_pass(bind_condition(d, c), solver, spec, sigmas, fine_steps, x, w, keep)
+        def teacher(d, x, c, w, keep, spread):
+            return _teacher_forced_pass(bind_condition(d, c), solver, spec, sigmas, fine_steps, x, w,
+                                        keep, spread)
 
-        self._stats = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, False), denoiser)
-        self._features = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, True), denoiser)
+        self._stats = {spread: _jit_with_model(
+            lambda d, x, c, w, spread=spread: teacher(d, x, c, w, False, spread), denoiser)
+            for spread in (False, True)}
+        self._features = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, True, False), denoiser)
         self._sequential = {}
         self._args = (denoiser, solver, spec, sigmas, fine_steps)
 
     def check(self, ok, what="non-finite model output"):
         _raise_if_bad(ok, self.sigmas, what)
 
-    def reference(self, x, cond, weights):
+    def reference(self, x, cond, weights, spread=False):
         """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
-        summed over chunks for each row of ``weights [C, W, b]``, and the fine states ``[N, C, b, ...]``."""
+        summed over chunks for each row of ``weights [C, W, b]`` (and :class:`SpreadSums` of the
+        first row, or None), and the fine states ``[N, C, b, ...]``."""
         stats, states = None, []
         for c in range(x.shape[0]):
             part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
-            part_stats, part_states, ok = self._stats(x[c], part, weights[c])
+            part_stats, part_states, ok = self._stats[spread](x[c], part, weights[c])
             self.check(ok, "non-finite model output or reference")
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
             states.append(part_states)
@@ -443,19 +535,19 @@ class _Passes:
         self.check(ok)
         return feats, residual, states
 
-    def sequential(self, rows, reference, target, ridge, exact):
-        key = (target, ridge, exact)
+    def sequential(self, rows, reference, target, ridge, exact, match_spread):
+        key = (target, ridge, exact, match_spread)
         if key not in self._sequential:
             denoiser, solver, spec, sigmas, fine_steps = self._args
             self._sequential[key] = _jit_with_model(
                 lambda d, x, c, w, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, c, w,
-                                                         ref, target, ridge, exact), denoiser)
+                                                         ref, target, ridge, exact, match_spread), denoiser)
         values, stats, ok = self._sequential[key](rows.x, rows.cond, rows.weights, reference)
         self.check(ok)
         return values, stats
 
 
-def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge):
+def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge, match_spread):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
     ``[N, 2]`` (training, held-out rows) and the fine reference at sigma = 0 of the held-out rows
     ``[C, h, ...]`` (None without held-out rows)."""
@@ -465,13 +557,22 @@ def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge):
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
         w = rows.weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
-        values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats * w[None, None], residual * w[None], ridge)
         stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
             feats, residual, rows.weights[0])
+        if match_spread:
+            sums = jax.vmap(spread_sums, in_axes=(0, 0, 0, None))(feats, states - residual, states,
+                                                                 rows.weights[0, 0])
+            values = jax.vmap(solve_matched, in_axes=(0, 0, 0, None))(stats[0][:, 0], stats[1][:, 0],
+                                                                      sums, ridge)
+        else:
+            values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats * w[None, None], residual * w[None],
+                                                                 ridge)
         return values, stats, hold_end(states[:, None])
     if mode == "teacher_forced":
-        stats, states = passes.reference(rows.x, rows.cond, rows.weights)
-        values = jax.vmap(solve_gram, in_axes=(0, 0, None))(stats[0][:, 0], stats[1][:, 0], ridge)
+        (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, match_spread)
+        train = (stats[0][:, 0], stats[1][:, 0])
+        values = (jax.vmap(solve_matched, in_axes=(0, 0, 0, None))(*train, sums, ridge) if match_spread
+                  else jax.vmap(solve_gram, in_axes=(0, 0, None))(*train, ridge))
         return values, stats, hold_end(states)
     if target == "trajectory":   # the fine reference trajectory of every row
         reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
@@ -480,7 +581,7 @@ def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge):
         reference = None
         held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
         end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
-    values, stats = passes.sequential(rows, reference, target, ridge, exact)
+    values, stats = passes.sequential(rows, reference, target, ridge, exact, match_spread)
     return values, stats, end
 
 
@@ -594,4 +695,5 @@ def _quality_check(runs: _EndToEnd, values, kept, quality):
     return values, kept, judged, tuple(dropped)
 
 
-__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "fine_grid", "fine_solution", "solve_lstsq", "solve_gram"]
+__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "fine_grid", "fine_solution", "solve_lstsq", "solve_gram",
+           "solve_matched", "spread_sums", "SpreadSums"]

@@ -126,7 +126,7 @@ def load_coefficients(path, plan=None, fingerprint: str | None = None) -> Coeffi
         raise _corrupt(path, "the arrays do not match the checksum in metadata.json (damaged files)")
     static = {k: meta[k] for k in ("solver", "preset", "history", "fine_steps", "mode", "target",
                                    "batch_size", "fingerprint", "guidance_scale", "version",
-                                   "plan_fingerprint")
+                                   "plan_fingerprint", "match_spread")
               if k in meta}
     try:
         coeffs = Coefficients(jnp.asarray(arrays["values"]), jnp.asarray(arrays["sigmas"]),
