@@ -113,8 +113,9 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
                              quality=q.digits_check if judged else None).coeffs
         return _run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval)
 
-    # the cache name carries the target: heun's default changed from local to trajectory
-    suffix = f"_{DEFAULT_TARGET[solver]}_judged" if judged else ""
+    # the cache name carries the target (heun's default changed from local to trajectory) and the
+    # spread-matched least squares (the default since session 5)
+    suffix = f"_{DEFAULT_TARGET[solver]}_judged_spread" if judged else ""
     iia = _cached(f"iia_{tag}_fit{fit_batch}_m{fine_steps}{suffix}", make_iia)
     return base, iia
 

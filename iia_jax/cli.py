@@ -150,7 +150,8 @@ def cmd_fit(args):
     args.batch = args.batch or (JUDGED_BATCH if quality else 256)
     fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
                       mode=args.mode, target=args.target, chunk_size=args.chunk_size,
-                      fingerprint=model.fingerprint, progress=True, quality=quality)
+                      fingerprint=model.fingerprint, progress=True, quality=quality,
+                      match_spread=args.spread == "match")
     if args.grid == "fitted":
         res = _fit_grid(model, args, fit_kwargs)
     else:
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--quality", default="auto", choices=["auto", "digits", "none"],
                    help="sample judge for the never-worse check (auto: digits on --model digits)")
+    p.add_argument("--spread", default="match", choices=["match", "free"],
+                   help="match: least squares that keeps the target's spread across samples "
+                        "(default; docs/iia.md); free: plain least squares")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_fit)
 

@@ -40,9 +40,9 @@ def problem(seed, k=3, rows=64, pixels=5, noise=1.0):
 
 def matched(feats, base, target, weights=None, ridge=0.0):
     w = jnp.ones(base.shape[0]) if weights is None else jnp.asarray(weights)
-    gram, rhs, _ = gram_stats(jnp.asarray(feats), jnp.asarray(target - base), w)
+    gram, rhs, rr = gram_stats(jnp.asarray(feats), jnp.asarray(target - base), w)
     sums = spread_sums(jnp.asarray(feats), jnp.asarray(base), jnp.asarray(target), w)
-    return np.asarray(solve_matched(gram, rhs, sums, ridge)), np.asarray(solve_gram(gram, rhs, ridge))
+    return np.asarray(solve_matched(gram, rhs, rr, sums, ridge)), np.asarray(solve_gram(gram, rhs, ridge))
 
 
 def corrected(c, feats, base):
@@ -69,6 +69,17 @@ def test_an_exact_fit_is_left_alone():
     feats, base, target = problem(3, noise=0.0)
     c, c_ls = matched(feats, base, target, ridge=1e-6)
     np.testing.assert_allclose(c, c_ls, rtol=1e-4, atol=1e-6)
+
+
+def test_never_further_than_the_base_step():
+    """A target whose spread the features cannot buy cheaply (mostly unpredictable noise): the
+    step stops where its squared error equals the base step's, with more spread than least
+    squares and less than the target."""
+    feats, base, target = problem(6, noise=3.0)
+    c, c_ls = matched(feats, base, target)
+    loss = lambda v: float(np.sum((target.astype(np.float64) - corrected(v, feats, base)) ** 2))  # noqa: E731
+    np.testing.assert_allclose(loss(c), loss(np.zeros(3)), rtol=1e-4)
+    assert spread(corrected(c_ls, feats, base)) < spread(corrected(c, feats, base)) < 0.9 * spread(target)
 
 
 def test_weights_select_the_rows():

@@ -20,9 +20,11 @@ the current state) or ``trajectory`` (ours: the fine reference trajectory's stat
 
 Shrinkage: least squares predicts the conditional mean of the target given the features, whose
 spread across samples is smaller than the target's by the part the features cannot predict; over
-the steps the samples lose contrast (docs/digits_shrinkage.md).  ``match_spread=True`` solves each
-step under the constraint that the corrected samples spread like the target (:func:`solve_matched`;
-the same Gram statistics plus per-pixel sums over the rows, so chunks and shards are unchanged).
+the steps the samples lose contrast (docs/digits_shrinkage.md).  By default (``match_spread``) each
+step is solved under the constraint that the corrected samples spread like the target
+(:func:`solve_matched`; the same Gram statistics plus per-pixel sums over the rows, so chunks and
+shards are unchanged).  Decided from docs/metrics.md: on the digits model at NFE 9 it turned heun's
+split verdict (judges disagreeing about IIA vs base) into agreement and lowered the ODE error too.
 
 Never worse: on held-out samples, steps are switched on greedily in order and kept only if
 they lower the median per-sample error at sigma = 0 against the fine reference.  A least-squares
@@ -194,46 +196,50 @@ def spread_sums(feats, base, target, weights) -> SpreadSums:
                       jnp.einsum("kbp,bp->k", f, wphi), jnp.sum(wphi * phi), jnp.sum(wt * t))
 
 
-def solve_matched(gram, rhs, sums: SpreadSums, ridge, iterations: int = 40):
+def solve_matched(gram, rhs, rr, sums: SpreadSums, ridge, iterations: int = 40):
     """The ridge problem of :func:`solve_gram` under the constraint that the corrected samples
     ``y = Phi + c F`` spread across the batch as much as the target does (docs/iia.md):
 
         min_c |T - y|^2   s.t.   |y - mean(y)|^2 = |T - mean(T)|^2
 
-    (squared deviations from the per-pixel mean over the rows, summed).  Plain least squares
+    (squared deviations from the per-pixel mean over the rows, summed), but never further from
+    the target than the base step (``c = 0``, squared error ``rr``).  Plain least squares
     predicts ``E[T | F]``, which spreads less than ``T`` by the part of the target the features
     cannot predict: samples shrink toward the mean image (docs/digits_shrinkage.md).  With
     ``A = F P F^T``, ``b = F P Phi``, ``e0 = Phi P Phi`` (``P`` centres over the rows) the spread
     of ``y`` is ``e0 + 2 b c + c A c``; the Lagrange condition is
-    ``(F W F^T + mu A) c = F W r - mu b``, and the spread decreases in ``mu`` (on ``mu > -1``,
-    where the problem stays convex), so ``mu`` is found by bisection (on ``v``, ``mu = v/(1-v) - 1``).
-    ``mu = 0`` is plain least squares; if no ``mu > -1`` reaches the target's spread the widest
-    solution of the bracket is returned.  Columns are scaled as in :func:`solve_gram`."""
+    ``(F W F^T + mu A) c = F W r - mu b``.  Along it the spread decreases in ``mu`` (on
+    ``mu > -1``, where the problem stays convex) and the squared error grows with ``|mu|``, so
+    two bisections (on ``v``, ``mu = v/(1-v) - 1``; ``mu = 0`` is plain least squares) find the
+    ``mu`` that meets the spread and, if that costs more than the base step, the ``mu`` between it
+    and 0 whose error equals the base step's: the most spread the step can buy without being
+    locally worse than no correction.  Columns are scaled as in :func:`solve_gram`."""
     n = jnp.maximum(sums.count, 1.0)
     scale = _column_scale(jnp.sqrt(jnp.diagonal(gram)))
     outer = jnp.outer(scale, scale)
-    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
-    g = gram / outer + ridge * eye
+    g = gram / outer + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype)
     a = (gram - sums.features @ sums.features.T / n) / outer
     b = (sums.features_base - sums.features @ sums.base / n) / scale
     e0 = sums.base_base - sums.base @ sums.base / n
     goal = sums.target_target - sums.target @ sums.target / n
     r = rhs / scale
 
-    def at(v):
+    def at(v):   # scaled coefficients, their spread and squared error
         mu = v / (1.0 - v) - 1.0
         u = jnp.linalg.solve(g + mu * a, r - mu * b)
-        return u, e0 + 2.0 * b @ u + u @ a @ u
+        return u, e0 + 2.0 * b @ u + u @ a @ u, rr - 2.0 * u @ r + u @ (gram / outer) @ u
 
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        too_wide = at(mid)[1] > goal           # more mu, less spread
-        return jnp.where(too_wide, mid, lo), jnp.where(too_wide, hi, mid)
+    def bisect(too_far, lo, hi):   # the boundary of a predicate that holds on [lo, boundary)
+        def body(_, bracket):
+            mid = 0.5 * (bracket[0] + bracket[1])
+            return jnp.where(too_far(mid), jnp.stack([mid, bracket[1]]), jnp.stack([bracket[0], mid]))
+        return jnp.mean(jax.lax.fori_loop(0, iterations, body, jnp.stack([lo, hi])))
 
     tiny = jnp.asarray(1e-6, gram.dtype)
-    lo, hi = jax.lax.fori_loop(0, iterations, bisect, (tiny, 1.0 - tiny))
-    return at(0.5 * (lo + hi))[0] / scale
+    v = bisect(lambda v: at(v)[1] > goal, tiny, 1.0 - tiny)        # more mu, less spread
+    t = bisect(lambda t: at(v + t * (0.5 - v))[2] > rr, jnp.zeros_like(v), jnp.ones_like(v))
+    v = jnp.where(at(v)[2] > rr, v + t * (0.5 - v), v)
+    return at(v)[0] / scale
 
 
 def local_mse(stats, c, count):
@@ -298,7 +304,7 @@ def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weight
         if match_spread:
             sums = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
                 feats, carry[1], goal, weights[:, 0]))
-            c = solve_matched(train[0], train[1], sums, ridge)
+            c = solve_matched(*train, sums, ridge)
         elif exact:
             wt = weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
             c = solve_lstsq(feats[0] * wt[None], residual[0] * wt, ridge)
@@ -423,7 +429,7 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
         mode: str = "sequential", target: str | None = None, ridge: float = 1e-4,
         holdout: float = 0.25, chunk_size: int | None = None, key=None,
         fingerprint: str | None = None, progress: bool | None = None, mesh=None,
-        batch_axis="data", quality=None, match_spread: bool = False) -> FitResult:
+        batch_axis="data", quality=None, match_spread: bool = True) -> FitResult:
     """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
 
     ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
@@ -439,10 +445,11 @@ def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_s
     difference < 0 means the candidate is better), e.g. :func:`iia_jax.metrics.digits_check` for
     the shipped digits model.  While IIA's samples are worse than the base's by more than
     ``QUALITY_Z`` se, the kept step whose removal lowers that most is switched off; if what is
-    left no longer lowers the held-out error, every step is (module docstring).  ``match_spread``:
-    each step's least squares is constrained so that the corrected samples of the training rows
-    spread across the batch (per-pixel deviation from the mean over rows) as much as the target
-    does (:func:`solve_matched`), instead of shrinking toward the mean image.  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
+    left no longer lowers the held-out error, every step is (module docstring).  ``match_spread``
+    (default): each step's least squares is constrained so that the corrected samples of the
+    training rows spread across the batch (per-pixel deviation from the mean over rows) as much as
+    the target does (:func:`solve_matched`) instead of shrinking toward the mean image;
+    ``False``: plain least squares.  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
     rows and Gram matrices are summed over them.  A batch sharded along its rows (or a host batch
     with ``mesh=``/``batch_axis=``) is fitted data-parallel (docs/scaling.md).  ``fingerprint``
     is stored with the coefficients for a later check.  Raises a ValueError naming the step if
@@ -562,17 +569,17 @@ def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge, match_spread)
         if match_spread:
             sums = jax.vmap(spread_sums, in_axes=(0, 0, 0, None))(feats, states - residual, states,
                                                                  rows.weights[0, 0])
-            values = jax.vmap(solve_matched, in_axes=(0, 0, 0, None))(stats[0][:, 0], stats[1][:, 0],
-                                                                      sums, ridge)
+            values = jax.vmap(solve_matched, in_axes=(0, 0, 0, 0, None))(
+                stats[0][:, 0], stats[1][:, 0], stats[2][:, 0], sums, ridge)
         else:
             values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats * w[None, None], residual * w[None],
                                                                  ridge)
         return values, stats, hold_end(states[:, None])
     if mode == "teacher_forced":
         (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, match_spread)
-        train = (stats[0][:, 0], stats[1][:, 0])
-        values = (jax.vmap(solve_matched, in_axes=(0, 0, 0, None))(*train, sums, ridge) if match_spread
-                  else jax.vmap(solve_gram, in_axes=(0, 0, None))(*train, ridge))
+        train = (stats[0][:, 0], stats[1][:, 0], stats[2][:, 0])
+        values = (jax.vmap(solve_matched, in_axes=(0, 0, 0, 0, None))(*train, sums, ridge) if match_spread
+                  else jax.vmap(solve_gram, in_axes=(0, 0, None))(*train[:2], ridge))
         return values, stats, hold_end(states)
     if target == "trajectory":   # the fine reference trajectory of every row
         reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
