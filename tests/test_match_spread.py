@@ -140,3 +140,12 @@ def test_stored_and_loaded(fits, tmp_path):
 def test_bad_flag_refused():
     with pytest.raises(TypeError, match="match_spread"):
         iia_jax.fit(DENOISER, PLAN, X_T[:16], match_spread="yes", progress=False)
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--spread", "free"], False)])
+def test_cli_spread_flag(tmp_path, flag, expected):
+    from iia_jax import cli
+    argv = ["fit", "--model", "digits", "--solver", "euler", "--steps", "3", "--batch", "32",
+            "--fine-steps", "2", "--quality", "none", "--out", str(tmp_path / "c")] + flag
+    assert cli.main(argv) == 0
+    assert iia_jax.load_coefficients(tmp_path / "c").match_spread is expected
