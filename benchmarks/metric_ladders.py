@@ -602,21 +602,26 @@ MMD, precision, recall, density and IS each fail at least one). Why each choice:
   held-out ones (ladder (d); not significant by its own wide bootstrap errors, z = 1.2).
 
 **Base vs IIA at NFE 9** (the tables above; n = 1,000, paired differences; IIA fitted with the
-digits judge in its never-worse check, which switched off step 5 of dpmpp_2m and nothing else).
-*euler*: every judge that passes the ladders prefers IIA or ties (digits_score -64 +- 10).
-*dpmpp_2m*: digits_score and the judge's FD tie (-0.5 +- 4.5; without the judge in the fit it was
-+19.7 +- 10.6), coverage prefers IIA; the ODE error is 0.096 -> 0.057. *heun*: the validated judges
-split. digits_score ties (+16 +- 25), the judge's FD prefers the base by 2.0 errors, coverage
-prefers IIA by 10 (0.76 -> 0.94). Neither is wrong on a ladder; they weigh two different errors
-differently. The base overshoots (contrast 1.25 of the reference's, stored), IIA shrinks (0.91), and
-on the contrast ladder of model samples KID and FD forgive overshoot more than shrinkage (factor
-1.25: 25.6, 0.9: 39.1) while coverage does the opposite (1.25: 0.929, 0.9: 0.986). No ladder with
-a known order ranks 25 % too much contrast against 10 % too little, so which sampler is better at
-heun NFE 9 is partly a matter of which error one minds. Against the model's own distribution
-(the "vs model" rows: what a sampler should reproduce) KID and FD tie and coverage prefers IIA: no
-judge prefers the base there. Against real digits the base's overshoot partly makes up for the
-model's own flatness (the fine reference has 0.98 of the real digits' contrast). The per-sample
-measures prefer IIA (ODE error 6x lower, contrast error 2.7x lower).
+library defaults, which since session 5 include the spread-matched least squares (`match_spread`,
+docs/iia.md), and the digits judge in its never-worse check, which switched off step 5 of dpmpp_2m
+and nothing else). **Every judge that passes the ladders prefers IIA or ties, for all three
+solvers, and the direction agrees everywhere.** *euler*: digits_score and the judge's FD prefer
+IIA (-66 +- 11), coverage ties. *dpmpp_2m*: digits_score and the judge's FD tie (-0.8 +- 4.0),
+coverage prefers IIA; the ODE error is 0.096 -> 0.059. *heun*: the judge's FD prefers IIA by 2.3
+errors (1.75 -> 1.41) and coverage by 10 (0.76 -> 0.96); digits_score leans the same way, -22 +-
+20, a tie by the 2-error rule.
+
+*What changed for heun.* With plain least squares (session 4) these judges split: digits_score
+tied (+16 +- 25), the judge's FD preferred the base by 2.0 errors, coverage preferred IIA. The base
+overshoots the contrast (1.25 of the fine reference's, stored) and plain least squares shrank it
+(0.91); on the contrast ladder of model samples KID and FD forgive overshoot more than shrinkage
+(factor 1.25: 25.6, 0.9: 39.1) while coverage does the opposite (1.25: 0.929, 0.9: 0.986), so
+the two errors were weighed oppositely, and no ladder of known order ranks one against the other.
+The shrinkage is what least squares does (it predicts the conditional mean of the target); the
+spread-matched fit keeps the target's spread across samples, IIA's contrast is now 0.98, its
+median ODE error also fell (0.135 -> 0.126), and the split is gone: nothing is left for the judges
+to weigh differently. Against the model's own distribution (the "vs model" rows) every passing
+judge prefers IIA for heun and euler and prefers it or ties for dpmpp_2m.
 """
 
 
