@@ -1,13 +1,14 @@
 """Fitted step grids (``iia_jax.iia.grid.fit_plan``) against fixed grid families, with and without IIA.
 
-    J="--json docs/fitted_grid.json"
+    J="--json /tmp/fg.json"        # start from a copy of docs/fitted_grid.json to keep its rows
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --fixed --nfes 5 8 3 4 6 10
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers ipndm euler dpmpp_3m
     nice -n 5 python benchmarks/fitted_grid.py $J --model mixture --nfes 3 5
     python benchmarks/fitted_grid.py $J --write     # docs/fitted_grid.md + PNG from the results
 
-Each run adds its rows to ``--json`` (default /tmp/fitted_grid.json) and rewrites the doc from
-everything stored there, so the parts, models and NFEs can be run separately on a busy machine.
+Each run adds its rows to ``--json`` (default /tmp/fitted_grid.json); ``--write`` rewrites the
+doc from everything stored there, so the parts, models and NFEs can be run separately on a busy
+machine.
 NFE that a solver cannot take exactly (heun: odd NFE ``2N - 1`` only) map to the largest one
 below (heun: 4 -> 3, 6 -> 5, 8 -> 7, 10 -> 9).
 
@@ -24,15 +25,21 @@ error on the evaluation noise itself (a choice that favours the fixed grids).  T
 Karras and of the best family are kept in ``--samples`` for the paired quality comparisons below.
 
 Default (the fitted grid): one ``fit_plan`` on the fit draws (a quarter is its judge; key 0)
-fits every fixed family (Karras rho 7 and 3, log-SNR uniform) with the ordinary ``fit`` and
-searches a grid from Karras.  Then every candidate grid, base and IIA (its coefficients from that
-``fit_plan``), is measured on the evaluation noise.  Cost: ``fit_plan``'s model evaluations and
-wall time against its own ordinary fit of the Karras grid (same rows, same process), and the
-load average around it.
+fits every fixed family (Karras rho 7 and 3, log-SNR uniform, VP-time quadratic) with the
+ordinary ``fit`` and searches a grid from ``--init`` (default ``best``: the family its judge
+ranks best), its last non-zero sigma free.  Then every candidate grid, base and IIA (its
+coefficients from that ``fit_plan``), is measured on the evaluation noise; on digits, the
+returned grid's IIA score is compared (paired, same noise) with the IIA of the family that is
+best on the evaluation noise.  Cost: ``fit_plan``'s model evaluations and wall time against its
+own ordinary fit of the Karras grid (same rows, same process), and the load average around it.
+Rows are keyed ``model/solver/NFE/search`` (``search`` = the start family and ``free``); rows
+without the suffix are from the earlier parametrisation (last sigma pinned at ``sigma_min``,
+search from Karras).
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -134,13 +141,15 @@ def run(args, denoiser, solver, nfe, x_eval, reference):
     load = _load()
     t0 = time.perf_counter()
     result = fit_plan(denoiser, solver, steps, x_fit, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-                      key=jax.random.PRNGKey(0), fine_steps=args.fine_steps,
-                      search_steps=args.search_steps, search_rows=args.search_rows, progress=False)
+                      init=args.init, key=jax.random.PRNGKey(0), fine_steps=args.fine_steps,
+                      search_steps=args.search_steps, search_rows=args.search_rows, progress=False,
+                      match_spread=args.match_spread)
     wall = time.perf_counter() - t0
     rep = result.report
     print(rep.summary(), flush=True)
     row = dict(kind="fitted", model=args.model, solver=solver, nfe=nfe, steps=steps, chosen=rep.chosen,
-               best_family=rep.best_family, wall=wall, load=load + _load(), evals=rep.evaluations,
+               best_family=rep.best_family, search=_search(args, rep.start), match_spread=args.match_spread,
+               wall=wall, load=load + _load(), evals=rep.evaluations,
                seconds=rep.seconds, search_median=rep.search_median.tolist(), grids={}, eval={})
     samples = {}
     for name, sigmas in rep.grids.items():
@@ -160,7 +169,20 @@ def run(args, denoiser, solver, nfe, x_eval, reference):
         if best is not None:
             row["q_vs_fixed"] = dict(zip(("diff", "se"), score_difference(
                 np.clip(samples[rep.chosen][1], -1, 1), np.clip(best, -1, 1), paired=True)))
+        # ... and against the best of fit_plan's own families on the evaluation noise
+        family = min((k for k in row["eval"] if k != "fitted"), key=lambda k: row["eval"][k]["iia"])
+        row["q_vs_family"] = dict(zip(("diff", "se"), score_difference(
+            np.clip(samples[rep.chosen][1], -1, 1), np.clip(samples[family][1], -1, 1), paired=True)),
+            family=family)
     return row
+
+
+def _search(args, start):
+    """How the search ran: its start family, ``free`` (the last sigma free), its Adam steps
+    when not the default 25."""
+    steps = "" if args.search_steps == 25 else f", {args.search_steps} steps"
+    spread = ", match_spread" if args.match_spread else ""
+    return f"{start}{' (best)' if args.init == 'best' else ''}, free{steps}{spread}"
 
 
 def _best_fixed_samples(args, solver, nfe):
@@ -189,14 +211,23 @@ def _fixed_best_iia(fixed_rows, nfe):
                 if r["nfe"] == nfe), default=None)
 
 
+def _current(fitted):
+    """The rows of today's fit_plan (last sigma free), or all rows when there are none."""
+    return [r for r in fitted if "free" in r.get("search", "")] or fitted
+
+
 def goals(fixed, fitted):
-    """The issue's goals, computed from the digits rows (met / not met)."""
-    out = ["## Goals (digits)", ""]
+    """The issue's goals, computed from the digits rows of today's fit_plan (met / not met)."""
+    out = ["## Goals (digits)", "",
+           "From the rows of today's `fit_plan` (`free` in `search`) where there are any; the "
+           "fixed-grid baseline from every row.", ""]
+    everything, fitted = fitted, _current(fitted)
     nfe5 = [r for r in fitted if r["nfe"] == 5]
     if nfe5:
         # Conservative: the best fixed-grid IIA over every solver and family, fixed part or
-        # fit_plan's own family fits, chosen on the evaluation noise itself.
-        cands = [(e["iia"], r["solver"], k) for r in nfe5 for k, e in r["eval"].items() if k != "fitted"]
+        # any fit_plan's own family fits, chosen on the evaluation noise itself.
+        cands = [(e["iia"], r["solver"], k) for r in everything if r["nfe"] == 5
+                 for k, e in r["eval"].items() if k != "fitted"]
         cands += [(r["eval"][r["best"]]["iia"], r["solver"], r["best"]) for r in fixed if r["nfe"] == 5]
         e_fixed, solver, family = min(cands)
         best = min(nfe5, key=lambda r: r["eval"][r["chosen"]]["iia"])
@@ -206,18 +237,30 @@ def goals(fixed, fitted):
                    f"{best['chosen']} grid) vs best fixed-grid IIA {e_fixed:.4f} ({solver}, {family}; "
                    f"the lowest of every fixed-grid IIA measured at NFE 5, on the evaluation noise): "
                    f"{ratio:.2f}x lower; goal >= 1.4x **{'met' if ratio >= 1.4 else 'not met'}** "
-                   f"(over the solvers with a fitted cell: {', '.join(r['solver'] for r in nfe5)}).")
-    if fitted:
-        evals = max(sum(r["evals"].values()) / r["evals"]["fit karras"] for r in fitted)
-        wall = max(r["wall"] / r["seconds"]["fit karras"] for r in fitted)
-        longest = max(fitted, key=lambda r: r["wall"])
+                   f"(over the solvers with a fitted cell: {', '.join(dict.fromkeys(r['solver'] for r in nfe5))}).")
+    default = [r for r in fitted if "steps" not in r.get("search", "")]   # 25 Adam steps
+    if default:
+        evals = max(sum(r["evals"].values()) / r["evals"]["fit karras"] for r in default)
+        wall = max(r["wall"] / r["seconds"]["fit karras"] for r in default)
+        longest = max(default, key=lambda r: r["wall"])
         ok = evals <= 10 and wall <= 10
         out.append(f"- **Cost.** At most {evals:.1f}x the model evaluations and {wall:.1f}x the wall "
                    f"time of a plain fit of the same rows (`fit karras` inside the same `fit_plan`); "
                    f"goal <= 10x **{'met' if ok else 'not met'}**. Longest `fit_plan` "
                    f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, load "
                    f"average {longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
-    paired = [r for r in fitted if "q_vs_fixed" in r]
+    paired = [r for r in fitted if "q_vs_family" in r]
+    if paired:
+        worse = [r for r in paired if r["q_vs_family"]["diff"] > 2 * r["q_vs_family"]["se"]]
+        out.append("- **Quality** (paired `digits_score` difference, returned IIA - IIA of the "
+                   "family with the lowest error on the evaluation noise, same noise; negative = "
+                   "better): " + "; ".join(
+                       f"{r['solver']} NFE {r['nfe']} ({r['search']}) {r['q_vs_family']['diff']:+.1f} "
+                       f"+- {r['q_vs_family']['se']:.1f} (vs {r['q_vs_family']['family']})" for r in paired)
+                   + f". Goal (no worse) **{'met' if not worse else 'not met'}** where measured"
+                   + ("" if not worse else " (worse by more than 2 se: "
+                      + ", ".join(f"{r['solver']} NFE {r['nfe']}" for r in worse) + ")") + ".")
+    paired = [r for r in fitted if "q_vs_fixed" in r and "q_vs_family" not in r]
     if paired:
         worse = [r for r in paired if r["q_vs_fixed"]["diff"] > 2 * r["q_vs_fixed"]["se"]]
         out.append("- **Quality** (paired `digits_score` difference, returned IIA - best fixed-grid "
@@ -244,16 +287,18 @@ def fixed_table(rows):
 
 
 def fitted_table(rows, fixed_by_cell, digits):
-    head = ("| solver | NFE | karras base | karras IIA | best fixed base | best fixed IIA | fitted base "
-            "| fitted IIA | returned | gain | evals x plain fit | time x plain fit | min |")
-    sep = "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    head = ("| solver | NFE | search | karras base | karras IIA | best fixed base | best fixed IIA | "
+            "fitted base | fitted IIA | returned | gain | evals x plain fit | time x plain fit | min |")
+    sep = "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     if digits:
-        head += " cheap-part best IIA | score returned | paired score diff vs cheap-part best |"
-        sep += "---:|---:|---:|"
+        head += (" cheap-part best IIA | score returned | paired score diff vs cheap-part best | "
+                 "paired score diff vs best family |")
+        sep += "---:|---:|---:|---:|"
     lines = [head, sep]
     for r in rows:
         e, best, chosen = r["eval"], r["best_family"], r["chosen"]
-        line = (f"| {r['solver']} | {r['nfe']} | {e['karras']['base']:.4f} | {e['karras']['iia']:.4f} | "
+        line = (f"| {r['solver']} | {r['nfe']} | {r.get('search', 'karras, pinned')} | "
+                f"{e['karras']['base']:.4f} | {e['karras']['iia']:.4f} | "
                 f"{e[best]['base']:.4f} | {e[best]['iia']:.4f} ({best}) | {e['fitted']['base']:.4f} | "
                 f"{e['fitted']['iia']:.4f} | {chosen} | {e[best]['iia'] / e[chosen]['iia']:.2f}x | "
                 f"{sum(r['evals'].values()) / r['evals']['fit karras']:.1f} | "
@@ -262,14 +307,17 @@ def fitted_table(rows, fixed_by_cell, digits):
             f = fixed_by_cell.get((r["solver"], r["nfe"]))
             q = r.get("q_vs_fixed")
             paired = "-" if q is None else f"{q['diff']:+.1f} +- {q['se']:.1f}"
+            qf = r.get("q_vs_family")
+            vs_family = "-" if qf is None else f"{qf['diff']:+.1f} +- {qf['se']:.1f} ({qf['family']})"
             line += (f" {'-' if f is None else format(f['eval'][f['best']]['iia'], '.4f')} | "
-                     f"{_score(e[chosen])} | {paired} |")
+                     f"{_score(e[chosen])} | {paired} | {vs_family} |")
         lines.append(line)
     lines += ["", "Grids (sigmas) of the fitted candidates:", ""]
     for r in rows:
-        lines.append(f"- {r['solver']} NFE {r['nfe']}: fitted "
-                     f"{', '.join(f'{s:.3g}' for s in r['grids']['fitted'])}; karras "
-                     f"{', '.join(f'{s:.3g}' for s in r['grids']['karras'])}")
+        start = r.get("search", "karras").split(" ")[0].rstrip(",")
+        lines.append(f"- {r['solver']} NFE {r['nfe']} ({r.get('search', 'karras, pinned')}): fitted "
+                     f"{', '.join(f'{s:.3g}' for s in r['grids']['fitted'])}; {start} "
+                     f"{', '.join(f'{s:.3g}' for s in r['grids'][start])}")
     return lines + [""]
 
 
@@ -303,14 +351,18 @@ def write(results, path_md, path_png):
     if fitted["digits"]:
         lines += ["## digits: fitted grid (`fit_plan`)", "",
                   f"`fit_plan` on the same fit draws (key 0: a quarter is its judge), {meta['search_steps']} "
-                  f"Adam steps (lr 0.1) from Karras rho 7 over {meta['search_rows']} search rows. "
+                  f"Adam steps (lr 0.1; unless `search` says otherwise) over {meta['search_rows']} search rows from the family in "
+                  "`search` (`(best)`: the family fit_plan's judge ranked best); `pinned`: the earlier "
+                  "parametrisation, last non-zero sigma fixed at sigma_min; `free`: last sigma free. "
                   "`karras`/`best fixed` = fit_plan's own ordinary fits on its training rows (`best fixed` "
                   "= the family its judge picked); `fitted` = the searched grid; `returned` = what "
                   "`fit_plan` returned (the fitted grid only if it beat the best family on the judge "
                   "rows); `gain` = best fixed IIA / returned IIA; cost against fit_plan's own ordinary "
                   "fit of the Karras grid; `min` = wall minutes of the whole `fit_plan`. `cheap-part "
                   "best IIA`: the best fixed-grid IIA of the table above (fitted on all draws); the paired "
-                  "score difference is returned IIA - that, from the same noise (negative = better).", ""]
+                  "score difference is returned IIA - that, from the same noise (negative = better); "
+                  "`vs best family`: returned IIA - the IIA of the family of that fit_plan with the "
+                  "lowest error on the evaluation noise (0 when it is the one returned).", ""]
         lines += fitted_table(fitted["digits"], fixed_by_cell, True)
     if fitted["mixture"]:
         lines += ["## mixture (earlier run)", "",
@@ -344,18 +396,21 @@ def plot(fixed, fitted, path_png):
             ax_q.errorbar(nfes, [r["eval"][r["best"]]["q_iia"] for r in fr],
                           [r["eval"][r["best"]]["q_iia_se"] for r in fr], ls="--", color=color, marker="s",
                           mfc="none", capsize=2, label=f"{solver}")
-        pr = [r for r in fitted if r["solver"] == solver]
-        if pr:
+        for free in (False, True):   # open: last sigma pinned (earlier runs); filled: free
+            pr = [r for r in fitted if r["solver"] == solver and ("free" in r.get("search", "")) == free]
+            if not pr:
+                continue
             x = [r["nfe"] + 0.05 * (i - 2.5) for r in pr]
-            ax_e.semilogy(x, [r["eval"][r["chosen"]]["iia"] for r in pr], "o", color=color, ms=7)
+            style = dict(color=color, ms=7, mfc=color if free else "none", ls="none", marker="o")
+            ax_e.semilogy(x, [r["eval"][r["chosen"]]["iia"] for r in pr], **style)
             ax_q.errorbar(x, [r["eval"][r["chosen"]]["q_iia"] for r in pr],
-                          [r["eval"][r["chosen"]]["q_iia_se"] for r in pr], fmt="o", color=color, ms=7,
-                          capsize=2)
+                          [r["eval"][r["chosen"]]["q_iia_se"] for r in pr], capsize=2, **style)
     ax_e.set_ylim(top=1.0)   # heun's base (2-80 at NFE <= 7) would flatten everything else
-    ax_e.set_title("digits: median ODE error (dotted base, dashed IIA, best fixed grid; dots fit_plan);\n"
-                   "values above 1 (heun base) off scale", fontsize=9)
+    ax_e.set_title("digits: median ODE error (dotted base, dashed IIA, best of Karras/log-SNR; dots\n"
+                   "fit_plan: open last sigma pinned, filled free); values above 1 (heun base) off scale",
+                   fontsize=9)
     ax_e.set_ylabel("median ODE error")
-    ax_q.set_title("digits_score of IIA +- se (dashed best fixed grid; dots fit_plan)", fontsize=9)
+    ax_q.set_title("digits_score of IIA +- se (dashed best of Karras/log-SNR; dots fit_plan)", fontsize=9)
     ax_q.set_ylabel("digits_score (lower is better)")
     ax_q.set_yscale("symlog", linthresh=30)
     for ax in (ax_e, ax_q):
@@ -380,10 +435,15 @@ def main(argv=None):
     ap.add_argument("--fine-steps", type=int, default=16)
     ap.add_argument("--search-steps", type=int, default=25)
     ap.add_argument("--search-rows", type=int, default=128)
+    ap.add_argument("--init", default="best", help="fit_plan's start: 'best' or a grid family")
+    ap.add_argument("--match-spread", choices=("true", "false"), default=None,
+                    help="iia_jax.fit's match_spread in fit_plan's fits (default: fit's own default)")
     ap.add_argument("--json", type=Path, default=Path("/tmp/fitted_grid.json"))
     ap.add_argument("--samples", type=Path, default=Path("/tmp/fitted_grid_samples"))
     ap.add_argument("--write", action="store_true", help="only rewrite the doc from --json")
     args = ap.parse_args(argv)
+    args.match_spread = (inspect.signature(iia_jax.fit).parameters["match_spread"].default
+                         if args.match_spread is None else args.match_spread == "true")
     if not args.write:
         if args.model is None:
             ap.error("--model is required unless --write")
@@ -401,7 +461,10 @@ def main(argv=None):
                 if steps is None:
                     continue
                 actual = iia_jax.solvers.get(solver).nfe(steps)
-                key = f"{'fixed/' if args.fixed else ''}{args.model}/{solver}/{actual}"
+                key = (f"fixed/{args.model}/{solver}/{actual}" if args.fixed else
+                       f"{args.model}/{solver}/{actual}/{args.init}-free"
+                       + ("" if args.search_steps == 25 else f"-{args.search_steps}")
+                       + ("-ms" if args.match_spread else ""))
                 results = json.loads(args.json.read_text()) if args.json.exists() else {}
                 if key in results:
                     continue   # heun's odd NFE: 4 -> 3 was done at 3
@@ -409,8 +472,8 @@ def main(argv=None):
                 row["meta"] = meta
                 results[key] = row
                 args.json.write_text(json.dumps(results, indent=1))
-    results = json.loads(args.json.read_text())
-    write(results, DOCS / "fitted_grid.md", DOCS / "fitted_grid.png")
+        return
+    write(json.loads(args.json.read_text()), DOCS / "fitted_grid.md", DOCS / "fitted_grid.png")
     print(f"wrote {DOCS / 'fitted_grid.md'} and {DOCS / 'fitted_grid.png'}")
 
 

@@ -495,9 +495,12 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     params = params_from_grid(grids[start_family], sigma_min)
     w_fit = (jnp.arange(n_search) % 2 == 0).astype(x_T.dtype)
     w_obj = 1.0 - w_fit
-    value_and_grad = jax.jit(jax.value_and_grad(
-        lambda p, r, c, wf, wo: grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min,
-                                               sigma_max, ridge, c), has_aux=True))
+    def objective_of(p, r, c, wf, wo):
+        return grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min, sigma_max, ridge, c)
+
+    # without Adam steps only the start is measured: no backward pass to compile
+    value_and_grad = jax.jit(jax.value_and_grad(objective_of, has_aux=True) if search_steps else
+                             lambda *args: (objective_of(*args), jnp.zeros(())))
     optimiser = optax.adam(learning_rate)
     opt_state = optimiser.init(params)
     objective, search_median, iterates = [], [], []
