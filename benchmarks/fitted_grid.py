@@ -3,8 +3,8 @@
     J="--json /tmp/fg.json"        # start from a copy of docs/fitted_grid.json to keep its rows
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --fixed --nfes 5 8 3 4 6 10
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers ipndm euler dpmpp_3m
-    nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers euler --init karras \
-        --match-spread false --search-steps 50 --plan-families karras vp_quadratic   # variants
+    V="--init karras --match-spread false --search-steps 50 --plan-families karras vp_quadratic"
+    nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers euler $V  # variants
     nice -n 5 python benchmarks/fitted_grid.py $J --model mixture --nfes 3 5
     python benchmarks/fitted_grid.py $J --write     # docs/fitted_grid.md + PNG from the results
 
