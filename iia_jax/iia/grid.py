@@ -37,7 +37,7 @@ error at sigma = 0.  :func:`fit_plan` therefore optimises the grid by gradient d
   (optax) takes ``search_steps`` steps.  The iterate with the lowest median error on the
   objective rows is kept.  The inner solve is plain ridge least squares even when the ordinary
   fit matches the spread (``fit(match_spread=True)``, its default): the spread constraint's
-  multiplier comes from a bisection, which has no useful gradient, and the search only has to
+  multiplier is found by bisection, through which no gradient flows, and the search only has to
   place the grid; the candidates are then fitted and judged with the ordinary ``fit``.
 * **Never worse.**  A fraction ``judge`` of ``x_T`` is never used by the search.  The fitted
   grid and each fixed family (Karras rho 7 and 3, log-SNR uniform, VP-time quadratic,
