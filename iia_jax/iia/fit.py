@@ -51,6 +51,7 @@ import time
 from typing import NamedTuple
 
 import jax
+import jax.scipy.linalg
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -213,7 +214,10 @@ def solve_matched(gram, rhs, rr, sums: SpreadSums, ridge, iterations: int = 40):
     two bisections (on ``v``, ``mu = v/(1-v) - 1``; ``mu = 0`` is plain least squares) find the
     ``mu`` that meets the spread and, if that costs more than the base step, the ``mu`` between it
     and 0 whose error equals the base step's: the most spread the step can buy without being
-    locally worse than no correction.  Columns are scaled as in :func:`solve_gram`."""
+    locally worse than no correction.  One eigendecomposition makes every ``mu`` cheap: with
+    ``P^T G P = I`` and ``P^T A P = diag(lambda)`` (``G``: the ridge Gram), ``c = P w`` with
+    ``w = P^T (r - mu b) / (1 + mu lambda)`` elementwise.  Columns are scaled as in
+    :func:`solve_gram`."""
     n = jnp.maximum(sums.count, 1.0)
     scale = _column_scale(jnp.sqrt(jnp.diagonal(gram)))
     outer = jnp.outer(scale, scale)
@@ -222,12 +226,17 @@ def solve_matched(gram, rhs, rr, sums: SpreadSums, ridge, iterations: int = 40):
     b = (sums.features_base - sums.features @ sums.base / n) / scale
     e0 = sums.base_base - sums.base @ sums.base / n
     goal = sums.target_target - sums.target @ sums.target / n
-    r = rhs / scale
+    inv_chol = jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(g), jnp.eye(g.shape[0], dtype=g.dtype),
+                                                 lower=True)
+    lam, q = jnp.linalg.eigh(inv_chol @ a @ inv_chol.T)
+    p = inv_chol.T @ q
+    rho, beta = p.T @ (rhs / scale), p.T @ b
 
     def at(v):   # scaled coefficients, their spread and squared error
         mu = v / (1.0 - v) - 1.0
-        u = jnp.linalg.solve(g + mu * a, r - mu * b)
-        return u, e0 + 2.0 * b @ u + u @ a @ u, rr - 2.0 * u @ r + u @ (gram / outer) @ u
+        w = (rho - mu * beta) / (1.0 + mu * lam)
+        u = p @ w
+        return u, e0 + 2.0 * beta @ w + lam @ (w * w), rr - 2.0 * rho @ w + w @ w - ridge * u @ u
 
     def bisect(too_far, lo, hi):   # the boundary of a predicate that holds on [lo, boundary)
         def body(_, bracket):
