@@ -207,7 +207,7 @@ def solve_matched(gram, rhs, rr, sums: SpreadSums, ridge, iterations: int = 40):
     the target than the base step (``c = 0``, squared error ``rr``).  Plain least squares
     predicts ``E[T | F]``, which spreads less than ``T`` by the part of the target the features
     cannot predict: samples shrink toward the mean image (docs/digits_shrinkage.md).  With
-    ``A = F P F^T``, ``b = F P Phi``, ``e0 = Phi P Phi`` (``P`` centres over the rows) the spread
+    ``A = F C F^T``, ``b = F C Phi``, ``e0 = Phi C Phi`` (``C`` centres over the rows) the spread
     of ``y`` is ``e0 + 2 b c + c A c``; the Lagrange condition is
     ``(F W F^T + mu A) c = F W r - mu b``.  Along it the spread decreases in ``mu`` (on
     ``mu > -1``, where the problem stays convex) and the squared error grows with ``|mu|``, so
