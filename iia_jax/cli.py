@@ -85,12 +85,10 @@ def make_plan(model: Model, solver: str, steps: int, grid: str | None, coeffs_di
         stored = iia_jax.load_coefficients(coeffs_dir)
         return iia_jax.plan(solver, np.asarray(stored.sigmas))
     s = model.schedule
-    if grid in ("karras", "logsnr_uniform"):
+    if grid in ("karras", "logsnr_uniform", "vp_quadratic"):
         sigmas = getattr(schedules, grid)(steps, s.sigma_min, s.sigma_max)
     elif grid in ("time_uniform", "quadratic"):
         sigmas = getattr(schedules, grid)(s, steps)
-    elif grid == "vp_quadratic":      # quadratic in the time of a linear-beta VP model, any model
-        sigmas = schedules.quadratic(schedules.vp_time(s.sigma_min, s.sigma_max), steps)
     elif grid == "ddim":
         if model.alphas_cumprod is None:
             raise SystemExit("error: --grid ddim needs a DDPM (diffusers) model")

@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "Schedule", "edm", "ve", "vp_linear", "vp_cosine", "vp_discrete", "ddpm_alphas_cumprod",
-    "karras", "logsnr_uniform", "time_uniform", "quadratic", "vp_time", "ddim",
+    "karras", "logsnr_uniform", "time_uniform", "quadratic", "vp_time", "vp_quadratic", "ddim",
 ]
 
 
@@ -246,12 +246,19 @@ def quadratic(schedule: Schedule, num_steps: int) -> np.ndarray:
 
 def vp_time(sigma_min: float, sigma_max: float) -> Schedule:
     """The time of :func:`vp_linear` (beta 0.1..20) restricted to ``[sigma_min, sigma_max]``: a
-    clock for the time grids of any model, e.g. ``quadratic(vp_time(0.002, 80.0), N)`` for an EDM
-    model, the grid the peer benchmark found best for the shipped digits model (docs/benchmarks.md)."""
+    clock for the time grids of any model, e.g. :func:`vp_quadratic` for an EDM model, the grid
+    the peer benchmark found best for the shipped digits model (docs/benchmarks.md)."""
     _check_range(sigma_min, sigma_max)
     vp = vp_linear()
     return Schedule("vp", vp.sigma, vp.time, float(vp.time(np.float64(sigma_min))),
                     float(vp.time(np.float64(sigma_max))))
+
+
+def vp_quadratic(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> np.ndarray:
+    """DDIM's quadratic grid in the time of a linear-beta VP model, for any sigma range:
+    ``quadratic(vp_time(sigma_min, sigma_max), num_steps)``.  Its last non-zero sigma lies above
+    ``sigma_min``."""
+    return quadratic(vp_time(sigma_min, sigma_max), num_steps)
 
 
 def ddim(alphas_cumprod, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:

@@ -471,6 +471,7 @@ def test_grid_structure(n):
     clock = schedules.vp_time(0.002, 80.0)
     s = schedules.quadratic(clock, n)
     _assert_grid(s, n, 80.0)
+    np.testing.assert_array_equal(schedules.vp_quadratic(n, 0.002, 80.0), s)
     ends = vp.time(np.array([0.002, 80.0]))
     np.testing.assert_allclose(vp.time(s[:-1].astype(np.float64)),
                                ends[0] + (ends[1] - ends[0]) * (1 - np.arange(n) / n) ** 2, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,7 @@ def grid(name: str, num_steps: int, sigma_min: float, sigma_max: float) -> np.nd
     if name == "time_uniform":
         return schedules.time_uniform(schedules.vp_time(sigma_min, sigma_max), num_steps)
     if name == "quadratic":
-        return schedules.quadratic(schedules.vp_time(sigma_min, sigma_max), num_steps)
+        return schedules.vp_quadratic(num_steps, sigma_min, sigma_max)
     raise ValueError(f"grid must be one of {GRIDS}, got {name!r}")
 
 

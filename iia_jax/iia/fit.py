@@ -572,7 +572,6 @@ def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge, match_spread)
     hold_end = lambda states: layout.holdout_of_chunks(states[-1], rows.positions, 1)  # noqa: E731
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
-        w = rows.weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
         stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
             feats, residual, rows.weights[0])
         if match_spread:
@@ -581,6 +580,7 @@ def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge, match_spread)
             values = jax.vmap(solve_matched, in_axes=(0, 0, 0, 0, None))(
                 stats[0][:, 0], stats[1][:, 0], stats[2][:, 0], sums, ridge)
         else:
+            w = rows.weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
             values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats * w[None, None], residual * w[None],
                                                                  ridge)
         return values, stats, hold_end(states[:, None])

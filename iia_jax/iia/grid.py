@@ -165,8 +165,8 @@ def family_grid(name: str, num_steps: int, sigma_min: float, sigma_max: float,
     ``logsnr_uniform``: uniform in log sigma (Lu et al. 2022); ``time_uniform``: uniform in the
     model time of ``schedule`` between ``t(sigma_max)`` and ``t(sigma_min)`` (Song et al. 2021);
     ``vp_quadratic``: DDIM's quadratic grid in the time of a linear-beta VP model
-    (``schedules.quadratic(schedules.vp_time(sigma_min, sigma_max), N)``, the CLI's and the peer
-    benchmark's grid), whose last non-zero sigma lies above ``sigma_min``.
+    (:func:`iia_jax.schedules.vp_quadratic`, the CLI's and the peer benchmark's grid), whose last
+    non-zero sigma lies above ``sigma_min``.
     """
     if name == "karras":
         return schedules.karras(num_steps, sigma_min, sigma_max, rho=7.0)
@@ -175,7 +175,7 @@ def family_grid(name: str, num_steps: int, sigma_min: float, sigma_max: float,
     if name == "logsnr_uniform":
         return schedules.logsnr_uniform(num_steps, sigma_min, sigma_max)
     if name == "vp_quadratic":
-        return schedules.quadratic(schedules.vp_time(sigma_min, sigma_max), num_steps)
+        return schedules.vp_quadratic(num_steps, sigma_min, sigma_max)
     if name == "time_uniform":
         if schedule is None:
             raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
