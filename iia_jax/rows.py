@@ -21,6 +21,7 @@ the rows over devices cannot disagree about which row is which.
 """
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -289,15 +290,18 @@ def split_batch(x_T, cond, holdout: float, chunk_size: int | None, key=None, mes
     elif sharding is None:
         rows = layout.pad(rows)
 
-    @jax.jit
-    def split(rows, key):
-        positions = layout.holdout_positions(key)
-        weights = layout.to_chunks(layout.weights(positions, x_T.dtype), row_axis=1)
-        x, c = layout.to_chunks(rows)
-        hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
-        return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w, positions
+    return FitRows(layout, *_split(rows, key, layout=layout, dtype=jnp.dtype(x_T.dtype)))
 
-    return FitRows(layout, *split(rows, key))
+
+@functools.partial(jax.jit, static_argnames=("layout", "dtype"))
+def _split(rows, key, *, layout: Layout, dtype):
+    """The chunked rows, weights and held-out views of :func:`split_batch` (compiled once per
+    layout and shapes)."""
+    positions = layout.holdout_positions(key)
+    weights = layout.to_chunks(layout.weights(positions, dtype), row_axis=1)
+    x, c = layout.to_chunks(rows)
+    hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
+    return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w, positions
 
 
 def split_indices(rows: int, holdout: float, key=None) -> tuple[np.ndarray, np.ndarray]:

@@ -123,3 +123,34 @@ def test_one_split_for_fit_and_fit_plan(rows, holdout):
     np.testing.assert_array_equal(np.flatnonzero(weights[1]), held)
     np.testing.assert_array_equal(np.flatnonzero(weights[0]), train)
     assert train.size + held.size == rows and not set(train) & set(held)
+
+
+def _count_compilations():
+    from jax import monitoring
+    counter = {"n": 0}
+
+    def listen(name, duration, **kwargs):
+        counter["n"] += name == "/jax/core/compile/backend_compile_duration"
+
+    monitoring.register_event_duration_secs_listener(listen)
+    return counter
+
+
+COMPILATIONS = _count_compilations()
+
+
+@pytest.mark.parametrize("options", [dict(), dict(mode="teacher_forced"), dict(chunk_size=32),
+                                     dict(mode="teacher_forced", chunk_size=32, match_spread=False),
+                                     dict(target="local", quality=lambda a, b: (1.0, 0.5))])
+def test_a_second_grid_compiles_nothing(options):
+    """Every program a fit runs is compiled once per model, solver, shapes and options: the
+    sigmas are data, so fits of two other grids with the same shapes compile nothing."""
+    grids = [schedules.karras(4, 0.01, SIGMA_MAX), schedules.logsnr_uniform(4, 0.01, SIGMA_MAX),
+             schedules.vp_quadratic(4, 0.01, SIGMA_MAX)]
+    counts = []
+    for i, grid in enumerate(grids):
+        before = COMPILATIONS["n"]
+        iia_jax.fit(DENOISER, iia_jax.plan("heun", grid), X_T[:96], fine_steps=4,
+                    key=jax.random.PRNGKey(i), progress=False, **options)
+        counts.append(COMPILATIONS["n"] - before)
+    assert counts[1:] == [0, 0], counts

@@ -49,7 +49,7 @@ its rows, the only cross-device reductions are the per-step sums ``F W F^T``, ``
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import time
 from typing import NamedTuple
 
@@ -65,7 +65,7 @@ from ..sampling import bind_condition, check_plan, check_state, integrate, run_s
 from .coefficients import Coefficients
 from .config import QUALITY_Z, FitConfig, Judge
 from .features import feature_spec
-from .sample import apply_correction, corrected_step, iia_sample
+from .sample import apply_correction, corrected_step
 from .solve import gram_stats, local_mse, spread_sums
 
 TAIL_RATIO = 1e-3  # the final step's target integrates down to TAIL_RATIO * sigma_{N-1}
@@ -197,21 +197,13 @@ def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weight
 
 
 class _Passes:
-    """The jitted model passes of one fit (each compiles once, whatever the chunk)."""
+    """The model passes of one fit.  Every pass is one of the module's process-wide compiled
+    programs (:func:`_compiled`): the sigmas are data, so a later fit of another grid with the
+    same model, solver, shapes and options compiles nothing."""
 
     def __init__(self, denoiser, solver, spec, sigmas, fine_steps):
-        self.sigmas = sigmas
-
-        def teacher(d, x, c, w, keep, spread):
-            return _teacher_forced_pass(bind_condition(d, c), solver, spec, sigmas, fine_steps, x, w,
-                                        keep, spread)
-
-        self._stats = {spread: _jit_with_model(
-            lambda d, x, c, w, spread=spread: teacher(d, x, c, w, False, spread), denoiser)
-            for spread in (False, True)}
-        self._features = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, True, False), denoiser)
-        self._sequential = {}
-        self._args = (denoiser, solver, spec, sigmas, fine_steps)
+        self.denoiser, self.sigmas = denoiser, sigmas
+        self.static = dict(solver=solver, spec=spec, fine_steps=fine_steps)
 
     def check(self, ok, what="non-finite model output"):
         _raise_if_bad(ok, self.sigmas, what)
@@ -224,7 +216,8 @@ class _Passes:
         stats, states = None, []
         for c in range(x.shape[0]):
             part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
-            part_stats, part_states, ok = self._stats[spread](x[c], part, weights[c])
+            part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
+                                                   keep_features=False, spread=spread, **self.static)
             self.check(ok, "non-finite model output or reference")
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
             states.append(part_states)
@@ -232,20 +225,98 @@ class _Passes:
 
     def features(self, x, cond, weights):
         """Features and residuals ``[N, K, b, ...]``, ``[N, b, ...]`` of one chunk, and its states."""
-        (feats, residual), states, ok = self._features(x, cond, weights)
+        (feats, residual), states, ok = _TEACHER(self.denoiser, self.sigmas, x, cond, weights,
+                                                 keep_features=True, spread=False, **self.static)
         self.check(ok)
         return feats, residual, states
 
     def sequential(self, rows: FitRows, reference, target, solve, exact):
-        key = (target, solve, exact)
-        if key not in self._sequential:
-            denoiser, solver, spec, sigmas, fine_steps = self._args
-            self._sequential[key] = _jit_with_model(
-                lambda d, x, c, w, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, c, w,
-                                                         ref, target, solve, exact), denoiser)
-        values, stats, ok = self._sequential[key](rows.x, rows.cond, rows.weights, reference)
+        values, stats, ok = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond, rows.weights,
+                                        reference, target=target, solve=solve, exact=exact, **self.static)
         self.check(ok)
         return values, stats
+
+
+def _compiled(fn, static: tuple):
+    """``fn(denoiser, *args, **static)`` compiled once per process for each set of static
+    options and argument shapes: the denoiser is a traced argument when it is a pytree of arrays
+    (e.g. a ``Partial`` holding params), otherwise a static one (compared by identity).  An
+    unhashable denoiser falls back to a program compiled per call."""
+    traced = jax.jit(fn, static_argnames=static)
+    closed = jax.jit(fn, static_argnums=0, static_argnames=static)
+
+    def call(denoiser, *args, **kwargs):
+        leaves = jax.tree_util.tree_leaves(denoiser)
+        if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+            return traced(denoiser, *args, **kwargs)
+        try:
+            hash(denoiser)
+        except TypeError:
+            return jax.jit(lambda *a: fn(denoiser, *a, **kwargs))(*args)
+        return closed(denoiser, *args, **kwargs)
+
+    return call
+
+
+def _teacher_forced(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_steps, keep_features,
+                    spread):
+    return _teacher_forced_pass(bind_condition(denoiser, cond), solver, spec, sigmas, fine_steps, x,
+                                weights, keep_features, spread)
+
+
+def _sequential(denoiser, sigmas, x, cond, weights, reference, *, solver, spec, fine_steps, target,
+                solve, exact):
+    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
+                            target, solve, exact)
+
+
+def _iia_run(denoiser, sigmas, values, x, cond, *, solver, spec):
+    """The IIA sampler's samples at sigma = 0 with coefficient values ``[N, K]`` (zero rows are
+    the base step): :func:`iia_jax.iia_sample` without the plan and coefficient checks, for the
+    fit's own candidates on its own grid."""
+    d = bind_condition(denoiser, cond)
+
+    def body(carry, index, sigma, sigma_next, final):
+        carry, feats, _ = corrected_step(d, solver, spec, carry, sigma, sigma_next, final)
+        return (carry[0], apply_correction(carry[1], values[index], feats), carry[2]), None
+
+    (_, x0, _), _ = run_steps(body, (solver.init(x), x, spec.init_history(x)), sigmas)
+    return x0
+
+
+def _iia_errors(denoiser, sigmas, values, x, cond, reference, *, solver, spec):
+    return per_sample_rms(_iia_run(denoiser, sigmas, values, x, cond, solver=solver, spec=spec), reference)
+
+
+_MODEL_STATIC = ("solver", "spec", "fine_steps")
+_TEACHER = _compiled(_teacher_forced, _MODEL_STATIC + ("keep_features", "spread"))
+_SEQUENTIAL = _compiled(_sequential, _MODEL_STATIC + ("target", "solve", "exact"))
+_SAMPLES = _compiled(_iia_run, ("solver", "spec"))
+_ERRORS = _compiled(_iia_errors, ("solver", "spec"))
+
+
+@jax.jit
+def _train_stats(stats):
+    return jax.tree_util.tree_map(lambda a: a[:, 0], stats)
+
+
+@functools.partial(jax.jit, static_argnames="solve")
+def _solve_rows(feats, residual, states, weights, *, solve):
+    """Every step's coefficients and Gram statistics from the rows of one chunk on one device
+    (features ``[N, K, b, ...]``, residuals and fine states ``[N, b, ...]``, ``weights [2, b]``):
+    the solve sees the rows themselves."""
+    stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
+        feats, residual, weights)
+    sums = (jax.vmap(spread_sums, in_axes=(0, 0, 0, None))(feats, states - residual, states, weights[0])
+            if solve.needs_spread else None)
+    return jax.vmap(lambda s, m, f, r: solve(s, m, (f, r, weights[0])))(
+        _train_stats(stats), sums, feats, residual), stats
+
+
+@functools.partial(jax.jit, static_argnames="solve")
+def _solve_steps(stats, sums, rows, *, solve):
+    """``solve`` vmapped over the steps' training statistics (and their rows, when given)."""
+    return jax.vmap(solve)(_train_stats(stats), sums, rows)
 
 
 def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
@@ -255,20 +326,13 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     layout = rows.layout
     exact = layout.chunks == 1 and layout.sharding is None   # the solve may see the rows themselves
     hold_end = lambda states: layout.holdout_of_chunks(states[-1], rows.positions, 1)  # noqa: E731
-    train = lambda stats: jax.tree_util.tree_map(lambda a: a[:, 0], stats)  # noqa: E731
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
-        stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
-            feats, residual, rows.weights[0])
-        sums = (jax.vmap(spread_sums, in_axes=(0, 0, 0, None))(feats, states - residual, states,
-                                                              rows.weights[0, 0])
-                if solve.needs_spread else None)
-        values = jax.vmap(lambda s, m, f, r: solve(s, m, (f, r, rows.weights[0, 0])))(
-            train(stats), sums, feats, residual)
+        values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
         return values, stats, hold_end(states[:, None])
     if mode == "teacher_forced":
         (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
-        return jax.vmap(solve)(train(stats), sums), stats, hold_end(states)
+        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(states)
     if target == "trajectory":   # the fine reference trajectory of every row
         reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
         end = hold_end(reference)
@@ -311,16 +375,15 @@ class _EndToEnd:
     fine reference (one scalar a row comes to the host) or, for a quality judge, the samples of
     every real row."""
 
-    def __init__(self, denoiser, plan, coefficients, rows: FitRows, reference):
-        n = plan.num_steps
+    def __init__(self, passes: _Passes, rows: FitRows, reference):
         self.rows, self.reference = rows, reference
         # which rows are real (not padding), in the order _over_chunks concatenates them
         self._real_held = _host(rows.hold_weights).reshape(-1) > 0
         self._real_all = _host(rows.weights.sum(axis=1)).reshape(-1) > 0
-        run = lambda d, vals, x, c: iia_sample(d, plan, coefficients(vals, jnp.ones((n,), bool)), x,  # noqa: E731
-                                               cond=c)
-        self._samples = _jit_with_model(run, denoiser)
-        self._errors = _jit_with_model(lambda d, vals, x, c, ref: per_sample_rms(run(d, vals, x, c), ref), denoiser)
+        static = dict(solver=passes.static["solver"], spec=passes.static["spec"])
+        self._samples = lambda vals, x, c: _SAMPLES(passes.denoiser, passes.sigmas, vals, x, c, **static)  # noqa: E731
+        self._errors = lambda vals, x, c, ref: _ERRORS(passes.denoiser, passes.sigmas, vals, x, c, ref,  # noqa: E731
+                                                       **static)
 
     def _over_chunks(self, fn, x, cond, real, *extra):
         parts = [fn(x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], cond), *(e[c] for e in extra))
@@ -408,16 +471,6 @@ def _error_summary(base, iia):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _jit_with_model(fn, denoiser):
-    """jit ``fn(denoiser, ...)``: the denoiser is a traced argument when it is a pytree of
-    arrays (e.g. a ``Partial`` holding params), otherwise it is closed over."""
-    leaves = jax.tree_util.tree_leaves(denoiser)
-    if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
-        jitted = jax.jit(fn)
-        return lambda *args: jitted(denoiser, *args)
-    return jax.jit(lambda *args: fn(denoiser, *args))
-
-
 def _raise_if_bad(ok, sigmas, what):
     ok = _host(ok)
     if not ok.all():
@@ -482,21 +535,20 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
     _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
     local = _local_errors(stats, values, rows.layout, int(np.prod(x_T.shape[1:])))
 
-    coefficients = lambda vals, kept: Coefficients(  # noqa: E731
-        values=vals, sigmas=plan.sigmas, kept=kept, solver=plan.solver, preset=spec.preset,
-        history=spec.history, fine_steps=config.fine_steps, mode=config.mode, target=target,
-        batch_size=rows.layout.train_rows, fingerprint=fingerprint,
-        guidance_scale=_guidance_scale(denoiser), version=__version__,
-        plan_fingerprint=plan.fingerprint, match_spread=config.match_spread)
     chosen = _Selection(values, np.ones(plan.num_steps, bool), None, None)
     if rows.layout.hold_rows:
-        runs = _EndToEnd(denoiser, plan, coefficients, rows, hold_end)
+        runs = _EndToEnd(passes, rows, hold_end)
         chosen = _never_worse(runs, values, pbar)
         if config.judge is not None:
             chosen = _quality_guard(runs, chosen, config.judge)
     pbar.close()
-    report = _report(local, chosen, rows, time.perf_counter() - start)
-    return FitResult(coefficients(jnp.asarray(chosen.values), jnp.asarray(chosen.kept)), report)
+    coeffs = Coefficients(
+        values=jnp.asarray(chosen.values), sigmas=plan.sigmas, kept=jnp.asarray(chosen.kept),
+        solver=plan.solver, preset=spec.preset, history=spec.history, fine_steps=config.fine_steps,
+        mode=config.mode, target=target, batch_size=rows.layout.train_rows, fingerprint=fingerprint,
+        guidance_scale=_guidance_scale(denoiser), version=__version__,
+        plan_fingerprint=plan.fingerprint, match_spread=config.match_spread)
+    return FitResult(coeffs, _report(local, chosen, rows, time.perf_counter() - start))
 
 
 def _report(local: dict, chosen: _Selection, rows: FitRows, seconds: float) -> FitReport:
