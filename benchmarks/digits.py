@@ -257,6 +257,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="NFE 5 9 15, n 300, fit batch 128, reference heun 64 steps; out: a temp dir")
+    ap.add_argument("--smoke", action="store_true", help="seconds: euler NFE 5, n 60, fit batch 64, "
+                    "reference heun 8 steps; out: a temp dir")
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--nfe", nargs="+", type=int, default=None, help="default: 5 9 15 25")
     ap.add_argument("--n", type=int, default=None, help="evaluation samples (default 1000)")
@@ -279,7 +281,9 @@ def main(argv=None):
         args = argparse.Namespace(**saved["args"])
         args.interpretation = interpretation
     else:
-        quick = args.quick
+        quick = args.quick or args.smoke
+        if args.smoke:
+            args.solvers, args.nfe, args.n, args.fit_batch, args.ref_steps = ["euler"], [5], 60, 64, 8
         args.nfe = args.nfe or ([5, 9, 15] if quick else [5, 9, 15, 25])
         args.n = args.n or (300 if quick else 1000)
         args.fit_batch = args.fit_batch or (128 if quick else 1024)

@@ -22,6 +22,7 @@ Writes docs/digits_shrinkage.md.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -35,6 +36,7 @@ import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.iia import DEFAULT_TARGET  # noqa: E402
 from iia_jax.metrics import digits_score, ode_error, score_difference  # noqa: E402
+import metric_ladders  # noqa: E402
 from metric_ladders import (REF_STEPS, SIGMA_MAX, SIGMA_MIN, SHAPE, _noise, _run_batched,  # noqa: E402
                             heun_samples, nfe9_samples)
 
@@ -78,12 +80,20 @@ def shrinkage(y, x):
     return slope, y - error.mean(0) - slope * centred
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="heun only, n 50, 20 selection draws, fit batch 64")
+    ap.add_argument("--out", type=Path, default=DOCS)
+    args = ap.parse_args(argv)
+    n, n_select, fit_batch, solvers = N, N_SELECT, 256, SOLVERS
+    if args.smoke:
+        n, n_select, fit_batch, solvers = 50, 20, 64, {"heun": 5}
+        metric_ladders.CACHE = args.out / "cache"
     start = time.perf_counter()
     denoiser = pretrained.digits()
-    reference = heun_samples(REF_STEPS, N, SEED)
-    x_fit, x_eval = _noise(N, 256, SEED)
-    x_select = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(SEED + 100), (N_SELECT,) + SHAPE)
+    reference = heun_samples(REF_STEPS, n, SEED)
+    x_fit, x_eval = _noise(n, fit_batch, SEED)
+    x_select = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(SEED + 100), (n_select,) + SHAPE)
     lines = ["# Digits: where IIA loses sample quality at NFE 9, and what would keep it", "",
              "Produced by `python benchmarks/digits_shrinkage.py` (setting in its docstring). Score: "
              "`digits_score` (1000 KID, lower is better; the fine reference scores about 4.5 and real "
@@ -100,9 +110,9 @@ def main():
         print(line, flush=True)
         return line
 
-    for solver, steps in SOLVERS.items():
+    for solver, steps in solvers.items():
         plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-        base, iia = nfe9_samples(solver, N, SEED)
+        base, iia = nfe9_samples(solver, n, SEED, fit_batch)
         lines += [row(f"{solver} base", base, base), row(f"{solver} IIA (default fit)", iia, base)]
         if solver == "euler":  # IIA already wins clearly here
             continue
@@ -133,9 +143,9 @@ def main():
             coeffs = iia_jax.fit(denoiser, plan, x_fit, progress=False, **kwargs).coeffs
             lines.append(row(f"{solver} IIA, {label}", _run_batched(lambda x: sample(coeffs, x), x_eval), base))
     lines += ["", f"Run time {(time.perf_counter() - start) / 60:.0f} min on 2 shared CPU cores.", FINDINGS]
-    DOCS.mkdir(exist_ok=True)
-    (DOCS / "digits_shrinkage.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {DOCS / 'digits_shrinkage.md'}")
+    args.out.mkdir(exist_ok=True, parents=True)
+    (args.out / "digits_shrinkage.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'digits_shrinkage.md'}")
 
 
 if __name__ == "__main__":

@@ -448,6 +448,7 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=Path("/tmp/fitted_grid.json"))
     ap.add_argument("--samples", type=Path, default=Path("/tmp/fitted_grid_samples"))
     ap.add_argument("--write", action="store_true", help="only rewrite the doc from --json")
+    ap.add_argument("--out", type=Path, default=DOCS, help="folder for fitted_grid.md and the PNG")
     args = ap.parse_args(argv)
     args.match_spread = (inspect.signature(iia_jax.fit).parameters["match_spread"].default
                          if args.match_spread is None else args.match_spread == "true")
@@ -481,8 +482,9 @@ def main(argv=None):
                 results[key] = row
                 args.json.write_text(json.dumps(results, indent=1))
         return
-    write(json.loads(args.json.read_text()), DOCS / "fitted_grid.md", DOCS / "fitted_grid.png")
-    print(f"wrote {DOCS / 'fitted_grid.md'} and {DOCS / 'fitted_grid.png'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write(json.loads(args.json.read_text()), args.out / "fitted_grid.md", args.out / "fitted_grid.png")
+    print(f"wrote {args.out / 'fitted_grid.md'} and {args.out / 'fitted_grid.png'}")
 
 
 if __name__ == "__main__":

@@ -50,18 +50,18 @@ def accuracy(samples, labels) -> float:
     return float(np.mean(logits.argmax(-1) == np.asarray(labels)))
 
 
-def reference(denoiser, scale, x, c):
-    path = CACHE / f"ref_s{scale}_n{len(x)}_steps{REF_STEPS}.npz"
+def reference(denoiser, scale, x, c, cache=CACHE):
+    path = cache / f"ref_s{scale}_n{len(x)}_steps{REF_STEPS}.npz"
     if path.exists():
         return np.load(path)["x0"]
     fine = iia_jax.plan("heun", schedules.karras(REF_STEPS, SIGMA_MIN, SIGMA_MAX))
     x0 = batched(jax.jit(lambda x, c: iia_jax.sample(denoiser, fine, x, cond=c)), x, c)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, x0=x0)
     return x0
 
 
-def run(scales, nfes, solvers, n, fit_batch, fine_steps, seed=0):
+def run(scales, nfes, solvers, n, fit_batch, fine_steps, seed=0, cache=CACHE):
     cond_model = pretrained.digits_cond()
     k_fit, k_eval = jax.random.split(jax.random.PRNGKey(seed))
     x_fit = SIGMA_MAX * jax.random.normal(k_fit, (fit_batch, 8, 8, 1))
@@ -72,7 +72,7 @@ def run(scales, nfes, solvers, n, fit_batch, fine_steps, seed=0):
     for scale in scales:
         d = guided(cond_model, scale, NULL)
         start = time.perf_counter()
-        ref = reference(d, scale, x_eval, c_eval)
+        ref = reference(d, scale, x_eval, c_eval, cache)
         q_ref = digits_quality(ref, boot=10)
         rows.append(dict(scale=scale, solver="reference", nfe=2 * REF_STEPS - 1, median_base=0.0,
                          median_iia=0.0, score_base=q_ref["score"], score_iia=q_ref["score"],
@@ -148,6 +148,7 @@ the shipped digits classifier reads the requested digit.
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two scales, one NFE, 200 samples")
+    ap.add_argument("--smoke", action="store_true", help="seconds: scale 2, euler NFE 5, 50 samples")
     ap.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0, 7.5])
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10])
     ap.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "euler", "heun"])
@@ -159,8 +160,12 @@ def main(argv=None):
     args.argv = [] if argv is None else list(argv)
     if args.quick:
         args.scales, args.nfe, args.n, args.fit_batch = [1.0, 3.0], [10], 200, 128
+    cache = CACHE
+    if args.smoke:
+        args.scales, args.nfe, args.solvers, args.n, args.fit_batch, args.fine_steps = [2.0], [5], ["euler"], 50, 32, 2
+        cache = Path(args.out) / "cache"
     start = time.perf_counter()
-    rows, grids = run(args.scales, args.nfe, args.solvers, args.n, args.fit_batch, args.fine_steps)
+    rows, grids = run(args.scales, args.nfe, args.solvers, args.n, args.fit_batch, args.fine_steps, cache=cache)
     write(rows, grids, args, time.perf_counter() - start, Path(args.out))
 
 

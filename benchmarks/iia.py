@@ -72,7 +72,7 @@ def _cost(fn, x):
     return cost["flops"], cost["bytes accessed"]
 
 
-def overhead(repeats, batch=64):
+def overhead(repeats, batch=64, cases=(("heun", 5), ("euler", 10), ("dpmpp_2m", 10), ("ipndm", 10))):
     """iia_sample vs sample on a U-Net denoiser (same noise, same NFE), measured two ways.
 
     * XLA's cost model of the two compiled programs (flops, bytes): deterministic, so it shows
@@ -87,7 +87,7 @@ def overhead(repeats, batch=64):
     denoise = iia_jax.nets.edm_precond(lambda p, y, c: net.apply(p, y, c))
     denoiser = iia_jax.nets.bind(denoise, params)
     out = []
-    for solver, steps in [("heun", 5), ("euler", 10), ("dpmpp_2m", 10), ("ipndm", 10)]:
+    for solver, steps in cases:
         plan = iia_jax.plan(solver, schedules.karras(steps, 0.002, SIGMA_MAX))
         coeffs = iia_jax.fit(denoiser, plan, SIGMA_MAX * x[:16], fine_steps=2, holdout=0.0,
                              progress=False).coeffs
@@ -158,17 +158,22 @@ def write(rows, over, args, path_md, path_png):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="seconds: heun and euler at NFE 5, 32 samples")
+    ap.add_argument("--out", type=Path, default=DOCS)
     args = ap.parse_args(argv)
     args.fit_batch, args.eval_batch = (256, 256) if args.quick else (512, 512)
     args.fine_steps = 8 if args.quick else 16
     nfes = [5, 9, 15] if args.quick else [5, 7, 9, 15, 25]
-    rows = error_table(mixture(), ["heun", "euler", "dpmpp_2m", "ipndm"], nfes, args.fit_batch,
-                       args.eval_batch, args.fine_steps)
-    args.repeats = 15 if args.quick else 41
-    over = overhead(args.repeats)
-    DOCS.mkdir(exist_ok=True)
-    write(rows, over, args, DOCS / "iia_results.md", DOCS / "iia_error_vs_nfe.png")
-    print(f"wrote {DOCS / 'iia_results.md'} and {DOCS / 'iia_error_vs_nfe.png'}")
+    solvers, cases = ["heun", "euler", "dpmpp_2m", "ipndm"], None
+    if args.smoke:
+        args.fit_batch, args.eval_batch, args.fine_steps, nfes = 32, 32, 2, [5]
+        solvers, cases = ["heun", "euler"], (("euler", 5),)
+    rows = error_table(mixture(), solvers, nfes, args.fit_batch, args.eval_batch, args.fine_steps)
+    args.repeats = 3 if args.smoke else 15 if args.quick else 41
+    over = overhead(args.repeats, cases=cases) if cases else overhead(args.repeats)
+    args.out.mkdir(exist_ok=True, parents=True)
+    write(rows, over, args, args.out / "iia_results.md", args.out / "iia_error_vs_nfe.png")
+    print(f"wrote {args.out / 'iia_results.md'} and {args.out / 'iia_error_vs_nfe.png'}")
 
 
 if __name__ == "__main__":

@@ -120,13 +120,13 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
     return base, iia
 
 
-def all_samples(n: int, seed: int) -> dict:
+def all_samples(n: int, seed: int, fit_batch: int = NFE9_FIT_BATCH) -> dict:
     out = {"reference": heun_samples(REF_STEPS, n, seed),
            "reference, other noise": heun_samples(REF_STEPS, n, seed + 1)}
     for steps in HEUN_LADDER:
         out[f"heun{steps}"] = heun_samples(steps, n, seed)
     for solver in NFE9_SOLVERS:
-        out[f"{solver} base"], out[f"{solver} IIA"] = nfe9_samples(solver, n, seed, NFE9_FIT_BATCH,
+        out[f"{solver} base"], out[f"{solver} IIA"] = nfe9_samples(solver, n, seed, fit_batch,
                                                                    judged=True)
     return out
 
@@ -630,6 +630,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=1000, help="evaluation samples (fresh noise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples-only", action="store_true", help="only fill the sample cache")
+    ap.add_argument("--smoke", action="store_true", help="n 50, fit batch 64, samples only, cache under --out")
     ap.add_argument("--replot", action="store_true", help="rewrite the markdown and figure from the saved "
                     "scores (checkpoints/metric_ladders/scores_*.json) without scoring")
     ap.add_argument("--only", nargs="+", default=None, help="rescore only the ladders whose names start "
@@ -639,7 +640,10 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=DOCS)
     ap.add_argument("--cpu-note", default="2 shared CPU cores", help="hardware note for the markdown")
     args = ap.parse_args(argv)
-    samples = all_samples(args.n, args.seed)
+    if args.smoke:
+        global CACHE
+        args.n, args.samples_only, CACHE = 50, True, args.out / "cache"
+    samples = all_samples(args.n, args.seed, 64 if args.smoke else NFE9_FIT_BATCH)
     if args.samples_only:
         return
     command = " ".join(["python", "benchmarks/metric_ladders.py"] + (sys.argv[1:] if argv is None else list(argv)))

@@ -284,6 +284,7 @@ def write_docs(args, store, histories, command):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 4 and 8, r = 0 and 1, small batches")
+    ap.add_argument("--smoke", action="store_true", help="seconds: NFE 5, r = 1, 32 samples")
     ap.add_argument("--fit-batch", type=int, default=256)
     ap.add_argument("--eval-batch", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
@@ -293,6 +294,8 @@ def main(argv=None):
     nfes, histories = ((4, 8), (0, 1)) if args.quick else (NFES, HISTORIES)
     if args.quick:
         args.fit_batch, args.eval_batch = min(args.fit_batch, 128), min(args.eval_batch, 128)
+    if args.smoke:
+        nfes, histories, args.fit_batch, args.eval_batch, args.quick = (5,), (1,), 32, 32, True
     problems = {"4-D, 6 modes": (mixture_4d, (4,)), "image [8, 8, 1], 10 modes": (mixture_image, (8, 8, 1))}
     args.json = args.json or args.out / "multistep.json"
     store = json.loads(args.json.read_text()) if args.json.exists() else dict(rows=[], notes={})

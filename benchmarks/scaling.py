@@ -330,14 +330,17 @@ def write_report(results, checks, args, elapsed):
                       f"(least squares over the measured sizes); at 100,000 rows that is "
                       f"{(a + b * 1e5) / 60:.1f} min on this machine.", ""]
     lines += ["![memory and throughput](scaling.png)", ""]
-    (DOCS / "scaling_results.md").write_text("\n".join(lines))
-    plot(results, DOCS / "scaling.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scaling_results.md").write_text("\n".join(lines))
+    plot(results, args.out / "scaling.png")
 
 
 # ----------------------------------------------------------------------------- main
 
-def sweep(quick: bool):
+def sweep(quick: bool, smoke: bool = False):
     """The configurations, cheapest first; sized for 2 CPU cores shared with other jobs."""
+    if smoke:
+        return [Config("gmm", 256, None), Config("gmm", 512, 128, 2)]
     if quick:
         return [Config("gmm", 1024, None), Config("gmm", 4096, 1024), Config("gmm", 4096, 1024, 8),
                 Config("digits", 128, None), Config("digits", 256, 128),
@@ -355,19 +358,21 @@ def sweep(quick: bool):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (small batches)")
+    parser.add_argument("--smoke", action="store_true", help="seconds: two small mixture fits")
+    parser.add_argument("--out", type=Path, default=DOCS, help="folder for scaling_results.md and the PNG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(measure(Config(**json.loads(args.worker)))), flush=True)
         return
     start = time.perf_counter()
-    checks = count_check(args.quick)
+    checks = count_check(args.quick or args.smoke)
     bad = [c for c in checks if c["counted"] != c["formula"]]
     print(f"evaluation-count check: {len(checks) - len(bad)}/{len(checks)} equal", flush=True)
     for c in bad:
         print("  mismatch", c, flush=True)
     results = []
-    for cfg in sweep(args.quick):
+    for cfg in sweep(args.quick, args.smoke):
         r = run_config(cfg)
         results.append(r)
         rate = r["evals"]["total"] / max(r["wall"] - r["compile"], 1e-9)

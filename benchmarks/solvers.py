@@ -244,14 +244,17 @@ def plot(results, nfes, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small batches, few NFE")
+    parser.add_argument("--smoke", action="store_true", help="seconds: NFE 9, 64 and 32 samples")
     parser.add_argument("--batch-2d", type=int, default=4096)
     parser.add_argument("--batch-image", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for solvers.md and the PNG")
     args = parser.parse_args(argv)
-    nfes = QUICK_NFES if args.quick else NFES
+    nfes = [9] if args.smoke else QUICK_NFES if args.quick else NFES
     if args.quick:
         args.batch_2d, args.batch_image = 512, 128
+    if args.smoke:
+        args.batch_2d, args.batch_image = 64, 32
     t0 = time.perf_counter()
     sample_check = check_against_sample()
     results, notes = benchmark(args.batch_2d, args.batch_image, nfes, args.seed)
