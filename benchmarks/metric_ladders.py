@@ -45,6 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax
 from iia_jax import pretrained, schedules
+from iia_jax.bench import harness
 from iia_jax.data import digits
 from iia_jax.iia import DEFAULT_TARGET
 from iia_jax.metrics import ode_error
@@ -61,16 +62,12 @@ REF_STEPS = 64
 HEUN_LADDER = (4, 5, 6, 8, 12, 18, 32)
 NFE9_SOLVERS = ("heun", "euler", "dpmpp_2m")
 NFE9_FIT_BATCH = 1024   # the digits judge in fit's never-worse check needs about 1,000 rows
+BATCH = 500             # evaluation rows per call
 
 
-def _noise(n: int, fit_batch: int, seed: int):
-    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(seed))
-    return (SIGMA_MAX * jax.random.normal(key_fit, (fit_batch,) + SHAPE),
-            SIGMA_MAX * jax.random.normal(key_eval, (n,) + SHAPE))
-
-
-def _run_batched(fn, x, batch: int = 500) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+def noise(n: int, fit_batch: int, seed: int) -> harness.Draws:
+    """Fit and evaluation noise of the demo's key."""
+    return harness.draws(seed, SHAPE, n, fit_batch, SIGMA_MAX)
 
 
 def _cached(name: str, make):
@@ -88,11 +85,9 @@ def _cached(name: str, make):
 
 def heun_samples(steps: int, n: int, seed: int) -> np.ndarray:
     """heun with ``steps`` Karras steps from the evaluation noise (cached)."""
-    denoiser = pretrained.digits()
     plan = iia_jax.plan("heun", schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-    _, x_eval = _noise(n, 256, seed)
-    return _cached(f"heun{steps}_n{n}_seed{seed}",
-                   lambda: _run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval))
+    return _cached(f"heun{steps}_n{n}_seed{seed}", lambda: harness.base_samples(
+        pretrained.digits(), plan, noise(n, 256, seed).eval, batch=BATCH))
 
 
 def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_steps: int = 8,
@@ -101,17 +96,15 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
     fitted with the library defaults on the fit noise, with ``judged`` the digits judge in its
     never-worse check (``quality=digits_check``, as ``iia-jax fit --model digits``)."""
     denoiser = pretrained.digits()
-    steps = 5 if solver == "heun" else 9
-    plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-    x_fit, x_eval = _noise(n, fit_batch, seed)
-    tag = f"{solver}{steps}_n{n}_seed{seed}"
-    base = _cached(f"base_{tag}", lambda: _run_batched(
-        jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval))
+    plan = harness.plan_for(solver, 9, SIGMA_MIN, SIGMA_MAX)
+    draws = noise(n, fit_batch, seed)
+    tag = f"{solver}{plan.num_steps}_n{n}_seed{seed}"
+    base = _cached(f"base_{tag}", lambda: harness.base_samples(denoiser, plan, draws.eval, batch=BATCH))
 
     def make_iia():
-        coeffs = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, progress=False,
+        coeffs = iia_jax.fit(denoiser, plan, draws.fit, fine_steps=fine_steps, progress=False,
                              quality=q.digits_check if judged else None).coeffs
-        return _run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval)
+        return harness.iia_samples(denoiser, plan, coeffs, draws.eval, batch=BATCH)
 
     # the cache name carries the target (heun's default changed from local to trajectory) and the
     # spread-matched least squares (the default since session 5)

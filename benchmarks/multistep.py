@@ -41,6 +41,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
+from iia_jax.bench.provenance import save_json  # noqa: E402
 from iia_jax.solvers import dpm_solver  # noqa: E402
 from iia_jax.metrics import ode_error  # noqa: E402
 
@@ -52,16 +54,6 @@ HISTORIES = (0, 1, 2, 3)
 NFES = (3, 5, 8, 10)
 REF_STEPS = 1000
 FINE_STEPS = 16
-
-
-def mixture_4d():
-    means = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
-    return iia_jax.models.gmm(2.0 * means, 0.25)
-
-
-def mixture_image():
-    means = jax.random.uniform(jax.random.PRNGKey(7), (10, 8, 8, 1), minval=-1.0, maxval=1.0)
-    return iia_jax.models.gmm(means, 0.2)
 
 
 def karras(solver, n):
@@ -122,15 +114,10 @@ def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed,
     done = {(row["problem"], row["solver"], row["nfe"]) for row in store["rows"]}
     if all((name, solver, nfe) in done for solver in SOLVERS for nfe in nfes):
         return
-    k_fit, k_eval = jax.random.split(jax.random.PRNGKey(seed))
-    x_fit = SIGMA_MAX * jax.random.normal(k_fit, (fit_batch,) + shape)
-    x_eval = SIGMA_MAX * jax.random.normal(k_eval, (eval_batch,) + shape)
-    sample = jax.jit(lambda plan, x: iia_jax.sample(denoiser, plan, x))
-    iia_sample = jax.jit(lambda plan, c, x: iia_jax.iia_sample(denoiser, plan, c, x))
-    ref = sample(karras("heun", REF_STEPS), x_eval)
-    half = sample(karras("heun", REF_STEPS // 2), x_eval)
+    noise = harness.draws(seed, shape, eval_batch, fit_batch, SIGMA_MAX)
+    prob = harness.problem(denoiser, noise, REF_STEPS, SIGMA_MIN, SIGMA_MAX, check_reference=True)
     note = (f"{name}: heun {REF_STEPS // 2} vs {REF_STEPS} steps differ by median "
-            f"{ode_error(half, ref).median:.1e}")
+            f"{prob.reference_error:.1e}")
     print(note, flush=True)
     store["notes"][name] = note
     for solver in SOLVERS:
@@ -138,16 +125,15 @@ def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed,
             if (name, solver, nfe) in done:
                 continue
             plan = karras(solver, nfe)
+            base = prob.base(plan)
             row = dict(problem=name, solver=solver, nfe=nfe, iia={}, kept={}, fit_s={},
-                       base=float(ode_error(sample(plan, x_eval), ref).median))
+                       base=float(prob.error(base).median))
             settings = [(r, "trajectory") for r in histories] + [(1, "local")]
             for r, target in settings:
-                res = iia_jax.fit(denoiser, plan, x_fit, history=r, target=target,
-                                  fine_steps=FINE_STEPS, progress=False)
-                err = ode_error(iia_sample(plan, res.coeffs, x_eval), ref).median
-                row["iia"][_key(r, target)] = float(err)
-                row["kept"][_key(r, target)] = f"{int(res.report.kept.sum())}/{nfe}"
-                row["fit_s"][_key(r, target)] = float(res.report.fit_seconds)
+                c = harness.compare(prob, plan, base, history=r, target=target, fine_steps=FINE_STEPS)
+                row["iia"][_key(r, target)] = float(c.iia_error.median)
+                row["kept"][_key(r, target)] = c.kept
+                row["fit_s"][_key(r, target)] = float(c.result.report.fit_seconds)
             store["rows"].append(row)
             save()
             print(f"  {solver:9s} NFE {nfe:2d} base {row['base']:.4f} " + " ".join(
@@ -296,14 +282,15 @@ def main(argv=None):
         args.fit_batch, args.eval_batch = min(args.fit_batch, 128), min(args.eval_batch, 128)
     if args.smoke:
         nfes, histories, args.fit_batch, args.eval_batch, args.quick = (5,), (1,), 32, 32, True
-    problems = {"4-D, 6 modes": (mixture_4d, (4,)), "image [8, 8, 1], 10 modes": (mixture_image, (8, 8, 1))}
+    problems = {"4-D, 6 modes": (models.modes_4d, (4,)), "image [8, 8, 1], 10 modes": (models.prototypes, (8, 8, 1))}
     args.json = args.json or args.out / "multistep.json"
     store = json.loads(args.json.read_text()) if args.json.exists() else dict(rows=[], notes={})
-    def save():
-        args.json.write_text(json.dumps(store, indent=1))
-
     command = ("python benchmarks/multistep.py " + " ".join(
         argv if argv is not None else sys.argv[1:])).strip()
+
+    def save():
+        save_json(args.json, store, command)
+
     for name, (make, shape) in problems.items():
         denoiser = make()
         measure(name, denoiser, shape, nfes, args.fit_batch, args.eval_batch, histories, args.seed, store, save)

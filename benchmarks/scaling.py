@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
+from iia_jax.bench import models  # noqa: E402
 from iia_jax.rows import Sharding, make_layout  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -72,14 +73,8 @@ def plan():
     return iia_jax.plan(SOLVER, schedules.karras(STEPS, SIGMA_MIN, SIGMA_MAX))
 
 
-def mixture():
-    """An image-shaped exact mixture: 10 prototypes uniform in [-1, 1]^64, std 0.2."""
-    means = jax.random.uniform(jax.random.PRNGKey(7), (10,) + SHAPE, minval=-1.0, maxval=1.0)
-    return iia_jax.models.gmm(means, 0.2)
-
-
 def model(name):
-    return iia_jax.pretrained.digits() if name == "digits" else mixture()
+    return iia_jax.pretrained.digits() if name == "digits" else models.prototypes()
 
 
 def target_of(mode):
@@ -124,7 +119,7 @@ def fit_evaluations(layout, plan, fine_steps: int, mode: str, target: str) -> di
 def count_check(quick: bool):
     """The formula against a denoiser that counts its rows, on a small mixture (one device):
     every mode and target, euler chunked with padding (200 rows by 64), heun unchunked."""
-    gmm = mixture()
+    gmm = models.prototypes()
     cases = [("euler", mode, target, 64) for mode, target in MODES]
     cases += [("heun", mode, target, None) for mode, target in MODES]
     results = []

@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
-from iia_jax.models import gmm  # noqa: E402
+from iia_jax.bench import models  # noqa: E402
+from iia_jax.bench.grids import steps_for  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SOLVERS = ["euler", "heun", "dpmpp_2m", "spndm", "ipndm"]
@@ -46,20 +47,7 @@ SIGMA_MAX = 80.0
 REF_STEPS = 1000
 
 
-# ----------------------------------------------------------------------------- problems
-
-def ring_2d():
-    angles = 2 * np.pi * np.arange(8) / 8
-    return gmm(np.stack([np.cos(angles), np.sin(angles)], 1), 0.1)
-
-
-def image_8x8():
-    """8 smooth patterns: 4x4 uniform noise, bilinearly upsampled to 8x8, in [-1, 1]."""
-    coarse = jax.random.uniform(jax.random.PRNGKey(11), (8, 4, 4, 1), minval=-1.0, maxval=1.0)
-    return gmm(jax.image.resize(coarse, (8, 8, 8, 1), "bilinear"), 0.1)
-
-
-PROBLEMS = {"2-D ring, 8 modes": ring_2d, "image [8, 8, 1], 8 modes": image_8x8}
+PROBLEMS = {"2-D ring, 8 modes": models.ring_2d, "image [8, 8, 1], 8 modes": models.smooth_patterns}
 
 
 # ----------------------------------------------------------------------------- integration
@@ -101,9 +89,10 @@ def run(solver_name, mixture, sigmas, x_T):
 
 
 def num_steps(solver_name, nfe):
-    per = solvers.get(solver_name).evals_per_step
-    n = (nfe - 1) // per + 1
-    assert solvers.get(solver_name).nfe(n) == nfe
+    """Steps of exactly ``nfe`` evaluations (every NFE here is odd, so heun has them too)."""
+    n = steps_for(nfe, solver_name, exact=True)
+    if n is None:
+        raise ValueError(f"{solver_name} has no plan of exactly {nfe} evaluations")
     return n
 
 
@@ -152,7 +141,7 @@ def benchmark(batch_2d, batch_image, nfes, seed):
 
 def check_against_sample(nfe=9):
     """The step loop gives what ``iia_jax.sample`` gives (same noise, Karras grid)."""
-    mixture = ring_2d()
+    mixture = models.ring_2d()
     x_T = jax.random.normal(jax.random.PRNGKey(0), (256, 2)) * SIGMA_MAX
     worst = 0.0
     for name in SOLVERS:
