@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from iia_jax import pretrained  # noqa: E402
 from iia_jax.bench import harness  # noqa: E402
 from iia_jax.bench.harness import score  # noqa: E402
-from iia_jax.bench.provenance import git_revision, save_json  # noqa: E402
+from iia_jax.bench.provenance import command_line, git_revision, save_json  # noqa: E402
 from iia_jax.metrics import digits_check, score_difference  # noqa: E402
 from iia_jax.metrics.fd import corrupt_blur, corrupt_noise  # noqa: E402
 from iia_jax.metrics.quality import digits_split  # noqa: E402
@@ -256,7 +255,7 @@ def main(argv=None):
         args.n = args.n or (300 if quick else 1000)
         args.fit_batch = args.fit_batch or (128 if quick else 1024)
         out = args.out or (Path(tempfile.mkdtemp(prefix="iia-digits-")) if quick else DOCS)
-        command = " ".join(["python", "benchmarks/digits.py"] + (sys.argv[1:] if argv is None else list(argv)))
+        command = command_line("benchmarks/digits.py", argv)
         args.revision = git_revision()
         start = time.perf_counter()
         result = benchmark(args)

@@ -26,7 +26,7 @@ import numpy as np
 import iia_jax
 from iia_jax import pretrained
 from iia_jax.bench import harness
-from iia_jax.bench.provenance import save_json
+from iia_jax.bench.provenance import command_line, save_json
 from iia_jax.models import guided
 from iia_jax.plots import sample_grid
 
@@ -108,7 +108,7 @@ def write(rows, grids, args, seconds, out: Path):
                      f"{r['fit_s']:.0f} |")
     env = (f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform} jax {jax.__version__}, "
            f"iia_jax {iia_jax.__version__}")
-    command = " ".join(["python benchmarks/guidance.py"] + args.argv)
+    command = command_line("benchmarks/guidance.py", args.argv)
     text = TEMPLATE.format(table="\n".join(lines), command=command,
                            seconds=seconds, n=args.n, fit_batch=args.fit_batch, fine_steps=args.fine_steps,
                            ref_steps=REF_STEPS, ref_nfe=2 * REF_STEPS - 1, env=env)

@@ -26,6 +26,7 @@ import iia_jax  # noqa: E402
 import iia_jax.nets  # noqa: E402,F401
 from iia_jax import schedules  # noqa: E402
 from iia_jax.bench import harness, models  # noqa: E402
+from iia_jax.bench.report import table  # noqa: E402
 from iia_jax.bench.speed import paired_ratio  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -98,22 +99,20 @@ def write(rows, over, args, path_md, path_png):
              "Model: exact 10-mode Gaussian mixture on 8x8x1 images (std 0.2), Karras grid "
              f"sigma 0.002..{SIGMA_MAX}. Error: per-sample RMS to a 1000-step Heun solution from the "
              "same noise; median over samples, and RMSE. `kept` counts steps that passed the never-"
-             "worse check.", "",
-             "| solver | NFE | mode/target | median base | median IIA | gain | RMSE base | RMSE IIA | kept | fit s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['solver']} | {r['nfe']} | {r['mode']} | {r['base'].median:.4f} | "
-                     f"{r['iia'].median:.4f} | {r['base'].median / r['iia'].median:.1f}x | "
-                     f"{r['base'].rmse:.4f} | {r['iia'].rmse:.4f} | {r['kept']} | {r['fit_s']:.1f} |")
+             "worse check.", ""]
+    lines += table(["solver", "NFE", "mode/target", "median base", "median IIA", "gain", "RMSE base", "RMSE IIA",
+                    "kept", "fit s"],
+                   [[r["solver"], r["nfe"], r["mode"], f"{r['base'].median:.4f}", f"{r['iia'].median:.4f}",
+                     f"{r['base'].median / r['iia'].median:.1f}x", f"{r['base'].rmse:.4f}", f"{r['iia'].rmse:.4f}",
+                     r["kept"], f"{r['fit_s']:.1f}"] for r in rows])
     lines += ["", "## Sampling overhead", "",
               "Jitted `iia_sample` over jitted `sample` on an `EDMUNet(channels=32)` denoiser, batch "
               f"64 of 8x8x1, same noise and NFE. Wall: median (and interquartile range) of {args.repeats} "
               "interleaved per-pair time ratios in one process. Flops and bytes: XLA's cost model of "
-              "the two compiled programs (deterministic).", "",
-              "| solver | NFE | wall iia/base | IQR | flops iia/base | bytes iia/base |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {o['solver']} | {o['nfe']} | {o['ratio']:.3f} | {o['q25']:.3f}-{o['q75']:.3f} | "
-              f"{o['flops']:.6f} | {o['bytes']:.4f} |" for o in over]
+              "the two compiled programs (deterministic).", ""]
+    lines += table(["solver", "NFE", "wall iia/base", "IQR", "flops iia/base", "bytes iia/base"],
+                   [[o["solver"], o["nfe"], f"{o['ratio']:.3f}", f"{o['q25']:.3f}-{o['q75']:.3f}",
+                     f"{o['flops']:.6f}", f"{o['bytes']:.4f}"] for o in over])
     path_md.write_text("\n".join(lines) + "\n")
 
     solvers = sorted({r["solver"] for r in rows}, key=[r["solver"] for r in rows].index)

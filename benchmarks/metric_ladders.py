@@ -31,7 +31,6 @@ import argparse
 import functools
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import iia_jax
 from iia_jax import pretrained, schedules
 from iia_jax.bench import harness
+from iia_jax.bench.provenance import command_line
 from iia_jax.data import digits
 from iia_jax.iia import DEFAULT_TARGET
 from iia_jax.metrics import ode_error
@@ -639,7 +639,7 @@ def main(argv=None):
     samples = all_samples(args.n, args.seed, 64 if args.smoke else NFE9_FIT_BATCH)
     if args.samples_only:
         return
-    command = " ".join(["python", "benchmarks/metric_ladders.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = command_line("benchmarks/metric_ladders.py", argv)
     saved = CACHE / f"scores_n{args.n}_seed{args.seed}.json"
     if args.replot:
         results, verdict, rows, total, command = json.loads(saved.read_text())

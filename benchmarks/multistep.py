@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
 import jax
@@ -42,7 +41,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import iia_jax  # noqa: E402
 from iia_jax import schedules  # noqa: E402
 from iia_jax.bench import harness, models  # noqa: E402
-from iia_jax.bench.provenance import save_json  # noqa: E402
+from iia_jax.bench.provenance import command_line, save_json  # noqa: E402
+from iia_jax.bench.report import table as table_lines  # noqa: E402
 from iia_jax.solvers import dpm_solver  # noqa: E402
 from iia_jax.metrics import ode_error  # noqa: E402
 
@@ -97,14 +97,10 @@ def base_errors(name, denoiser, shape, seed):
 
 
 def base_table(store):
-    lines = ["### Base solvers (no IIA): median ODE error, same set-up, 512 samples", "",
-             "| problem | solver | " + " | ".join(f"NFE {n}" for n in BASE_NFES) + " |",
-             "| --- | --- |" + " ---: |" * len(BASE_NFES)]
-    for name, table in store["bases"].items():
-        for label in BASES:
-            lines.append(f"| {name} | {label} | "
-                         + " | ".join(f"{table[f'{label} @ {n}']:.2e}" for n in BASE_NFES) + " |")
-    return lines
+    cells = [[name, label] + [f"{errors[f'{label} @ {n}']:.2e}" for n in BASE_NFES]
+             for name, errors in store["bases"].items() for label in BASES]
+    return (["### Base solvers (no IIA): median ODE error, same set-up, 512 samples", ""]
+            + table_lines(["problem", "solver"] + [f"NFE {n}" for n in BASE_NFES], cells, "ll" + "r" * len(BASE_NFES)))
 
 
 def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed, store, save):
@@ -143,25 +139,20 @@ def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed,
 def table(name, rows, histories):
     head = (["solver", "NFE", "base"] + [f"IIA r={r}" for r in histories]
             + ["IIA r=1 local", "best / base"])
-    lines = [f"### {name}: median ODE error", "", "| " + " | ".join(head) + " |",
-             "| --- | ---: |" + " ---: |" * (len(head) - 2)]
+    cells = []
     for row in rows:
         iia = [row["iia"][_key(r, "trajectory")] for r in histories] + [row["iia"][_key(1, "local")]]
         best = min(iia)
-        cells = [f"**{e:.4f}**" if e == best else f"{e:.4f}" for e in iia]
-        lines.append(f"| {row['solver']} | {row['nfe']} | {row['base']:.4f} | " + " | ".join(cells)
-                     + f" | {row['base'] / best:.1f}x |")
-    return lines
+        cells.append([row["solver"], row["nfe"], f"{row['base']:.4f}"]
+                     + [f"**{e:.4f}**" if e == best else f"{e:.4f}" for e in iia] + [f"{row['base'] / best:.1f}x"])
+    return [f"### {name}: median ODE error", ""] + table_lines(head, cells, "l" + "r" * (len(head) - 1))
 
 
 def summary(rows, histories):
     """Per solver: geometric-mean error ratio of each setting to r = 1 trajectory, over all
     problems and NFE (< 1: that setting is better), and how often each setting is best."""
-    lines = ["### Which setting wins (all problems, all NFE)", "",
-             "Geometric mean of (error / error at r = 1 trajectory); how often the setting is the best.",
-             "", "| solver | " + " | ".join(f"r={r}" for r in histories) + " | r=1 local |",
-             "| --- |" + " ---: |" * (len(histories) + 1)]
     settings = [_key(r, "trajectory") for r in histories] + [_key(1, "local")]
+    cells = []
     for solver in SOLVERS:
         sel = [row for row in rows if row["solver"] == solver]
         if not sel:
@@ -169,8 +160,11 @@ def summary(rows, histories):
         ratios = {s: np.exp(np.mean([np.log(row["iia"][s] / row["iia"][_key(1, "trajectory")])
                                      for row in sel])) for s in settings}
         wins = {s: sum(min(row["iia"], key=row["iia"].get) == s for row in sel) for s in settings}
-        lines.append(f"| {solver} | " + " | ".join(f"{ratios[s]:.2f} ({wins[s]})" for s in settings) + " |")
-    return lines
+        cells.append([solver] + [f"{ratios[s]:.2f} ({wins[s]})" for s in settings])
+    head = ["solver"] + [f"r={r}" for r in histories] + ["r=1 local"]
+    return (["### Which setting wins (all problems, all NFE)", "",
+             "Geometric mean of (error / error at r = 1 trajectory); how often the setting is the best.", ""]
+            + table_lines(head, cells, "l" + "r" * len(settings)))
 
 
 def plot(problems, rows, path):
@@ -285,8 +279,7 @@ def main(argv=None):
     problems = {"4-D, 6 modes": (models.modes_4d, (4,)), "image [8, 8, 1], 10 modes": (models.prototypes, (8, 8, 1))}
     args.json = args.json or args.out / "multistep.json"
     store = json.loads(args.json.read_text()) if args.json.exists() else dict(rows=[], notes={})
-    command = ("python benchmarks/multistep.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])).strip()
+    command = command_line("benchmarks/multistep.py", argv)
 
     def save():
         save_json(args.json, store, command)

@@ -21,7 +21,6 @@ step counts cost no recompilation.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
 from iia_jax.bench import models  # noqa: E402
 from iia_jax.bench.grids import steps_for  # noqa: E402
+from iia_jax.bench.provenance import command_line  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SOLVERS = ["euler", "heun", "dpmpp_2m", "spndm", "ipndm"]
@@ -248,8 +248,7 @@ def main(argv=None):
     sample_check = check_against_sample()
     results, notes = benchmark(args.batch_2d, args.batch_image, nfes, args.seed)
     seconds = time.perf_counter() - t0
-    command = "python benchmarks/solvers.py" + ("" if argv is None and len(sys.argv) == 1
-                                                 else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = command_line("benchmarks/solvers.py", argv)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results, notes, nfes, command, seconds, sample_check)
     path = args.out / "solvers.md"
