@@ -41,7 +41,6 @@ search from Karras).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -433,8 +432,8 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="only rewrite the doc from --json")
     ap.add_argument("--out", type=Path, default=DOCS, help="folder for fitted_grid.md and the PNG")
     args = ap.parse_args(argv)
-    args.match_spread = (inspect.signature(iia_jax.fit).parameters["match_spread"].default
-                         if args.match_spread is None else args.match_spread == "true")
+    args.match_spread = (iia_jax.FitConfig().match_spread if args.match_spread is None
+                         else args.match_spread == "true")
     if not args.write:
         if args.model is None:
             ap.error("--model is required unless --write")
