@@ -220,12 +220,8 @@ def markdown(result, args, command, total_s):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="NFE 5 9 15, n 300, fit batch 128, reference heun 64 steps; out: a temp dir")
-    ap.add_argument("--smoke", action="store_true", help="seconds: euler NFE 5, n 60, fit batch 64, "
-                    "reference heun 8 steps; out: a temp dir")
+    ap = harness.parser(__doc__, "euler NFE 5, n 60, fit batch 64, reference heun 8 steps; out: a temp dir",
+                        quick="NFE 5 9 15, n 300, fit batch 128, reference heun 64 steps; out: a temp dir")
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--nfe", nargs="+", type=int, default=None, help="default: 5 9 15 25")
     ap.add_argument("--n", type=int, default=None, help="evaluation samples (default 1000)")

@@ -22,7 +22,6 @@ Writes docs/digits_shrinkage.md.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -82,8 +81,7 @@ def shrinkage(y, x):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="heun only, n 50, 20 selection draws, fit batch 64")
+    ap = harness.parser(__doc__, "heun only, n 50, 20 selection draws, fit batch 64")
     ap.add_argument("--out", type=Path, default=DOCS)
     args = ap.parse_args(argv)
     n, n_select, fit_batch, solvers = N, N_SELECT, 256, SOLVERS

@@ -14,7 +14,6 @@ The fine references are cached under checkpoints/guidance/ (untracked).
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 from pathlib import Path
@@ -134,9 +133,7 @@ the shipped digits classifier reads the requested digit.
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="two scales, one NFE, 200 samples")
-    ap.add_argument("--smoke", action="store_true", help="seconds: scale 2, euler NFE 5, 50 samples")
+    ap = harness.parser(__doc__, "scale 2, euler NFE 5, 50 samples", quick="two scales, one NFE, 200 samples")
     ap.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0, 7.5])
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10])
     ap.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "euler", "heun"])

@@ -11,7 +11,6 @@ NFE, interleaved repeats in one process; the ratio is what we report, never seco
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -134,9 +133,7 @@ def write(rows, over, args, path_md, path_png):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="seconds: heun and euler at NFE 5, 32 samples")
+    ap = harness.parser(__doc__, "heun and euler at NFE 5, 32 samples", quick="smaller batches and fewer NFE")
     ap.add_argument("--out", type=Path, default=DOCS)
     args = ap.parse_args(argv)
     args.fit_batch, args.eval_batch = (256, 256) if args.quick else (512, 512)

@@ -27,7 +27,6 @@ fine_steps 8, fit batch 256) with the headline and the independent judges side b
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import platform
@@ -619,11 +618,10 @@ judge prefers IIA for heun and euler and prefers it or ties for dpmpp_2m.
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__, "n 50, fit batch 64, samples only, cache under --out")
     ap.add_argument("--n", type=int, default=1000, help="evaluation samples (fresh noise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples-only", action="store_true", help="only fill the sample cache")
-    ap.add_argument("--smoke", action="store_true", help="n 50, fit batch 64, samples only, cache under --out")
     ap.add_argument("--replot", action="store_true", help="rewrite the markdown and figure from the saved "
                     "scores (checkpoints/metric_ladders/scores_*.json) without scoring")
     ap.add_argument("--only", nargs="+", default=None, help="rescore only the ladders whose names start "

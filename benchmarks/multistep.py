@@ -25,7 +25,6 @@ benchmarks/solvers.py's) and docs/multistep_error_vs_nfe.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 from pathlib import Path
@@ -262,9 +261,7 @@ def write_docs(args, store, histories, command):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="NFE 4 and 8, r = 0 and 1, small batches")
-    ap.add_argument("--smoke", action="store_true", help="seconds: NFE 5, r = 1, 32 samples")
+    ap = harness.parser(__doc__, "NFE 5, r = 1, 32 samples", quick="NFE 4 and 8, r = 0 and 1, small batches")
     ap.add_argument("--fit-batch", type=int, default=256)
     ap.add_argument("--eval-batch", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)

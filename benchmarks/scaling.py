@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
-from iia_jax.bench import models  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
 from iia_jax.rows import Sharding, make_layout  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -351,9 +351,7 @@ def sweep(quick: bool, smoke: bool = False):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run (small batches)")
-    parser.add_argument("--smoke", action="store_true", help="seconds: two small mixture fits")
+    parser = harness.parser(__doc__, "two small mixture fits", quick="a smoke run (small batches)")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for scaling_results.md and the PNG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

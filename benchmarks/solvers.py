@@ -20,7 +20,6 @@ step counts cost no recompilation.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
-from iia_jax.bench import models  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
 from iia_jax.bench.grids import steps_for  # noqa: E402
 from iia_jax.bench.provenance import command_line  # noqa: E402
 
@@ -231,9 +230,7 @@ def plot(results, nfes, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small batches, few NFE")
-    parser.add_argument("--smoke", action="store_true", help="seconds: NFE 9, 64 and 32 samples")
+    parser = harness.parser(__doc__, "NFE 9, 64 and 32 samples", quick="small batches, few NFE")
     parser.add_argument("--batch-2d", type=int, default=4096)
     parser.add_argument("--batch-image", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)

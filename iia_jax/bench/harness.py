@@ -16,6 +16,7 @@ Scripts keep their settings and their write-ups; the formulas live here and in `
 """
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -26,6 +27,16 @@ from ..iia import fit, iia_sample
 from ..metrics import ode_error
 from ..sampling import Plan, plan, sample
 from .grids import grid, steps_for
+
+def parser(doc: str, smoke: str, quick: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark script's command line: its docstring as help, ``--smoke`` (seconds; checks a
+    change of code, never a result) and, where the script has one, ``--quick``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help=f"seconds, to check a change: {smoke}")
+    if quick is not None:
+        ap.add_argument("--quick", action="store_true", help=quick)
+    return ap
+
 
 SAMPLE = jax.jit(sample, static_argnums=0)          # compiled once per model, solver and shape
 IIA_SAMPLE = jax.jit(iia_sample, static_argnums=0)
