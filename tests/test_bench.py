@@ -215,3 +215,9 @@ def test_save_json_carries_provenance(tmp_path):
     meta = saved["provenance"]
     assert meta["command"] == "python benchmarks/x.py --smoke"
     assert "jax " in meta["versions"] and "CPU" in meta["machine"] and meta["revision"]
+
+
+def test_table_aligns_columns():
+    assert report.table(["solver", "NFE"], [["euler", 5]], "lr") == ["| solver | NFE |", "|---|---:|", "| euler | 5 |"]
+    with pytest.raises(ValueError, match="align has 3 columns"):
+        report.table(["solver", "NFE"], [], "lrr")
