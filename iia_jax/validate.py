@@ -58,7 +58,7 @@ def integer(value, name: str, minimum: int | None = None) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise IntegerTypeError(f"{name} must be an integer{bound}, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+        raise ValueError(f"{name} must be an integer{bound}, got {int(value)}")
     return int(value)
 
 
