@@ -91,8 +91,11 @@ def check_state(x_T, name: str = "x_T") -> None:
 
 def to_compute_dtype(x_T):
     """``x_T`` in the dtype the ODE runs in (float32 for float16/bfloat16, see
-    :mod:`iia_jax.validate`), and the dtype to return results in."""
-    return x_T.astype(validate.compute_dtype(x_T.dtype)), x_T.dtype
+    :mod:`iia_jax.validate`), and the dtype to return results in: ``x_T``'s as JAX holds it
+    (float64 becomes float32 without ``jax_enable_x64``)."""
+    dtype = jax.dtypes.canonicalize_dtype(x_T.dtype)
+    compute = validate.compute_dtype(dtype)
+    return (x_T if x_T.dtype == compute else x_T.astype(compute)), dtype
 
 
 def initial_noise(key, plan: Plan, shape, vp: bool = False, dtype=jnp.float32):

@@ -34,15 +34,16 @@ import numpy as np
 
 from .rows import MAX_GROUP, holdout_fraction
 
-__all__ = ["IntegerTypeError", "integer", "sigmas", "state", "compute_dtype", "denoiser_output",
+__all__ = ["WrongType", "integer", "sigmas", "state", "compute_dtype", "denoiser_output",
            "finite_coefficients", "rows", "concrete", "is_traced", "fit_options", "LOW_PRECISION"]
 
 LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
-class IntegerTypeError(TypeError, ValueError):
-    """A non-integer where an integer count is taken.  A TypeError by the library's rule; also a
-    ValueError, which is what the fit's argument checks raised for it before they came here."""
+class WrongType(TypeError, ValueError):
+    """An argument of the wrong type (a float where an integer count is taken, a bool for a
+    fraction).  A TypeError by the library's rule; also a ValueError, which is what the fit's
+    option checks have always raised for these, so callers catching either keep working."""
 
 
 def is_traced(a) -> bool:
@@ -52,11 +53,11 @@ def is_traced(a) -> bool:
 
 def integer(value, name: str, minimum: int | None = None) -> int:
     """``value`` as a Python int: Python ints and numpy integer scalars are accepted alike;
-    ``bool``, floats (even integral ones) and strings are refused (IntegerTypeError), as is a
+    ``bool``, floats (even integral ones) and strings are refused (WrongType), as is a
     value below ``minimum`` (ValueError)."""
     bound = "" if minimum is None else f" >= {minimum}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise IntegerTypeError(f"{name} must be an integer{bound}, got {type(value).__name__} {value!r}")
+        raise WrongType(f"{name} must be an integer{bound}, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an integer{bound}, got {int(value)}")
     return int(value)
@@ -158,7 +159,7 @@ def fit_options(holdout, quality=None) -> None:
     """
     if isinstance(holdout, (bool, np.bool_)) or not isinstance(holdout, (int, float, np.integer,
                                                                         np.floating)):
-        raise TypeError(f"holdout must be a number in [0, 1), got {type(holdout).__name__}")
+        raise WrongType(f"holdout must be a number in [0, 1), got {type(holdout).__name__}")
     if not (math.isfinite(holdout) and 0.0 <= holdout < 1.0):
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
     if holdout > 0 and holdout_fraction(holdout)[0] == 0:
