@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from ..rows import batch_sharding, check_cond, shard_rows
 from .. import validate
-from ..sampling import (_check_plan, bind_condition, check_state, raise_if_not_finite, run_steps,
+from ..sampling import (bind_condition, check_plan, check_state, raise_if_not_finite, run_steps,
                         to_compute_dtype)
 from .coefficients import check_coefficients
 
@@ -45,7 +45,7 @@ def iia_sample(denoiser, plan, coeffs, x_T, return_trajectory: bool = False,
     ``sample``'s, it needs concrete values (outside ``jax.jit``).  Dtypes and empty batches as in
     :func:`iia_jax.sample` (:mod:`iia_jax.validate`).
     """
-    solver = _check_plan(plan)
+    solver = check_plan(plan)
     check_state(x_T)
     spec = check_coefficients(coeffs, plan, denoiser)
     if not callable(denoiser):
