@@ -9,7 +9,6 @@
   :func:`compute_dtype`);
 - model outputs: the input's shape and a floating dtype (:func:`denoiser_output`);
 - coefficients: finite (:func:`finite_coefficients`);
-- batches: enough rows for what is asked (:func:`rows`);
 - checks that need concrete values, refused inside a trace with a message (:func:`concrete`);
 - fit options that would do nothing (:func:`fit_options`).
 
@@ -35,7 +34,7 @@ import numpy as np
 from .rows import MAX_GROUP, holdout_fraction
 
 __all__ = ["WrongType", "integer", "sigmas", "state", "compute_dtype", "denoiser_output",
-           "finite_coefficients", "rows", "concrete", "is_traced", "fit_options", "LOW_PRECISION"]
+           "finite_coefficients", "concrete", "is_traced", "fit_options", "LOW_PRECISION"]
 
 LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
@@ -98,21 +97,14 @@ def compute_dtype(dtype) -> jnp.dtype:
 
 def state(x, name: str = "x_T") -> None:
     """A batch of sample states: an array ``[B, ...]`` (batch first, at least 2-D) of a floating
-    dtype.  ``B = 0`` is allowed here; :func:`rows` refuses it where it means nothing."""
+    dtype.  ``B = 0`` is allowed: sampling no rows gives no samples (a fit refuses a batch with
+    no training row, :func:`iia_jax.rows.split_batch`)."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}")
     if x.ndim < 2:
         raise ValueError(f"{name} must have shape [B, ...] (batch first, at least 2-D), got {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-
-
-def rows(x, name: str = "x_T", minimum: int = 1, why: str = "") -> int:
-    """The number of rows of ``x``, refused when below ``minimum`` (``why`` says what needs them)."""
-    n = int(x.shape[0])
-    if n < minimum:
-        raise ValueError(f"{name} has {n} rows, but {why or 'this'} needs at least {minimum}")
-    return n
 
 
 def denoiser_output(out, x, name: str = "denoiser"):

@@ -582,12 +582,6 @@ def test_empty_batches_sample_to_empty():
         assert run(empty.astype(jnp.float16)).dtype == jnp.float16
 
 
-def test_rows_refuses_too_few():
-    assert validate.rows(X, "x_T", 4, "the fit") == 16
-    with pytest.raises(ValueError, match="x_T has 0 rows, but the fit needs at least 1"):
-        validate.rows(X[:0], "x_T", 1, "the fit")
-
-
 # ----------------------------------------------------------------------------- options that do nothing
 
 def test_fit_options_that_would_do_nothing_are_refused():
