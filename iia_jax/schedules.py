@@ -193,12 +193,8 @@ def finish_grid(sigmas) -> np.ndarray:
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> int:
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
-        raise TypeError(f"num_steps must be an integer >= {minimum}, got {type(num_steps).__name__} "
-                        f"{num_steps!r}")
-    if num_steps < minimum:
-        raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
-    return int(num_steps)
+    from .validate import integer   # here: validate imports jax, which a schedule does not need
+    return integer(num_steps, "num_steps", minimum)
 
 
 def _check_range(sigma_min, sigma_max):
