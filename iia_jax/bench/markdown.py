@@ -147,9 +147,9 @@ def _setup(cfg, results, meta):
         f"level {results.get('nice', '(not recorded)')}, started {results.get('started', '(not recorded)')}, "
         f"took **{results['seconds'] / 60:.1f} min** of wall time{' in all' if results.get('reruns') else ''}"
         f"{_cut_short(cfg, results)}; report written "
-        f"{meta['date']}. The full mode is `python -m iia_jax.bench` (also `iia-jax bench`), the quick one "
-        "`python -m iia_jax.bench --quick`; `--replot docs/bench_results_full.json` rewrites this report from the "
-        "saved raw results.",
+        f"{meta['date']}. The full mode is `iia-jax bench --out docs` (also `python -m iia_jax.bench --out docs`), "
+        "the quick one `iia-jax bench --quick` (written to `./iia_jax_bench` unless `--out` says otherwise); "
+        "`--replot docs/bench_results_full.json --out docs` rewrites this report from the saved raw results.",
         *[f"- **Rerun**: `python -m iia_jax.bench {r['command']}`, started {r['started']}, took "
           f"{r['seconds'] / 60:.1f} min (library revision {r['revision']}); its sections and models replace the "
           "first run's." for r in results.get("reruns", [])],

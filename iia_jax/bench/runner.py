@@ -1,4 +1,5 @@
-"""Run the benchmark and write ``docs/benchmarks.md`` and ``docs/bench_*.png``."""
+"""Run the benchmark and write ``benchmarks.md`` and ``bench_*.png`` under ``--out``
+(``./iia_jax_bench`` by default; ``--out docs`` rewrites the repository's ``docs/benchmarks.md``)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ from .grids import GRIDS
 from .models import MODELS
 from .peers import PEERS
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# Relative to where the command runs, never inside the installed package or the repository's
+# docs/ (which `--out docs` rewrites on purpose).
+DEFAULT_OUT = Path("iia_jax_bench")
 SECTIONS = ("accuracy", "speed", "fitcost")
 
 
@@ -149,7 +152,7 @@ def config(args) -> Config:
         fit_batch_time=32 if args.quick else 128,
         memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
         memory_modes=("sequential",),
-        out=Path(args.out) if args.out else DOCS)
+        out=Path(args.out) if args.out else DEFAULT_OUT)
 
 
 def versions() -> str:
@@ -257,23 +260,32 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     return results
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``--help``; an option whose default is None says what it means in its help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv=None) -> int:
     """``python -m iia_jax.bench [--quick]``: run, print progress, write the report and plots."""
-    ap = argparse.ArgumentParser(prog="python -m iia_jax.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="iia-jax bench", description=__doc__, formatter_class=_Help)
     ap.add_argument("--quick", action="store_true", help="smaller batches, fewer NFE (a few minutes)")
-    ap.add_argument("--out", help="directory for benchmarks.md and bench_*.png (default: docs/)")
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of the models")
-    ap.add_argument("--grids", nargs="+", choices=list(GRIDS), help="subset of the grids")
-    ap.add_argument("--nfe", nargs="+", type=int, help="NFE values (all models)")
-    ap.add_argument("--solvers", nargs="+", help="subset of our solvers")
+    ap.add_argument("--out", default=str(DEFAULT_OUT),
+                    help="directory for benchmarks.md, bench_*.png and the raw results ('docs' for the "
+                         "repository's pages)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of the models (default: all)")
+    ap.add_argument("--grids", nargs="+", choices=list(GRIDS), help="subset of the grids (default: each model's own set)")
+    ap.add_argument("--nfe", nargs="+", type=int, help="NFE values, for all models (default: each model's own set)")
+    ap.add_argument("--solvers", nargs="+", help="subset of our solvers (default: all)")
     ap.add_argument("--peers", nargs="+", choices=PEERS, metavar="PEER",
-                    help=f"subset of the peers: {', '.join(repr(p) for p in PEERS)}")
-    ap.add_argument("--batch", type=int, help="evaluation and fit batch (all models)")
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
+                    help=f"subset of the peers (default: all): {', '.join(repr(p) for p in PEERS)}")
+    ap.add_argument("--batch", type=int, help="evaluation and fit batch, for all models (default: each model's own)")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections (default: all)")
     ap.add_argument("--replot", metavar="JSON", help="rewrite the report from the raw results of an "
-                    "earlier run with the same options (each run saves them, see its last line)")
+                    "earlier run with the same options (each run saves them, see its last line; default: run)")
     ap.add_argument("--note", action="append", help="with --replot: a line for the report's Setup "
-                    "(kept in the raw results), e.g. what happened to the run")
+                    "(kept in the raw results), e.g. what happened to the run; repeatable (default: none)")
     ap.add_argument("--rerun", action="store_true", help="with --replot: run --sections for --models "
                     "again and replace them in the saved results")
     args = ap.parse_args(argv)
