@@ -31,15 +31,15 @@ def main(argv=None):
     x_fit = iia_jax.initial_noise(jax.random.PRNGKey(0), iia_jax.plan("euler", [80.0, 0.0]), (args.fit_batch, 8, 8, 1))
     x_eval = iia_jax.initial_noise(jax.random.PRNGKey(1), iia_jax.plan("euler", [80.0, 0.0]), (args.n, 8, 8, 1))
     ref_plan = iia_jax.plan("heun", schedules.karras(64, 0.002, 80.0))
-    rows = {}
+    panels = {}
     for steps in (3, 5):                     # heun: NFE 2N - 1 = 5, 9
         plan = iia_jax.plan("heun", schedules.vp_quadratic(steps, 0.002, 80.0))
         res = iia_jax.fit(D, plan, x_fit, quality=digits_check)
         print(res.report.summary(), flush=True)
-        rows[f"NFE {plan.nfe}:"] = {"base heun": iia_jax.sample(D, plan, x_eval),
-                                    "IIA heun": iia_jax.iia_sample(D, plan, res.coeffs, x_eval)}
-    rows["NFE 127:"] = {"fine reference": iia_jax.sample(D, ref_plan, x_eval)}
-    sample_grid(rows, Path(args.out), title="digits, heun on the vp_quadratic grid: base vs IIA (same noise)")
+        panels[f"base, NFE {plan.nfe}"] = iia_jax.sample(D, plan, x_eval)
+        panels[f"IIA, NFE {plan.nfe}"] = iia_jax.iia_sample(D, plan, res.coeffs, x_eval)
+    panels["fine reference, NFE 127"] = iia_jax.sample(D, ref_plan, x_eval)
+    sample_grid(panels, Path(args.out), title="digits, heun on the vp_quadratic grid, same noise in every panel")
     print(f"wrote {args.out}")
 
 

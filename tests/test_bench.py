@@ -1,7 +1,7 @@
 """The benchmark's peer adapters against independent references, and a miniature bench run.
 
 * A diffusers DDIM scheduler stepping an exact mixture through :mod:`iia_jax.bench.peers` is the
-  Euler step in sigma-space (DESIGN.md §2), so it must equal our ``euler`` on the same grid.
+  Euler step in sigma-space (docs/design.md §2), so it must equal our ``euler`` on the same grid.
 * diffusers' Euler (sigma-space, ``scale_model_input``) must equal it too; DPM-Solver++ 2M, UniPC
   and Heun must equal our ``dpmpp_2m`` (Lu et al. 2022), ``unipc`` (Zhao et al. 2023) and ``heun``
   (Karras et al. 2022, Euler on the last step), the same algorithms.
