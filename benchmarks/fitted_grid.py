@@ -369,6 +369,7 @@ def write(results, path_md, path_png):
                   "`vs best family`: returned IIA - the IIA of the family of that fit_plan with the "
                   "lowest error on the evaluation noise (0 when it is the one returned).", ""]
         lines += fitted_table(fitted["digits"], fixed_by_cell, True)
+        lines += ["![digits: median ODE error and digits_score vs NFE, fixed grids and fit_plan](fitted_grid.png)", ""]
     if fitted["mixture"]:
         lines += ["## mixture (earlier run)", "",
                   "An image-shaped exact mixture (10 prototypes, std 0.2), 25 Adam steps, measured at "

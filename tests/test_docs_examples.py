@@ -1,4 +1,4 @@
-"""Every Python example in the README and the user guide runs, top to bottom, as a user would.
+"""Every Python example in the README, the user guide and the migration page runs, top to bottom, as a user would.
 
 The fenced ```python blocks of each page are executed in order in one namespace (a later block
 may use what an earlier one defined), in a fresh working directory, so an example that stops
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("README.md", "docs/guide.md")
+PAGES = ("README.md", "docs/guide.md", "docs/migrating.md")
 SKIP = "<!-- docs-test: skip -->"
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 
