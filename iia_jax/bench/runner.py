@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from . import accuracy, fitcost, report, speed
 from .markdown import markdown
-from .grids import GRIDS
+from .grids import GRIDS, OLD_NAMES
 from .models import MODELS
 from .peers import PEERS
 
@@ -101,9 +101,9 @@ def config(args) -> Config:
     if args.quick:
         # a few minutes of CPU: two grids on the mixtures, Karras on digits, IIA for four solvers
         # (two on digits, whose fits cost the most)
-        mix = (IIASet(("karras", "quadratic"), main, (5, 10)),)
-        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, mix, (), (), 512),
-               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, mix,
+        mix = (IIASet(("karras", "vp_quadratic"), main, (5, 10)),)
+        per = {"separated": ModelSettings((5, 10), ("karras", "vp_quadratic"), 128, 128, mix, (), (), 512),
+               "overlapping": ModelSettings((5, 10), ("karras", "vp_quadratic"), 128, 128, mix,
                                             tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers),
                                             (5,), 512),
                "digits": ModelSettings((5, 10), ("karras",), 128, 48,
@@ -120,15 +120,15 @@ def config(args) -> Config:
         # euler, heun and dpmpp_2m at NFE 5 and 10 on the mixtures, and heun's target at NFE 5 on
         # digits (its default changed).  Fit time for euler only (two fits per mode, own process).
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
-        mix = (IIASet(("karras", "quadratic"), main, (3, 4, 5, 6, 8, 10)),
-               IIASet(("logsnr", "time_uniform"), euler_and_2m, (5, 10)))
+        mix = (IIASet(("karras", "vp_quadratic"), main, (3, 4, 5, 6, 8, 10)),
+               IIASet(("logsnr_uniform", "vp_time_uniform"), euler_and_2m, (5, 10)))
         heun = tuple(s for s in ("heun",) if s in solvers)
         digits_iia = (IIASet(("karras",), euler_and_2m, (3, 4, 5, 6, 8, 10)),
-                      IIASet(("quadratic",), euler_and_2m, (5, 10)), IIASet(("karras",), heun, (5,)))
+                      IIASet(("vp_quadratic",), euler_and_2m, (5, 10)), IIASet(("karras",), heun, (5,)))
         tuned = tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers)
         per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
                "overlapping": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
-               "digits": ModelSettings(nfes, ("karras", "quadratic"), 128, 128, digits_iia, heun, (5,), 256,
+               "digits": ModelSettings(nfes, ("karras", "vp_quadratic"), 128, 128, digits_iia, heun, (5,), 256,
                                        ("target=local",))}
     models = tuple(args.models or MODELS)
     per = {m: per[m] for m in models}
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
         command, results = saved["command"], saved["results"]
-        results["rows"] = [accuracy.Row(*r) for r in results["rows"]]
+        results["rows"] = [accuracy.Row(*r)._replace(grid=OLD_NAMES.get(r[4], r[4])) for r in results["rows"]]
         results["notes"] = results.get("notes", []) + (args.note or [])
         if args.rerun:
             results, command = rerun(cfg, results, command, argv)
