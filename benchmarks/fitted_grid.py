@@ -215,14 +215,14 @@ def _fixed_best_iia(fixed_rows, nfe):
 
 
 def _current(fitted):
-    """The rows of today's fit_plan (last sigma free), or all rows when there are none."""
+    """The rows of the current fit_plan (last sigma free), or all rows when there are none."""
     return [r for r in fitted if "free" in r.get("search", "")] or fitted
 
 
 def goals(fixed, fitted):
-    """The issue's goals, computed from the digits rows of today's fit_plan (met / not met)."""
+    """The issue's goals, computed from the digits rows of the current fit_plan (met / not met)."""
     out = ["## Goals (digits)", "",
-           "From the rows of today's `fit_plan` (`free` in `search`) where there are any; the "
+           "From the rows of the current `fit_plan` (`free` in `search`) where there are any; the "
            "fixed-grid baseline from every row.", ""]
     everything, fitted = fitted, _current(fitted)
     nfe5 = [r for r in fitted if r["nfe"] == 5]
