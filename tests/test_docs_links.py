@@ -63,17 +63,22 @@ def _missing(name: str, text: str, links: bool):
     return sorted(t for t in found if not _exists(t, base))
 
 
-@pytest.mark.parametrize("name, text", sorted({**_pages(), **_notebooks()}.items()))
+def _cases(*sources):
+    texts = {k: v for source in sources for k, v in source().items()}
+    return [pytest.param(name, text, id=name) for name, text in sorted(texts.items())]
+
+
+@pytest.mark.parametrize("name, text", _cases(_pages, _notebooks))
 def test_pages_name_existing_files(name, text):
     assert _missing(name, text, links=True) == [], f"{name} names files the repository lacks"
 
 
-@pytest.mark.parametrize("name, text", sorted(_code().items()))
+@pytest.mark.parametrize("name, text", _cases(_code))
 def test_docstrings_name_existing_files(name, text):
     assert _missing(name, text, links=False) == [], f"{name} names files the repository lacks"
 
 
-@pytest.mark.parametrize("name, text", sorted({**_pages(), **_notebooks(), **_code()}.items()))
+@pytest.mark.parametrize("name, text", _cases(_pages, _notebooks, _code))
 def test_no_machine_paths(name, text):
     assert _MACHINE.findall(text) == [], f"{name} names a machine path"
 
