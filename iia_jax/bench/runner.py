@@ -215,7 +215,10 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     start = time.perf_counter()
     results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]], "seconds": 0.0,
                "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "nice": os.nice(0), "revision": git_revision()}
+               "nice": os.nice(0), "revision": git_revision(),
+               # where the numbers were measured: --replot on another machine must not relabel them
+               "machine": machine(), "machine_short": machine_short(), "versions": versions(),
+               "versions_short": versions_short()}
 
     def checkpoint():
         results["seconds"] = time.perf_counter() - start
@@ -369,9 +372,14 @@ def write(results, cfg: Config, command: str) -> list:
     if results["speed"] or results["fitcost"].get("memory"):
         report.plot_speed(results["speed"], results["fitcost"], out / "bench_speed.png")
         paths.append(out / "bench_speed.png")
+    # Machine and versions as recorded by the run; raw results from before they were recorded
+    # fall back to the machine writing the report, and say so.
+    unrecorded = " (not recorded by the run: the machine that wrote the report)"
     meta = dict(command=command, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                machine=machine(), versions=versions(),
+                machine=results.get("machine") or machine() + unrecorded,
+                versions=results.get("versions") or versions() + unrecorded,
                 revision=results.get("revision") or f"{git_revision()} (when the report was written)",
-                machine_short=machine_short(), versions_short=versions_short())
+                machine_short=results.get("machine_short") or machine_short(),
+                versions_short=results.get("versions_short") or versions_short())
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths
