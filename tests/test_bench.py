@@ -103,9 +103,14 @@ def test_miniature_bench_writes_table_and_plot(tmp_path):
     saved = json.loads(raw.read_text())
     assert len(saved["results"]["rows"]) == 2 * 4   # euler base + IIA, DDIM, diffrax Euler at NFE 4 and 6
     saved["results"]["rows"] = []
+    # the machine is the run's, as recorded, not that of whoever replots it
+    assert f"**Machine**: {saved['results']['machine']};" in text
+    saved["results"]["machine"] = "the measuring machine"
     raw.write_text(json.dumps(saved))
     assert main(args + ["--replot", str(raw)]) == 0
-    assert "cut short: no model separated" in (tmp_path / "benchmarks.md").read_text()
+    replotted = (tmp_path / "benchmarks.md").read_text()
+    assert "cut short: no model separated" in replotted
+    assert "**Machine**: the measuring machine;" in replotted
 
 
 def _row(family, method, grid, median, nfe=5, variant=""):
