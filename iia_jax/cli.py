@@ -65,16 +65,15 @@ def load_model(spec: str, guidance: float | None = None) -> Model:
         return Model(spec, denoiser, (8, 8, 1), False, schedules.edm(0.002, 80.0), None, grid,
                      f"{spec}:{record.get('weights_sha256', 'unknown')[:16]}", spec == "digits-cond")
     if spec.startswith("diffusers:"):
-        from .models.diffusers_io import (_find_scheduler_config, _read_json, _weights_path,
-                                          alphas_cumprod_from_scheduler_config, from_diffusers)
+        from .models.diffusers_io import from_diffusers, scheduler_alphas, weights_file
         path = spec.split(":", 1)[1]
         denoiser, module, _ = from_diffusers(path)
-        alphas = alphas_cumprod_from_scheduler_config(_read_json(_find_scheduler_config(path)))
+        alphas = scheduler_alphas(path)
         cfg = module.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
         shape = (size, size, cfg.in_channels)
         return Model(f"diffusers:{path}", denoiser, shape, True, schedules.vp_discrete(alphas), alphas,
-                     "time_uniform", f"diffusers:{_file_sha256(_weights_path(path, None))}")
+                     "time_uniform", f"diffusers:{_file_sha256(weights_file(path))}")
     raise SystemExit(f"error: --model must be 'digits', 'digits-cond' or 'diffusers:PATH', got {spec!r}")
 
 

@@ -12,7 +12,7 @@ from . import solvers
 from .rows import batch_sharding, check_cond, shard_rows
 
 __all__ = ["Plan", "plan", "sample", "initial_noise", "integrate", "run_steps", "check_state",
-           "bind_condition", "grid_fingerprint"]
+           "bind_condition", "grid_fingerprint", "check_plan"]
 
 
 @jax.tree_util.register_dataclass
@@ -94,7 +94,8 @@ def initial_noise(key, plan: Plan, shape, vp: bool = False, dtype=jnp.float32):
     return scale * jax.random.normal(key, tuple(shape), dtype)
 
 
-def _check_plan(p) -> solvers.Solver:
+def check_plan(p) -> solvers.Solver:
+    """The solver of a :class:`Plan`; refuses anything that is not one."""
     if not isinstance(p, Plan):
         raise TypeError(f"plan must be an iia_jax.Plan (use iia_jax.plan(solver, sigmas)), got "
                         f"{type(p).__name__}")
@@ -164,7 +165,7 @@ def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_fin
     ``check_finite=True`` raises a ValueError naming the first step whose denoiser output was
     NaN/Inf; it needs concrete values, so use it outside ``jax.jit`` (for debugging).
     """
-    solver = _check_plan(plan)
+    solver = check_plan(plan)
     check_state(x_T)
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")

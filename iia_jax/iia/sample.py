@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..rows import batch_sharding, check_cond, shard_rows
-from ..sampling import _check_plan, bind_condition, check_state, raise_if_not_finite, run_steps
+from ..sampling import check_plan, bind_condition, check_state, raise_if_not_finite, run_steps
 from .coefficients import check_coefficients
 
 
@@ -36,7 +36,7 @@ def iia_sample(denoiser, plan, coeffs, x_T, return_trajectory: bool = False,
     naming the field, also inside ``jax.jit`` (the grid fingerprints are static).  ``cond``,
     ``mesh`` and ``batch_axis`` as in :func:`iia_jax.sample`.  Jittable like ``sample``.
     """
-    solver = _check_plan(plan)
+    solver = check_plan(plan)
     check_state(x_T)
     spec = check_coefficients(coeffs, plan, denoiser)
     check_cond(cond, x_T.shape[0])

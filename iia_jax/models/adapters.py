@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from ..schedules import Schedule, _sigma_table
+from ..schedules import Schedule, sigma_table
 
 __all__ = ["edm", "from_eps", "from_v", "from_x0", "from_discrete_eps", "from_discrete_v"]
 
@@ -129,7 +129,7 @@ def _discrete_time_rounded(table, sigma):
 
 
 def _discrete_time_map(alphas_cumprod, quantize: bool) -> Partial:
-    table = _sigma_table(alphas_cumprod).astype(np.float32)
+    table = sigma_table(alphas_cumprod).astype(np.float32)
     return Partial(_discrete_time_rounded if quantize else _discrete_time, table)
 
 

@@ -33,7 +33,7 @@ from flax import traverse_util
 
 from ..nets.unet2d import UNet2D, UNet2DConfig
 
-__all__ = ["load_unet2d", "from_diffusers", "convert_unet2d_state_dict",
+__all__ = ["load_unet2d", "from_diffusers", "convert_unet2d_state_dict", "scheduler_alphas", "weights_file",
            "alphas_cumprod_from_scheduler_config"]
 
 CONFIG_NAME = "config.json"
@@ -283,6 +283,16 @@ def alphas_cumprod_from_scheduler_config(config: Mapping[str, Any]) -> np.ndarra
         beta_start=float(config.get("beta_start", 1e-4)),
         beta_end=float(config.get("beta_end", 0.02)),
         num_train_timesteps=int(config.get("num_train_timesteps", 1000)))
+
+
+def scheduler_alphas(model_dir) -> np.ndarray:
+    """``alphas_cumprod`` of the scheduler config that sits with a local diffusers model folder."""
+    return alphas_cumprod_from_scheduler_config(_read_json(_find_scheduler_config(model_dir)))
+
+
+def weights_file(model_dir, variant: Optional[str] = None) -> str:
+    """The safetensors weights file of a local diffusers model folder (refuses pickles)."""
+    return _weights_path(_resolve_model_dir(model_dir), variant)
 
 
 def from_diffusers(model_dir, scheduler_config: Union[None, str, os.PathLike, Mapping] = None,
