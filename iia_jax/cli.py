@@ -226,8 +226,7 @@ def cmd_fit(args):
     _say(args, f"saved {res.coeffs} to {path}")
     if args.json:
         report = res.report._asdict()
-        for bulky in ("coeffs", "grids"):      # fit_plan's candidates: only their names and medians
-            report.pop(bulky, None)
+        report.pop("coeffs", None)     # fit_plan's candidates' coefficients: the chosen ones are below
         print(json.dumps(_jsonable(dict(command="fit", model=model.name, out=str(path),
                                         plan=_plan_record(plan), fit_batch=args.batch,
                                         coefficients=res.coeffs.metadata(),

@@ -97,3 +97,18 @@ def test_bench_writes_outside_the_repository_by_default():
                               peers=None, batch=None, sections=None)
     assert config(args).out == DEFAULT_OUT and not DEFAULT_OUT.is_absolute()
     assert config(argparse.Namespace(**{**vars(args), "out": "docs"})).out.name == "docs"
+
+
+def test_json_values():
+    """Reports hold arrays, numpy scalars, NaN (no judge) and NamedTuples: all plain JSON."""
+    from typing import NamedTuple
+
+    class R(NamedTuple):
+        kept: object
+        pair: tuple
+        nested: dict
+
+    out = cli._jsonable(R(np.array([True, False]), (np.float32(0.5), float("nan")),
+                          {"a": np.arange(2), "b": np.array([np.nan, 1.0])}))
+    assert json.loads(json.dumps(out)) == {"kept": [True, False], "pair": [0.5, None],
+                                           "nested": {"a": [0, 1], "b": [None, 1.0]}}
