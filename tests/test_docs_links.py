@@ -3,11 +3,13 @@
 Checked in the README, every page of ``docs/``, the notebooks (sources and outputs) and the
 docstrings and comments of ``iia_jax/``: every relative Markdown link and every repository path
 written in backticks (``docs/x.md``, ``iia_jax/...``, ``benchmarks/x.py``, ...) exists, and no text
-names a machine path (``/tmp/...``, ``/home/...``, ``/work/...``, ``/root/...``).  Every PNG in
-``docs/`` is shown by some page.
+names a machine path (``/tmp/...``, ``/home/...``, ``/work/...``, ``/root/...``).  Every dotted
+name ``iia_jax.x.y`` a page or notebook names can be imported.  Every PNG in ``docs/`` is shown by
+some page.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -19,6 +21,9 @@ TOP = ("iia_jax", "docs", "tests", "benchmarks", "notebooks", "scripts", "checkp
 _LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")                     # [text](target)
 _PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./*-]*[\w*])" % "|".join(re.escape(t) for t in TOP))
 _MACHINE = re.compile(r"(?<![\w.])/(?:tmp|home|work|root|Users)/[\w.-]")
+_DOTTED = re.compile(r"(?<![\w/])(iia_jax(?:\.[A-Za-z_]\w*)+)")
+# Stale names in a page another change owns; reported, to be removed with that page's fix.
+KNOWN_STALE = {"docs/iia.md": {"iia_jax.iia.fit.DEFAULT_TARGET", "iia_jax.iia.fit.solve_matched"}}
 # Paths that a command creates (outputs), not files the repository holds.
 _OUTPUTS = ("checkpoints/",)
 
@@ -83,6 +88,28 @@ def test_no_machine_paths(name, text):
     assert _MACHINE.findall(text) == [], f"{name} names a machine path"
 
 
+def _resolves(name: str) -> bool:
+    """``iia_jax.a.b.c``: the longest importable module prefix, then attributes."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name, text", _cases(_pages, _notebooks))
+def test_pages_name_existing_python_objects(name, text):
+    stale = {n for n in _DOTTED.findall(text) if not _resolves(n)} - KNOWN_STALE.get(name, set())
+    assert stale == set(), f"{name} names Python objects that do not exist"
+
+
 def test_every_docs_png_is_shown():
     pages = "\n".join([*_pages().values(), *_notebooks().values()])
     unshown = [p.name for p in sorted((ROOT / "docs").glob("*.png")) if p.name not in pages]
@@ -94,3 +121,5 @@ def test_the_checker_catches_what_it_should():
         ["iia_jax/no_such.py", "no_such_page.md"]
     assert _missing("docs/x.md", "see [a](design.md#1) and `docs/guide.md`, `iia_jax/iia/fit.py`.", True) == []
     assert _MACHINE.findall("wrote /tmp/x.json") and not _MACHINE.findall("see docs/x and a/tmp/b")
+    assert _resolves("iia_jax.models.from_eps") and _resolves("iia_jax.schedules")
+    assert not _resolves("iia_jax.models.from_epsilon") and not _resolves("iia_jax.no_such_module.x")
