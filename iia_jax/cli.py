@@ -362,10 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", formatter_class=_Help,
                        help="fit IIA on the shipped digits model; print base vs IIA; write PNGs",
-                       description="Fit IIA for heun, euler and dpmpp_2m on the shipped digits model in "
-                                   "the recommended configuration (that of 'iia-jax fit --model digits') "
-                                   "and compare base and IIA samples from fresh noise with a fine "
-                                   "reference: median ODE error and digits_score.")
+                       description="Fit IIA for heun, euler and dpmpp_2m on the shipped digits model in\n"
+                                   "the recommended configuration (that of 'iia-jax fit --model digits'), and\n"
+                                   "compare base and IIA samples from fresh noise with a fine reference:\n"
+                                   "median ODE error and digits_score.")
     p.add_argument("--out", default="checkpoints/demo", help="where results.json, PNGs and coefficients go")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help="heun's steps N; euler and dpmpp_2m take the same NFE, 2N - 1 steps")
