@@ -52,3 +52,14 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
         except Exception as e:  # name the page and line of the block that broke
             raise AssertionError(f"the example at {page}, line {block.line}, failed: "
                                  f"{type(e).__name__}: {e}") from e
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` runs the README's test command verbatim (a fresh virtualenv, then that line)."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line.strip() for block in re.findall(r"^```bash\n(.*?)^```", readme, re.S | re.M)
+                for line in block.splitlines() if line.strip().startswith("python -m pip install")]
+    assert commands[:2] == ['python -m pip install -e . && iia-jax demo',
+                            'python -m pip install -e ".[test]" && python -m pytest -q']
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[1] in ci
