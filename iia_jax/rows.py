@@ -1,4 +1,4 @@
-"""The rows of a fit batch: the one place where :func:`iia_jax.fit` splits it (DESIGN.md §4).
+"""The rows of a fit batch: the one place where :func:`iia_jax.fit` splits it (docs/design.md §4).
 
 A fit batch is a pytree whose leaves share a leading axis of ``B`` rows: the initial states
 ``x_T`` and, for a conditional denoiser ``D(x, sigma, cond)``, the conditions.  Every split the fit

@@ -1,6 +1,6 @@
 """Noise schedules and step plans, all expressed in EDM sigma-space.
 
-Every model is mapped to ``x = x0 + sigma * n`` (DESIGN.md §2).  A variance-preserving
+Every model is mapped to ``x = x0 + sigma * n`` (docs/design.md §2).  A variance-preserving
 (VP) model with ``x_vp = alpha_t x0 + sigma_vp n`` lives at ``sigma = sigma_vp / alpha_t``
 and ``x = x_vp / alpha_t``; since ``alpha_t^2 + sigma_vp^2 = 1`` we have
 ``alpha_t = 1 / sqrt(1 + sigma^2)``.

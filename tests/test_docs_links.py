@@ -21,9 +21,7 @@ TOP = ("iia_jax", "docs", "tests", "benchmarks", "notebooks", "scripts", "checkp
 _LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")                     # [text](target)
 _PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./*-]*[\w*])" % "|".join(re.escape(t) for t in TOP))
 _MACHINE = re.compile(r"(?<![\w.])/(?:tmp|home|work|root|Users)/[\w.-]")
-_DOTTED = re.compile(r"(?<![\w/])(iia_jax(?:\.[A-Za-z_]\w*)+)")
-# Stale names in a page another change owns; reported, to be removed with that page's fix.
-KNOWN_STALE = {"docs/iia.md": {"iia_jax.iia.fit.DEFAULT_TARGET", "iia_jax.iia.fit.solve_matched"}}
+_DOTTED = re.compile(r"(?<![\w/\"'])(iia_jax(?:\.[A-Za-z_]\w*)+)")
 # Paths that a command creates (outputs), not files the repository holds.
 _OUTPUTS = ("checkpoints/",)
 
@@ -106,7 +104,7 @@ def _resolves(name: str) -> bool:
 
 @pytest.mark.parametrize("name, text", _cases(_pages, _notebooks))
 def test_pages_name_existing_python_objects(name, text):
-    stale = {n for n in _DOTTED.findall(text) if not _resolves(n)} - KNOWN_STALE.get(name, set())
+    stale = {n for n in _DOTTED.findall(text) if not _resolves(n)}
     assert stale == set(), f"{name} names Python objects that do not exist"
 
 

@@ -19,7 +19,7 @@ TARGETS = ("local", "trajectory")
 class Coefficients:
     """IIA coefficients ``values [N, K]`` for one plan, plus what they were fitted for.
 
-    A pytree: ``values`` and ``sigmas`` are leaves; the rest is static metadata (DESIGN.md §4).
+    A pytree: ``values`` and ``sigmas`` are leaves; the rest is static metadata (docs/design.md §4).
     ``kept[i]`` is False where the never-worse check zeroed step i.  ``plan_fingerprint`` is the
     fitted plan's :attr:`~iia_jax.Plan.fingerprint`: static, so checked even under ``jax.jit``.
     ``match_spread``: fitted with the spread-preserving least squares (``fit(match_spread=True)``).

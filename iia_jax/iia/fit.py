@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..metrics.ode import per_sample_rms
 from ..rows import FitRows, Layout, check_cond, split_batch, to_host as _host
-from ..sampling import bind_condition, check_plan, check_state, integrate, run_steps
+from ..sampling import bind_condition, check_plan, check_state, integrate, run_steps, to_compute_dtype
 from ..solvers import get as get_solver
 from .coefficients import Coefficients
 from .config import QUALITY_Z, FitConfig, Judge
@@ -519,6 +519,7 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
     config = FitConfig.build(config, **options)
     solver = check_plan(plan)
     check_state(x_T)
+    x_T, _ = to_compute_dtype(x_T)    # float16/bfloat16 rows are fitted in float32
     check_cond(cond, x_T.shape[0])
     spec = feature_spec(plan.solver, config.preset, config.history)
     target = config.target_for(plan.solver)
