@@ -252,8 +252,8 @@ def goals(fixed, fitted):
                    f"time of a plain fit of the same rows (`fit karras` inside the same `fit_plan`; rows "
                    f"with fit_plan's own families and 25 Adam steps); "
                    f"goal <= 10x **{'met' if ok else 'not met'}**. Longest `fit_plan` "
-                   f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, load "
-                   f"average {longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
+                   f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, 1-minute system load "
+                   f"{longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
     paired = [r for r in fitted if "q_vs_family" in r]
     if paired:
         worse = [r for r in paired if r["q_vs_family"]["diff"] > 2 * r["q_vs_family"]["se"]]

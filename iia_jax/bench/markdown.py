@@ -154,10 +154,9 @@ def _setup(cfg, results, meta):
           f"{r['seconds'] / 60:.1f} min (library revision {r['revision']}); its sections and models replace the "
           "first run's." for r in results.get("reruns", [])],
         *[f"- **Note**: {note}" for note in results.get("notes", [])],
-        f"- **Machine**: {meta['machine']}; 1-minute load average during the run "
-        f"{min(results['load']):.1f}..{max(results['load']):.1f} (sampled between sections), so other jobs "
-        "shared the cores: only ratios measured within this run are reported for speed, and the run took "
-        "longer than it would alone.",
+        f"- **Machine**: {meta['machine']}; the cores were shared with other jobs (1-minute system load "
+        f"{min(results['load']):.1f}..{max(results['load']):.1f}, sampled between sections): only ratios "
+        "measured within this run are reported for speed, and the run took longer than it would alone.",
         f"- **Versions**: {meta['versions']}; library revision {meta['revision']}.",
         f"- **Models** (EDM denoisers, sigma {0.002}..{80.0}): `separated` = exact 2-D mixture, 8 modes on "
         "the unit circle, std 0.05; `overlapping` = exact 8x8x1 mixture, 10 modes, means U[-1, 1] (seed 11), "
