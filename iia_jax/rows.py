@@ -1,4 +1,4 @@
-"""The rows of a fit batch: the one place where :func:`iia_jax.fit` splits it (DESIGN.md §4).
+"""The rows of a fit batch: the one place where :func:`iia_jax.fit` splits it (docs/design.md §4).
 
 A fit batch is a pytree whose leaves share a leading axis of ``B`` rows: the initial states
 ``x_T`` and, for a conditional denoiser ``D(x, sigma, cond)``, the conditions.  Every split the fit
@@ -256,14 +256,18 @@ class FitRows(NamedTuple):
 
     def holdout_indices(self) -> np.ndarray:
         """Indices into the batch of the real held-out rows."""
-        return self.layout.split_indices(_on_host(self.positions))[1]
+        return self.layout.split_indices(to_host(self.positions))[1]
 
 
-def _on_host(a) -> np.ndarray:
-    """A (tiny) replicated array on the host, also when other processes hold shards of the mesh."""
+def to_host(a) -> np.ndarray:
+    """A device array on the host.  Across processes: a replicated one from this process's copy,
+    a sharded one (e.g. one scalar a row) gathered from all processes."""
     if getattr(a, "is_fully_addressable", True):
         return np.asarray(a)
-    return np.asarray(a.addressable_data(0))
+    if a.is_fully_replicated:
+        return np.asarray(a.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def split_batch(x_T, cond, holdout: float, chunk_size: int | None, key=None, mesh=None,
@@ -312,4 +316,4 @@ def split_indices(rows: int, holdout: float, key=None) -> tuple[np.ndarray, np.n
 
 
 __all__ = ["Layout", "Sharding", "FitRows", "make_layout", "split_batch", "split_indices",
-           "batch_sharding", "shard_rows", "check_cond", "holdout_fraction"]
+           "batch_sharding", "shard_rows", "check_cond", "holdout_fraction", "to_host"]

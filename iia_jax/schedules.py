@@ -1,6 +1,6 @@
 """Noise schedules and step plans, all expressed in EDM sigma-space.
 
-Every model is mapped to ``x = x0 + sigma * n`` (DESIGN.md §2).  A variance-preserving
+Every model is mapped to ``x = x0 + sigma * n`` (docs/design.md §2).  A variance-preserving
 (VP) model with ``x_vp = alpha_t x0 + sigma_vp n`` lives at ``sigma = sigma_vp / alpha_t``
 and ``x = x_vp / alpha_t``; since ``alpha_t^2 + sigma_vp^2 = 1`` we have
 ``alpha_t = 1 / sqrt(1 + sigma^2)``.
@@ -193,12 +193,8 @@ def finish_grid(sigmas) -> np.ndarray:
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> int:
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
-        raise TypeError(f"num_steps must be an integer >= {minimum}, got {type(num_steps).__name__} "
-                        f"{num_steps!r}")
-    if num_steps < minimum:
-        raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
-    return int(num_steps)
+    from .validate import integer   # here: validate imports jax, which a schedule does not need
+    return integer(num_steps, "num_steps", minimum)
 
 
 def _check_range(sigma_min, sigma_max):

@@ -1,7 +1,7 @@
 """The benchmark models: exact Gaussian mixtures and the shipped digits network.
 
-All are EDM denoisers ``D(x, sigma)`` (DESIGN.md §2); the mixtures are exact, so their ODE has no
-model error, only integration error.  :data:`MODELS` are the peer benchmark's
+All are EDM denoisers ``D(x, sigma)`` (docs/design.md §2); the mixtures are exact, so their ODE
+has no model error, only integration error.  :data:`MODELS` are the peer benchmark's
 (``python -m iia_jax.bench``, sigma in [0.002, 80]); the plain denoisers below them are the
 mixtures of the scripts in ``benchmarks/``, each defined once here.
 """

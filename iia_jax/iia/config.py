@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ..rows import holdout_fraction
+from .. import validate
 from .coefficients import FIT_MODES, TARGETS
 from .features import DEFAULT_TARGET, PRESET_SOLVERS
 from .solve import SOLVES, MatchedSolve, PlainSolve
@@ -48,16 +48,6 @@ class Judge(NamedTuple):
     def worse(self, judged: tuple[float, float]) -> bool:
         """Whether a ``(difference, se)`` verdict says the candidate is worse than the base."""
         return judged[0] > self.z * judged[1]
-
-
-def _integer(name, value, minimum, none_ok=False):
-    """``value`` as a Python int >= minimum (numpy integers accepted alike)."""
-    if value is None and none_ok:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        what = f"an integer >= {minimum}" + (" or None" if none_ok else "")
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,20 +84,15 @@ class FitConfig:
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         if self.preset is not None and self.preset not in PRESET_SOLVERS:
             raise ValueError(f"preset must be None or one of {tuple(PRESET_SOLVERS)}, got {self.preset!r}")
-        fix("history", _integer("history", self.history, 0))
-        fix("fine_steps", _integer("fine_steps", self.fine_steps, 2))
-        fix("chunk_size", _integer("chunk_size", self.chunk_size, 1, none_ok=True))
+        fix("history", validate.integer(self.history, "history", 0))
+        fix("fine_steps", validate.integer(self.fine_steps, "fine_steps", 2))
+        if self.chunk_size is not None:
+            fix("chunk_size", validate.integer(self.chunk_size, "chunk_size", 1))
         if self.mode not in FIT_MODES:
             raise ValueError(f"mode must be one of {FIT_MODES}, got {self.mode!r}")
         if self.target is not None and self.target not in TARGETS:
             raise ValueError(f"target must be None or one of {TARGETS}, got {self.target!r}")
-        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float, np.floating)) \
-                or not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must be a number in [0, 1), got {self.holdout!r}")
-        if self.holdout > 0 and holdout_fraction(self.holdout)[0] == 0:
-            raise ValueError(f"holdout={self.holdout} rounds to no held-out row in any group of up to "
-                             "32 rows, so the never-worse check would not run; use holdout >= 1/32 "
-                             "or holdout=0 to switch it off knowingly")
+        validate.fit_options(self.holdout, self.judge)
         if not isinstance(self.solve, SOLVES):
             raise TypeError(f"solve must be one of {[s.__name__ for s in SOLVES]}, got "
                             f"{type(self.solve).__name__}")
@@ -115,10 +100,6 @@ class FitConfig:
             if not isinstance(self.judge, Judge) or not callable(self.judge.compare):
                 raise TypeError(f"judge must be an iia_jax.iia.Judge (or pass quality=callable), got "
                                 f"{type(self.judge).__name__}")
-            if self.holdout == 0:
-                raise ValueError("a quality judge needs held-out rows (holdout > 0): its guard runs "
-                                 "after the never-worse check and keeps only what still lowers the "
-                                 "held-out error; with holdout=0 it would never be called")
 
     @property
     def ridge(self) -> float:

@@ -60,8 +60,9 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..metrics.ode import per_sample_rms
-from ..rows import FitRows, Layout, check_cond, split_batch
-from ..sampling import bind_condition, check_plan, check_state, integrate, run_steps
+from ..rows import FitRows, Layout, check_cond, split_batch, to_host as _host
+from ..sampling import bind_condition, check_plan, check_state, integrate, run_steps, to_compute_dtype
+from ..solvers import get as get_solver
 from .coefficients import Coefficients
 from .config import QUALITY_Z, FitConfig, Judge
 from .features import feature_spec
@@ -288,6 +289,15 @@ def _iia_errors(denoiser, sigmas, values, x, cond, reference, *, solver, spec):
     return per_sample_rms(_iia_run(denoiser, sigmas, values, x, cond, solver=solver, spec=spec), reference)
 
 
+def candidate_samples(denoiser, solver: str, spec, sigmas, values, x, cond=None):
+    """The IIA sampler's samples at sigma = 0 for coefficient ``values [N, K]`` on the grid
+    ``sigmas`` (zero values: the base sampler), compiled once per process for each solver,
+    feature spec and shapes: grids and coefficients are data.  For comparing candidates
+    (:func:`iia_jax.fit_plan`); users sample with :func:`iia_jax.iia_sample`, which checks the
+    plan and the coefficients."""
+    return _SAMPLES(denoiser, sigmas, values, x, cond, solver=get_solver(solver), spec=spec)
+
+
 _MODEL_STATIC = ("solver", "spec", "fine_steps")
 _TEACHER = _compiled(_teacher_forced, _MODEL_STATIC + ("keep_features", "spread"))
 _SEQUENTIAL = _compiled(_sequential, _MODEL_STATIC + ("target", "solve", "exact"))
@@ -479,17 +489,6 @@ def _raise_if_bad(ok, sigmas, what):
                          "returned NaN/Inf or the features are degenerate there")
 
 
-def _host(a) -> np.ndarray:
-    """A device array on the host.  Across processes: a replicated one from this process's copy,
-    a per-row one (one scalar a row) gathered from all processes."""
-    if getattr(a, "is_fully_addressable", True):
-        return np.asarray(a)
-    if a.is_fully_replicated:
-        return np.asarray(a.addressable_data(0))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-
-
 # ----------------------------------------------------------------------------- fit
 
 def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=None, mesh=None,
@@ -520,6 +519,7 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
     config = FitConfig.build(config, **options)
     solver = check_plan(plan)
     check_state(x_T)
+    x_T, _ = to_compute_dtype(x_T)    # float16/bfloat16 rows are fitted in float32
     check_cond(cond, x_T.shape[0])
     spec = feature_spec(plan.solver, config.preset, config.history)
     target = config.target_for(plan.solver)
@@ -561,4 +561,4 @@ def _report(local: dict, chosen: _Selection, rows: FitRows, seconds: float) -> F
                      quality_difference=chosen.judged, quality_dropped=chosen.dropped)
 
 
-__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "fine_grid", "fine_solution"]
+__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "candidate_samples", "fine_grid", "fine_solution"]

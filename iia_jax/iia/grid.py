@@ -71,13 +71,14 @@ from tqdm.auto import tqdm
 from .. import schedules, solvers
 from ..metrics.ode import per_sample_rms
 from ..rows import check_cond, split_indices
-from ..sampling import bind_condition, check_state, plan as make_plan, run_steps, sample
+from .. import validate
+from ..sampling import bind_condition, check_state, plan as make_plan, run_steps, to_compute_dtype
 from .coefficients import Coefficients
 from .config import FitConfig
 from .features import feature_spec
-from .fit import fit
+from .fit import candidate_samples, fit
 from .solve import gram_stats, solve_gram
-from .sample import apply_correction, corrected_step, iia_sample
+from .sample import apply_correction, corrected_step
 
 FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "vp_quadratic", "time_uniform")
 # vp_quadratic joined after the peer benchmark found it the best fixed grid on the digits model
@@ -340,11 +341,7 @@ class _Counted:
         return cls(children[0], tally)
 
 
-def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
-                learning_rate, search_rows, reference_steps):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
-        raise ValueError(f"num_steps must be an integer >= 2 (the grid runs sigma_max, s_1, ..., 0 "
-                         f"with s_1, ... free), got {num_steps!r}")
+def _check_args(sigma_min, sigma_max, init, families, schedule, judge, learning_rate):
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, "
                          f"sigma_max={sigma_max!r}")
@@ -362,14 +359,8 @@ def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge
             raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
     if not 0.0 < judge < 1.0:
         raise ValueError(f"judge must be in (0, 1), got {judge!r}")
-    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 0:
-        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
-    if isinstance(search_rows, bool) or not isinstance(search_rows, int) or search_rows < 2:
-        raise ValueError(f"search_rows must be an integer >= 2, got {search_rows!r}")
-    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 2:
-        raise ValueError(f"reference_steps must be an integer >= 2, got {reference_steps!r}")
 
 
 def split_rows(num_rows: int, judge: float, search_rows: int, key=None):
@@ -432,9 +423,13 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     families = tuple(DEFAULT_FAMILIES + (("time_uniform",) if schedule is not None else ())
                      if families is None else families)
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-    _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
-                learning_rate, search_rows, reference_steps)
+    num_steps = validate.integer(num_steps, "num_steps", 2)
+    search_steps = validate.integer(search_steps, "search_steps", 0)
+    search_rows = validate.integer(search_rows, "search_rows", 2)
+    reference_steps = validate.integer(reference_steps, "reference_steps", 2)
+    _check_args(sigma_min, sigma_max, init, families, schedule, judge, learning_rate)
     config = FitConfig.build(config, **fit_options)
+    x_T, _ = to_compute_dtype(x_T)
     families = tuple(dict.fromkeys(((init,) if init != "best" else ()) + families))
     spec = feature_spec(solver, config.preset, config.history)
     ridge = config.ridge
@@ -464,6 +459,10 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     pbar.update(1)
 
     grids, coeffs, median, median_base = {}, {}, {}, {}
+    # One counted denoiser for every candidate: their fits and judge runs share compiled programs
+    # (the sigmas are data), so only the first candidate compiles.
+    tally = _Tally()
+    counted = _Counted(denoiser, tally)
 
     def judged(name, sigmas):
         """Ordinary fit on the training rows, then the judge rows' median error (IIA, base);
@@ -476,16 +475,16 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
                                                              median_base[same[0]])
             phase(f"fit {name}", 0, t0)
             return
-        tally = _Tally()
-        counted = _Counted(denoiser, tally)
+        before = tally.count
         p = make_plan(solver, sigmas)
         fitted = fit(counted, p, x_train, config, cond=c_train, key=key, progress=False).coeffs
-        x_iia = jax.jit(lambda x, c: iia_sample(counted, p, fitted, x, cond=c))(x_judge, c_judge)
-        x_base = jax.jit(lambda x, c: sample(counted, p, x, cond=c))(x_judge, c_judge)
+        grid = jnp.asarray(sigmas, x_T.dtype)
         coeffs[name] = fitted
-        median[name], median_base[name] = (float(np.median(np.asarray(per_sample_rms(x, judge_end))))
-                                           for x in (x_iia, x_base))
-        phase(f"fit {name}", tally.count, t0)
+        median[name], median_base[name] = (
+            float(np.median(np.asarray(per_sample_rms(
+                candidate_samples(counted, solver, spec, grid, values, x_judge, c_judge), judge_end))))
+            for values in (fitted.values, jnp.zeros_like(fitted.values)))
+        phase(f"fit {name}", tally.count - before, t0)
 
     for name in families:
         judged(name, family_grid(name, num_steps, sigma_min, sigma_max, schedule))

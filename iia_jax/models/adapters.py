@@ -1,6 +1,6 @@
 """Adapters from common network parameterisations to the EDM denoiser ``D(x, sigma)``.
 
-In sigma-space (DESIGN.md §2) a VP network sees ``x_vp = alpha x`` with
+In sigma-space (docs/design.md §2) a VP network sees ``x_vp = alpha x`` with
 ``alpha = 1/sqrt(1 + sigma^2)`` at its own time ``t = t(sigma)``, and
 
 * eps-prediction: ``D = x - sigma * eps(alpha x, t)``

@@ -8,7 +8,7 @@ the noise schedule lives in ``scheduler_config.json`` beside them or in a siblin
   converts the weights. Tensors are read with ``safetensors.numpy`` only: pickled
   ``.bin`` checkpoints are never opened.
 * :func:`from_diffusers` also reads the scheduler and returns the EDM denoiser
-  ``D(x, sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma))`` (DESIGN.md §2).
+  ``D(x, sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma))`` (docs/design.md §2).
 
 Weight conversion (torch -> Flax): a state-dict name maps to a parameter path by
 joining list indices to the preceding name (``down_blocks.0.resnets.1.conv1.weight`` ->
@@ -297,7 +297,7 @@ def weights_file(model_dir, variant: Optional[str] = None) -> str:
 
 def from_diffusers(model_dir, scheduler_config: Union[None, str, os.PathLike, Mapping] = None,
                    quantize: bool = False, variant: Optional[str] = None):
-    """A diffusers DDPM checkpoint as an EDM denoiser ``D(x, sigma)`` (DESIGN.md §2).
+    """A diffusers DDPM checkpoint as an EDM denoiser ``D(x, sigma)`` (docs/design.md §2).
 
     Args:
       model_dir: see :func:`load_unet2d`.
