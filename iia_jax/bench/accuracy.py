@@ -9,6 +9,7 @@ judge classifier; lower is better, :func:`.harness.score`).  The loop itself is 
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple
 
@@ -117,10 +118,10 @@ def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int, names) -> list:
 
 def diffrax_rows(bench: Bench, grid_name: str, nfe: int, names) -> list:
     m, rows = bench.model, []
-    for name, (_, per_step, first) in peers.DIFFRAX_FIXED.items():
+    for name in peers.DIFFRAX_FIXED:
         if name not in names:
             continue
-        n = steps_for(nfe, lambda n, per_step=per_step, first=first: first + per_step * (n - 1) + 1, exact=True)
+        n = steps_for(nfe, functools.partial(peers.diffrax_nfe, name), exact=True)
         if n is None:
             continue
         sigmas = jnp.asarray(grid(grid_name, n, m.sigma_min, m.sigma_max))
