@@ -159,42 +159,43 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
     return fit_data, states, ok
 
 
-def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
-                     target, solve, exact):
+def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target, solve,
+                     exact):
     """The IIA sampler over chunks ``x [C, b, ...]`` (conditions ``cond`` alike), fitting each
     step's coefficients on the training rows with ``solve`` before moving on.  ``weights
-    [C, 2, b]`` (training, held-out); ``reference [N, C, b, ...]`` is the fine trajectory
-    (trajectory target only); ``exact`` (one chunk, one device): the solve sees the rows
-    themselves, not only their sums."""
+    [C, 2, b]`` (training, held-out).  Target ``local``: the fine solution of each interval from
+    the current state; ``trajectory``: the fine reference trajectory from ``x``, integrated
+    alongside one interval a step (a row keeps one fine state, not the whole trajectory).
+    ``exact`` (one chunk, one device): the solve sees the rows themselves, not only their sums.
+    Returns the coefficients, the statistics, finiteness flags and (trajectory) the fine
+    reference at sigma = 0 ``[C, b, ...]``."""
 
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
-            (state, x_cur, history), c = chunk
+            (coarse, x_fine), c = chunk
             d = bind_condition(denoiser, c)
-            new, feats, denoised = corrected_step(d, solver, spec, (state, x_cur, history), sigma,
-                                                  sigma_next, final)
-            goal = (fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final)
-                    if target == "local" else None)
-            ok = jnp.all(jnp.isfinite(denoised))
-            if goal is not None:  # the local target's own model calls count too
-                ok = ok & jnp.all(jnp.isfinite(goal))
+            new, feats, denoised = corrected_step(d, solver, spec, coarse, sigma, sigma_next, final)
+            goal = fine_solution(d, solver, coarse[1] if x_fine is None else x_fine, sigma, sigma_next,
+                                 fine_steps, final)
+            ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(goal))
             return new, feats, ok, goal
 
-        carry, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
-        goal = reference[index] if target == "trajectory" else goal
-        residual = goal - carry[1]
+        coarse, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
+        residual = goal - coarse[1]
         stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
             jax.vmap(gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
         sums = (jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
-            feats, carry[1], goal, weights[:, 0])) if solve.needs_spread else None)
+            feats, coarse[1], goal, weights[:, 0])) if solve.needs_spread else None)
         rows = (feats[0], residual[0], weights[0, 0]) if exact else None
         c = solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows)
-        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
-        return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
+        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(coarse[1], c, feats)
+        fine_next = goal if target == "trajectory" else None
+        return ((coarse[0], x_next, coarse[2]), fine_next), (c, stats, jnp.all(ok))
 
-    carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
-    _, (values, stats, ok) = run_steps(body, carry, sigmas)
-    return values, stats, ok
+    coarse = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
+    (_, fine_end), (values, stats, ok) = run_steps(body, (coarse, x if target == "trajectory" else None),
+                                                   sigmas)
+    return values, stats, ok, fine_end
 
 
 class _Passes:
@@ -231,11 +232,14 @@ class _Passes:
         self.check(ok)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, reference, target, solve, exact):
-        values, stats, ok = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond, rows.weights,
-                                        reference, target=target, solve=solve, exact=exact, **self.static)
+    def sequential(self, rows: FitRows, target, solve, exact):
+        """Coefficients and statistics of the sequential fit, and (trajectory target) the fine
+        reference at sigma = 0 of every row ``[C, b, ...]``."""
+        values, stats, ok, fine_end = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond,
+                                                  rows.weights, target=target, solve=solve, exact=exact,
+                                                  **self.static)
         self.check(ok)
-        return values, stats
+        return values, stats, fine_end
 
 
 def _compiled(fn, static: tuple):
@@ -265,10 +269,10 @@ def _teacher_forced(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_st
                                 weights, keep_features, spread)
 
 
-def _sequential(denoiser, sigmas, x, cond, weights, reference, *, solver, spec, fine_steps, target,
-                solve, exact):
-    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
-                            target, solve, exact)
+def _sequential(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_steps, target, solve,
+                exact):
+    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target,
+                            solve, exact)
 
 
 def _iia_run(denoiser, sigmas, values, x, cond, *, solver, spec):
@@ -343,14 +347,12 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     if mode == "teacher_forced":
         (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
         return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(states)
-    if target == "trajectory":   # the fine reference trajectory of every row
-        reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
-        end = hold_end(reference)
-    else:                        # only the held-out end points are needed
-        reference = None
-        held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
-        end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
-    values, stats = passes.sequential(rows, reference, target, solve, exact)
+    values, stats, fine_end = passes.sequential(rows, target, solve, exact)
+    if target == "trajectory":   # the pass integrated every row's fine reference alongside
+        return values, stats, hold_end(fine_end[None])
+    # local: only the held-out rows' reference end points are needed
+    held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
+    end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
     return values, stats, end
 
 
