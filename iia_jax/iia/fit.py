@@ -213,17 +213,17 @@ class _Passes:
     def reference(self, x, cond, weights, spread=False):
         """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
         summed over chunks for each row of ``weights [C, W, b]`` (and
-        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None), and the fine states
-        ``[N, C, b, ...]``."""
-        stats, states = None, []
+        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None), and the fine states at
+        sigma = 0 ``[C, b, ...]`` (a chunk's states on the way are dropped with the chunk)."""
+        stats, ends = None, []
         for c in range(x.shape[0]):
             part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
             part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
                                                    keep_features=False, spread=spread, **self.static)
             self.check(ok, "non-finite model output or reference")
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
-            states.append(part_states)
-        return stats, jnp.stack(states, axis=1)
+            ends.append(part_states[-1])
+        return stats, jnp.stack(ends)
 
     def features(self, x, cond, weights):
         """Features and residuals ``[N, K, b, ...]``, ``[N, b, ...]`` of one chunk, and its states."""
@@ -339,20 +339,20 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     ``[C, h, ...]`` (None without held-out rows)."""
     layout = rows.layout
     exact = layout.chunks == 1 and layout.sharding is None   # the solve may see the rows themselves
-    hold_end = lambda states: layout.holdout_of_chunks(states[-1], rows.positions, 1)  # noqa: E731
+    hold_end = lambda ends: layout.holdout_of_chunks(ends, rows.positions, 1)  # noqa: E731  [C, b, ...]
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
         values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
-        return values, stats, hold_end(states[:, None])
+        return values, stats, hold_end(states[-1][None])
     if mode == "teacher_forced":
-        (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
-        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(states)
+        (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
+        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(ends)
     values, stats, fine_end = passes.sequential(rows, target, solve, exact)
     if target == "trajectory":   # the pass integrated every row's fine reference alongside
-        return values, stats, hold_end(fine_end[None])
+        return values, stats, hold_end(fine_end)
     # local: only the held-out rows' reference end points are needed
     held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
-    end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
+    end = passes.reference(rows.hold_x, rows.hold_cond, held)[1] if layout.hold_rows else None
     return values, stats, end
 
 
