@@ -1,0 +1,197 @@
+"""The guarantee table: does IIA with a model-agnostic quality guard ever cost sample quality?
+
+    python benchmarks/quality_guard.py --nfe 5                      # the NFE 5 row, both grids
+    python benchmarks/quality_guard.py --solvers dpmpp_2m unipc --grids karras --nfe 5
+    python benchmarks/quality_guard.py --nfe 3 4 5 6 8 10           # the whole table (hours on 2 cores)
+    python benchmarks/quality_guard.py --table                      # the markdown of what is done
+
+Setting (as ``benchmarks/digits.py``): the shipped digits denoiser, noise ``80 N(0, I)`` (fit and
+evaluation keys split from ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
+``iia_jax.schedules.vp_quadratic``).  Per cell (solver, grid, NFE; heun takes N = (NFE + 1) / 2
+steps, NFE 2N - 1):
+
+* one ``iia_jax.fit`` with the library defaults, ``--fit-batch`` rows, ``--fine-steps``, and
+  ``quality=iia_jax.iia.guard.reference_mmd``: the model-agnostic judge, which compares the
+  held-out rows' IIA and base samples with the fit's own fine-reference samples of those rows
+  (paired pixel RBF MMD, docs/iia.md).  Until ``fit`` calls a three-argument judge itself, the
+  hook is installed here (:func:`install_hook`: the quality check of ``iia_jax.iia.fit`` sees the
+  held-out rows and their fine reference).  The coefficients before the check are kept too: they
+  are the "no judge" fit (the fit is otherwise identical);
+* evaluation on ``--n`` fresh draws: ``digits_score`` paired difference against the base sampler
+  (jackknife se), median per-sample ODE error against heun with 64 Karras steps from the same
+  noise, and the judge itself at that n (against the 64-step samples), for both the unguarded
+  and the guarded coefficients.
+
+Results are appended, one JSON line per cell, to ``--out`` (cells already there are skipped), so
+the table can be completed over several runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import iia_jax  # noqa: E402
+import iia_jax.iia.fit as fit_module  # noqa: E402
+from iia_jax import pretrained, schedules  # noqa: E402
+from iia_jax.iia.guard import reference_mmd  # noqa: E402
+from iia_jax.metrics import ode_error, score_difference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+SHAPE = (8, 8, 1)
+SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
+GRIDS = {"karras": lambda n: schedules.karras(n, SIGMA_MIN, SIGMA_MAX),
+         "vp_quadratic": lambda n: schedules.vp_quadratic(n, SIGMA_MIN, SIGMA_MAX)}
+UNGUARDED = {}   # the coefficients the quality check was handed, by the hook
+
+
+def install_hook():
+    """Make ``fit``'s quality check call ``quality(candidate, base, reference)`` on the held-out
+    rows (their IIA and base samples at sigma = 0 and the fit's fine reference of the same rows),
+    dropping steps with the same rule as before (``QUALITY_Z`` se)."""
+    def held(runs, vals):
+        rows = runs.rows
+        return runs._over_chunks(lambda x, c: runs._samples(vals, x, c), rows.hold_x, rows.hold_cond,
+                                 runs._real_held)
+
+    def check(runs, values, kept, quality):
+        UNGUARDED["values"], UNGUARDED["kept"] = values.copy(), kept.copy()
+        ref = np.concatenate([fit_module._host(runs.reference[c]) for c in range(runs.reference.shape[0])])
+        ref = ref[runs._real_held]
+        base = held(runs, np.zeros_like(values))
+        judge = lambda vals: fit_module._judge(lambda a, b: quality(a, b, ref), held(runs, vals), base)  # noqa: E731
+        judged, dropped = judge(values), []
+        while judged[0] > fit_module.QUALITY_Z * judged[1] and kept.any():
+            trials = {}
+            for i in np.flatnonzero(kept):
+                trial = values.copy()
+                trial[i] = 0
+                trials[int(i)] = (judge(trial), trial)
+            step = min(trials, key=lambda i: trials[i][0][0])
+            if trials[step][0][0] >= judged[0]:
+                break
+            judged, values = trials[step]
+            kept = kept.copy()
+            kept[step] = False
+            dropped.append(step)
+        return values, kept, judged, tuple(dropped)
+
+    fit_module._quality_check = check
+
+
+def steps_for(solver: str, nfe: int) -> int:
+    return (nfe + 1) // 2 if solver == "heun" else nfe
+
+
+def batched(fn, x, batch: int = 500) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+
+
+def measure(x0, base, ref) -> dict:
+    d = score_difference(x0, base, paired=True)
+    j = reference_mmd(x0, base, ref)
+    return dict(diff=d[0], diff_se=d[1], median=ode_error(x0, ref).median, judge=j[0], judge_se=j[1])
+
+
+def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
+    steps = steps_for(solver, nfe)
+    plan = iia_jax.plan(solver, GRIDS[grid](steps))
+    base = batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
+    t = time.perf_counter()
+    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=reference_mmd, progress=False)
+    fit_s = time.perf_counter() - t
+    out = dict(solver=solver, grid=grid, nfe=plan.nfe, steps=steps, fit_s=fit_s,
+               median_base=ode_error(base, ref).median, dropped=list(res.report.quality_dropped),
+               fit_judge=list(res.report.quality_difference))
+    coeffs = res.coeffs
+    variants = {"guarded": (np.asarray(coeffs.values), np.asarray(coeffs.kept))}
+    if "values" in UNGUARDED:
+        variants["plain"] = (UNGUARDED.pop("values"), UNGUARDED.pop("kept"))
+    else:   # no held-out check ran the hook: nothing kept, both are the same
+        variants["plain"] = variants["guarded"]
+    for name, (vals, kept) in variants.items():
+        c = iia_jax.Coefficients(**{**coeffs.__dict__, "values": jnp.asarray(vals, coeffs.values.dtype),
+                                    "kept": jnp.asarray(kept)})
+        x0 = batched(jax.jit(lambda x, c=c: iia_jax.iia_sample(denoiser, plan, c, x)), x_eval)
+        out[name] = dict(measure(x0, base, ref), kept=[int(i) for i in np.flatnonzero(kept)])
+    return out
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = ["| solver | grid | NFE | median err base | no judge: err | no judge: IIA - base | "
+             "judge at n: no judge | guarded: err | guarded: IIA - base | kept | dropped by the guard | fit s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for r in sorted(rows, key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"]))):
+        p, g = r["plain"], r["guarded"]
+        lines.append(
+            f"| {r['solver']} | {r['grid']} | {r['nfe']} | {r['median_base']:.4f} | {p['median']:.4f} | "
+            f"{p['diff']:+.1f} +- {p['diff_se']:.1f} | {p['judge']:+.2f} +- {p['judge_se']:.2f} | "
+            f"{g['median']:.4f} | {g['diff']:+.1f} +- {g['diff_se']:.1f} | "
+            f"{', '.join(map(str, g['kept'])) or '-'} | {', '.join(map(str, r['dropped'])) or '-'} | "
+            f"{r['fit_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    ap.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    ap.add_argument("--nfe", nargs="+", type=int, default=[5])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--fit-batch", type=int, default=1024)
+    ap.add_argument("--fine-steps", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "quality_guard" / "cells.jsonl")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if args.out.exists():
+        done = {(r["solver"], r["grid"], r["nfe"]) for r in map(json.loads, args.out.read_text().splitlines())}
+    install_hook()
+    denoiser = pretrained.digits()
+    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
+    x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
+    x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
+    cache = ROOT / "checkpoints" / "quality_cause" / f"reference_seed{args.seed}_n{args.n}.npy"
+    if cache.exists():
+        ref = np.load(cache)
+    else:
+        ref_plan = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
+        ref = batched(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, ref)
+    command = " ".join(["python", "benchmarks/quality_guard.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    for nfe in args.nfe:
+        for grid in args.grids:
+            for solver in args.solvers:
+                nfe_real = 2 * steps_for(solver, nfe) - 1 if solver == "heun" else nfe
+                if (solver, grid, nfe_real) in done or steps_for(solver, nfe) < 2:
+                    continue
+                t = time.perf_counter()
+                r = cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref)
+                r["command"] = command
+                with args.out.open("a") as f:
+                    f.write(json.dumps(r, default=float) + "\n")
+                done.add((solver, grid, r["nfe"]))
+                p, g = r["plain"], r["guarded"]
+                print(f"{solver:9s} {grid:12s} NFE {r['nfe']:2d}  err {r['median_base']:.4f} -> {p['median']:.4f} "
+                      f"(guarded {g['median']:.4f})  no judge {p['diff']:+6.1f} +- {p['diff_se']:4.1f} "
+                      f"[judge {p['judge']:+.2f} +- {p['judge_se']:.2f}]  guarded {g['diff']:+6.1f} +- "
+                      f"{g['diff_se']:4.1f}  dropped {r['dropped']} fit-judge {r['fit_judge']}  "
+                      f"{time.perf_counter() - t:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
