@@ -41,6 +41,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules, solvers  # noqa: E402
 from iia_jax.iia.features import feature_spec  # noqa: E402

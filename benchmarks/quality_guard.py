@@ -37,11 +37,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
 import iia_jax  # noqa: E402
-import iia_jax.iia.fit as fit_module  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.iia.guard import reference_mmd  # noqa: E402
+
+fit_module = sys.modules["iia_jax.iia.fit"]   # the module (the package exports the function as ``fit``)
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_cause import look  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -97,7 +102,9 @@ def batched(fn, x, batch: int = 500) -> np.ndarray:
 def measure(x0, base, ref) -> dict:
     d = score_difference(x0, base, paired=True)
     j = reference_mmd(x0, base, ref)
-    return dict(diff=d[0], diff_se=d[1], median=ode_error(x0, ref).median, judge=j[0], judge_se=j[1])
+    raw = float(np.std(x0 - x0.mean(0)) / np.std(ref - ref.mean(0)))
+    return dict(diff=d[0], diff_se=d[1], median=ode_error(x0, ref).median, judge=j[0], judge_se=j[1],
+                contrast_raw=raw, **look(x0, ref))
 
 
 def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
@@ -111,6 +118,7 @@ def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
                median_base=ode_error(base, ref).median, dropped=list(res.report.quality_dropped),
                fit_judge=list(res.report.quality_difference))
     coeffs = res.coeffs
+    saved = {}
     variants = {"guarded": (np.asarray(coeffs.values), np.asarray(coeffs.kept))}
     if "values" in UNGUARDED:
         variants["plain"] = (UNGUARDED.pop("values"), UNGUARDED.pop("kept"))
@@ -121,6 +129,8 @@ def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
                                     "kept": jnp.asarray(kept)})
         x0 = batched(jax.jit(lambda x, c=c: iia_jax.iia_sample(denoiser, plan, c, x)), x_eval)
         out[name] = dict(measure(x0, base, ref), kept=[int(i) for i in np.flatnonzero(kept)])
+        saved[name], saved[f"{name}_values"] = x0, vals
+    np.savez(args.out.parent / f"{solver}_{grid}_{plan.nfe}.npz", base=base, **saved)
     return out
 
 
