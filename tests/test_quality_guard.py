@@ -6,10 +6,20 @@ written out here, against the known answer for sets drawn from one distribution,
 property the pairing exists for: a candidate is not rewarded for sitting on the reference row by
 row (a low ODE error) when its distribution is no better.
 """
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iia_jax.iia.guard import ReferenceJudge, median_bandwidth_of, paired_mmd_difference, reference_mmd
+import iia_jax
+from iia_jax import schedules
+from iia_jax.iia.guard import (ReferenceJudge, guard_steps, median_bandwidth_of, paired_mmd_difference,
+                               reference_mmd)
+from iia_jax.metrics.quality import jackknife_se, median_bandwidth, mmd2_jackknife, rbf_kernel
+from iia_jax.models import gmm
+from iia_jax.models.gmm import gmm_sample
 
 
 def brute(c, b, r, h):
@@ -97,3 +107,64 @@ def test_judge_threshold_and_refusals():
         paired_mmd_difference(c, b, r, 0.0)
     with pytest.raises(ValueError, match="identical"):
         median_bandwidth_of(np.zeros((5, 2)))
+
+
+# --------------------------------------------------------------------------- the guard on a model
+
+def grid_mixture():
+    """16 tight modes (std 0.05) on a 4 x 4 grid in 2-D: at NFE 4 the default fit's dpmpp_2m
+    samples shrink toward the middle (their spread is 0.85 of the exact samples')."""
+    g = np.stack(np.meshgrid(np.linspace(-1.5, 1.5, 4), np.linspace(-1.5, 1.5, 4)), -1).reshape(-1, 2)
+    return gmm(g.astype(np.float32), 0.05)
+
+
+def test_guard_keeps_the_default_fit_from_shrinking_a_mixture():
+    denoiser = grid_mixture()
+    plan = iia_jax.plan("dpmpp_2m", schedules.karras(4, 0.01, 20.0))
+    fitted = iia_jax.fit(denoiser, plan, 20.0 * jax.random.normal(jax.random.PRNGKey(1), (512, 2)),
+                         fine_steps=8, progress=False)
+    coeffs = fitted.coeffs
+    run = jax.jit(lambda v, x: iia_jax.iia_sample(denoiser, plan, dataclasses.replace(coeffs, values=v), x))
+
+    # the fit's part: held-out rows and their fine reference (the same solver, 64 steps)
+    held = 20.0 * jax.random.normal(jax.random.PRNGKey(3), (256, 2))
+    fine = np.asarray(iia_jax.sample(denoiser, iia_jax.plan("dpmpp_2m", schedules.karras(64, 0.01, 20.0)), held))
+    guarded = guard_steps(np.asarray(coeffs.values), np.asarray(coeffs.kept),
+                          lambda v: np.asarray(run(jnp.asarray(v, jnp.float32), held)), fine)
+    assert guarded.dropped and not guarded.kept[list(guarded.dropped)].any()
+    assert set(np.flatnonzero(guarded.kept)) <= set(np.flatnonzero(np.asarray(coeffs.kept)))
+
+    # judged on fresh draws against exact samples of the mixture, by the metrics module's MMD
+    x_eval = 20.0 * jax.random.normal(jax.random.PRNGKey(2), (2000, 2))
+    exact = np.asarray(gmm_sample(jax.random.PRNGKey(5), denoiser, 2000))
+    kernel = lambda a, b: rbf_kernel(a, b, median_bandwidth(exact))  # noqa: E731
+    spread = lambda x: np.sqrt(np.mean(np.sum((x - x.mean(0)) ** 2, 1)))  # noqa: E731
+    out = {}
+    for name, v in (("base", np.zeros_like(guarded.values)), ("default", np.asarray(coeffs.values)),
+                    ("guarded", guarded.values)):
+        x = np.asarray(run(jnp.asarray(v, jnp.float32), x_eval))
+        out[name] = mmd2_jackknife(kernel, x, exact), spread(x) / spread(exact)
+
+    def worse_than_base(name):
+        (m, loo), (mb, loo_b) = out[name][0], out["base"][0]
+        return (m - mb) / jackknife_se(loo, loo_b, paired=True)
+
+    assert worse_than_base("default") > 3 and out["default"][1] < 0.9     # today's default shrinks
+    assert worse_than_base("guarded") < 1 and 0.95 < out["guarded"][1] < 1.1
+
+
+def test_guard_steps_rule():
+    """A judge that only looks at the values: the step whose removal helps most goes first, and
+    removal stops once the candidate is no longer worse by more than z se."""
+    values = np.array([[1.0], [2.0], [3.0]])
+    samples = lambda v: np.asarray(v, float)          # "samples" = the coefficients themselves  # noqa: E731
+    judge = ReferenceJudge(compare=lambda c, b, r: (float(c.sum() - 0.5), 1.0), z=1.0)
+    out = guard_steps(values, np.ones(3, bool), samples, reference=None, judge=judge)
+    assert out.dropped == (2, 1) and out.kept.tolist() == [True, False, False]
+    assert out.judged == (0.5, 1.0) and out.values.ravel().tolist() == [1.0, 0.0, 0.0]
+    calm = ReferenceJudge(compare=lambda c, b, r: (0.5, 1.0))
+    assert guard_steps(values, np.ones(3, bool), samples, None, calm).dropped == ()
+    with pytest.raises(ValueError, match="finite"):
+        guard_steps(values, np.ones(3, bool), samples, None, ReferenceJudge(compare=lambda c, b, r: (np.nan, 1.0)))
+    with pytest.raises(ValueError, match=r"values must be \[N, K\]"):
+        guard_steps(values, np.ones(2, bool), samples, None, calm)

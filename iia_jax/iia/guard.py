@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ReferenceJudge", "reference_mmd", "median_bandwidth_of", "paired_mmd_difference",
+__all__ = ["ReferenceJudge", "Guarded", "guard_steps", "reference_mmd", "median_bandwidth_of", "paired_mmd_difference",
            "clip_to_reference", "CLIP_TAIL", "BANDWIDTH_SCALE"]
 
 CLIP_TAIL = 1e-3        # samples are judged clipped to the reference's 0.1 %..99.9 % value range
@@ -146,3 +146,51 @@ class ReferenceJudge(NamedTuple):
 
     def worse(self, difference: float, se: float) -> bool:
         return difference > self.z * se
+
+
+class Guarded(NamedTuple):
+    """What :func:`guard_steps` did: the coefficient values ``[N, K]`` and kept mask ``[N]`` after
+    it, the judge's final ``(difference, se)`` and the steps switched off, in order."""
+
+    values: np.ndarray
+    kept: np.ndarray
+    judged: tuple
+    dropped: tuple
+
+
+def guard_steps(values, kept, samples, reference, judge: ReferenceJudge = ReferenceJudge()) -> Guarded:
+    """The fit's quality guard with a reference judge: while ``judge`` finds the samples of the
+    coefficients ``values [N, K]`` worse than the base sampler's (``difference > z se``), switch
+    off the kept step whose removal gives the lowest difference, as long as that lowers it.
+
+    ``samples(values) -> [n, ...]``: the held-out rows' samples at sigma = 0 with those
+    coefficients (all zero: the base sampler); ``reference [n, ...]``: the fit's fine reference of
+    the same rows.  Removing a step never has to beat the base, only the current difference, so a
+    noisy judge cannot drop steps that help quality.
+    """
+    values = np.array(values, copy=True)
+    kept = np.array(kept, bool, copy=True)
+    if values.ndim != 2 or kept.shape != values.shape[:1]:
+        raise ValueError(f"values must be [N, K] and kept [N]; got {values.shape} and {kept.shape}")
+    base = samples(np.zeros_like(values))
+
+    def judged_of(vals):
+        diff, se = (float(v) for v in judge.compare(samples(vals), base, reference))
+        if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
+            raise ValueError(f"the judge must return a finite (difference, se >= 0), got ({diff}, {se})")
+        return diff, se
+
+    judged, dropped = judged_of(values), []
+    while judge.worse(*judged) and kept.any():
+        trials = {}
+        for i in np.flatnonzero(kept):
+            trial = values.copy()
+            trial[i] = 0
+            trials[int(i)] = (judged_of(trial), trial)
+        step = min(trials, key=lambda i: trials[i][0][0])
+        if trials[step][0][0] >= judged[0]:
+            break
+        judged, values = trials[step]
+        kept[step] = False
+        dropped.append(step)
+    return Guarded(values, kept, judged, tuple(dropped))
