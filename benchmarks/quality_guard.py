@@ -150,6 +150,33 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def agreement(path: Path) -> str:
+    """The judge against ``digits_score`` on every measured cell (default fit without a judge vs
+    the base sampler): at n and on four quarters of the rows (what a 1,024-row fit holds out),
+    recomputed from the saved samples against the 64-step reference."""
+    ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
+    lines = ["| solver | grid | NFE | digits_score IIA - base (z) | judge at n = 1000 (z) | judge on 250-row quarters (z) | agree |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in sorted(rows, key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"]))):
+        z = np.load(path.parent / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")
+        plain, base = z["plain"], z["base"]
+        if np.array_equal(plain, base):
+            continue
+        p = r["plain"]
+        zs = p["diff"] / p["diff_se"]
+        j, jse = reference_mmd(plain, base, ref)
+        quarters = [reference_mmd(plain[i::4], base[i::4], ref[i::4]) for i in range(4)]
+        zq = [a / b for a, b in quarters]
+        verdict = lambda z: 0 if abs(z) < 2 else int(np.sign(z))  # noqa: E731
+        vs, vj = verdict(zs), verdict(j / jse)
+        agree = ("yes" if vs == vj else "no" if vs != 0 else
+                 "digits_score ties; judge: IIA " + ("worse" if vj > 0 else "better"))
+        lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {p['diff']:+.1f} +- {p['diff_se']:.1f} ({zs:+.1f}) | "
+                     f"{j:+.2f} +- {jse:.2f} ({j / jse:+.1f}) | {' '.join(f'{q:+.1f}' for q in zq)} | {agree} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
@@ -161,9 +188,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "quality_guard" / "cells.jsonl")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
+    ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
     args = ap.parse_args(argv)
     if args.table:
         print(table(args.out))
+        return
+    if args.agreement:
+        print(agreement(args.out))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = set()

@@ -1,0 +1,92 @@
+"""Stale coefficients: refit the sequential pass with the steps the never-worse check dropped held at 0.
+
+    python benchmarks/quality_refit.py dpmpp_2m:karras:5 unipc:karras:5
+
+``iia_jax.fit``'s sequential pass fits step i on the states the corrections of steps 0..i-1
+produce; the never-worse check afterwards switches some of those off, so the later steps' kept
+coefficients act on states they were not fitted on.  This prototype (it replaces the fit's private
+``_sequential_pass`` with one that multiplies step i's coefficients by a mask) fits once, then
+refits with the dropped steps held at zero until the kept set stops changing, and evaluates like
+``benchmarks/quality_guard.py`` (same seeds, 1,024 fit rows, fine_steps 8, 1,000 evaluation draws,
+heun 64-step reference; digits_score paired against the base, median ODE error, raw and stored
+contrast, HF energy, black background).  Appends to ``checkpoints/quality_guard/refit.jsonl``.
+"""
+import sys, time, json
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
+import jax, jax.numpy as jnp, numpy as np, iia_jax
+from iia_jax import pretrained, schedules
+from quality_guard import measure
+F = sys.modules["iia_jax.iia.fit"]
+MASK = {"m": None}
+orig = F._sequential_pass
+def masked(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, ridge, exact, match_spread):
+    m = MASK["m"]
+    if m is None:
+        return orig(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, ridge, exact, match_spread)
+    mask = jnp.asarray(m)
+    # the body of fit._sequential_pass, with step i's coefficients multiplied by mask[i]
+    from iia_jax.sampling import bind_condition, run_steps
+    from iia_jax.iia.sample import corrected_step, apply_correction
+    def body(carry, index, sigma, sigma_next, final):
+        def per_chunk(chunk):
+            (state, x_cur, history), c = chunk
+            d = bind_condition(denoiser, c)
+            new, feats, denoised = corrected_step(d, solver, spec, (state, x_cur, history), sigma, sigma_next, final)
+            goal = (F.fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final) if target == "local" else None)
+            ok = jnp.all(jnp.isfinite(denoised))
+            return new, feats, ok, goal
+        carry, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
+        goal = reference[index] if target == "trajectory" else goal
+        residual = goal - carry[1]
+        stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(jax.vmap(F.gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
+        train = jax.tree_util.tree_map(lambda a: a[0], stats)
+        if match_spread:
+            sums = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(F.spread_sums)(feats, carry[1], goal, weights[:, 0]))
+            c = F.solve_matched(*train, sums, ridge)
+        else:
+            c = F.solve_gram(train[0], train[1], ridge)
+        c = c * mask[index].astype(c.dtype)
+        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
+        return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
+    carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
+    _, (values, stats, ok) = run_steps(body, carry, sigmas)
+    return values, stats, ok
+F._sequential_pass = masked
+
+def fit_consistent(D, plan, x, rounds=3, **kw):
+    MASK["m"] = None
+    res = iia_jax.fit(D, plan, x, progress=False, **kw)
+    history = [np.flatnonzero(np.asarray(res.coeffs.kept)).tolist()]
+    for _ in range(rounds - 1):
+        kept = np.asarray(res.coeffs.kept)
+        MASK["m"] = kept
+        res = iia_jax.fit(D, plan, x, progress=False, **kw)
+        new = np.asarray(res.coeffs.kept) & kept
+        history.append(np.flatnonzero(new).tolist())
+        if (new == kept).all():
+            break
+    MASK["m"] = None
+    return res, history
+
+if __name__ == "__main__":
+    D = pretrained.digits()
+    kf, ke = jax.random.split(jax.random.PRNGKey(0))
+    xf = 80.0 * jax.random.normal(kf, (1024, 8, 8, 1)); xe = 80.0 * jax.random.normal(ke, (1000, 8, 8, 1))
+    ref = np.load(ROOT / "checkpoints/quality_cause/reference_seed0_n1000.npy")   # made by quality_cause.py
+    for spec in sys.argv[1:]:
+        solver, grid, nfe = spec.split(":")
+        nfe = int(nfe); steps = (nfe + 1) // 2 if solver == "heun" else nfe
+        sig = schedules.karras(steps, 0.002, 80.0) if grid == "karras" else schedules.vp_quadratic(steps, 0.002, 80.0)
+        plan = iia_jax.plan(solver, sig)
+        t = time.perf_counter()
+        res, hist = fit_consistent(D, plan, xf, fine_steps=8)
+        fs = time.perf_counter() - t
+        base = np.asarray(jax.jit(lambda x: iia_jax.sample(D, plan, x))(xe))
+        x0 = np.asarray(jax.jit(lambda x: iia_jax.iia_sample(D, plan, res.coeffs, x))(xe))
+        m = measure(x0, base, ref)
+        np.save(ROOT / f"checkpoints/quality_guard/refit_{solver}_{grid}_{plan.nfe}.npy", x0)
+        out = dict(solver=solver, grid=grid, nfe=plan.nfe, kept_rounds=hist, fit_s=fs, values=np.asarray(res.coeffs.values).tolist(), **m)
+        open(ROOT / "checkpoints/quality_guard/refit.jsonl", "a").write(json.dumps(out) + "\n")
+        print(spec, hist, {k: round(v, 3) for k, v in m.items()}, f"{fs:.0f}s", flush=True)
