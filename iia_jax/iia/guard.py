@@ -29,6 +29,14 @@ MMD^2.  Its standard error is the jackknife over rows (delete row ``i`` of all t
 the noise draw is the unit), closed form from the row sums of the ``[n, n]`` matrix of ``h_C -
 h_B``.  The kernel matrices are built in blocks of rows (``block``), so memory is ``O(block n)``
 and the result does not depend on the block size beyond round-off.
+
+Hook in ``iia_jax.fit``: after the greedy error check, call :func:`guard_steps` with
+``samples(values)`` = the IIA samples at sigma = 0 of the held-out rows (real rows only, in the
+order of ``reference``) and ``reference`` = the fit's fine reference of those rows at sigma = 0
+(what the error check already compares with); then keep the existing rule that what is left must
+still lower the held-out median error, else every step is switched off.  As a judge piece:
+:class:`ReferenceJudge` carries ``compare(candidate, base, reference) -> (difference, se)`` and
+its threshold ``z``.
 """
 from __future__ import annotations
 
