@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
-from iia_jax.iia.guard import reference_mmd  # noqa: E402
+from iia_jax.iia.guard import ReferenceJudge, guard_steps, reference_mmd  # noqa: E402
 
 fit_module = sys.modules["iia_jax.iia.fit"]   # the module (the package exports the function as ``fit``)
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
@@ -69,24 +69,9 @@ def install_hook():
     def check(runs, values, kept, quality):
         UNGUARDED["values"], UNGUARDED["kept"] = values.copy(), kept.copy()
         ref = np.concatenate([fit_module._host(runs.reference[c]) for c in range(runs.reference.shape[0])])
-        ref = ref[runs._real_held]
-        base = held(runs, np.zeros_like(values))
-        judge = lambda vals: fit_module._judge(lambda a, b: quality(a, b, ref), held(runs, vals), base)  # noqa: E731
-        judged, dropped = judge(values), []
-        while judged[0] > fit_module.QUALITY_Z * judged[1] and kept.any():
-            trials = {}
-            for i in np.flatnonzero(kept):
-                trial = values.copy()
-                trial[i] = 0
-                trials[int(i)] = (judge(trial), trial)
-            step = min(trials, key=lambda i: trials[i][0][0])
-            if trials[step][0][0] >= judged[0]:
-                break
-            judged, values = trials[step]
-            kept = kept.copy()
-            kept[step] = False
-            dropped.append(step)
-        return values, kept, judged, tuple(dropped)
+        out = guard_steps(values, kept, lambda vals: held(runs, vals), ref[runs._real_held],
+                          ReferenceJudge(compare=quality, z=fit_module.QUALITY_Z))
+        return out.values, out.kept, out.judged, out.dropped
 
     fit_module._quality_check = check
 

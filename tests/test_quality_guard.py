@@ -162,6 +162,9 @@ def test_guard_steps_rule():
     out = guard_steps(values, np.ones(3, bool), samples, reference=None, judge=judge)
     assert out.dropped == (2, 1) and out.kept.tolist() == [True, False, False]
     assert out.judged == (0.5, 1.0) and out.values.ravel().tolist() == [1.0, 0.0, 0.0]
+    stuck = ReferenceJudge(compare=lambda c, b, r: (2.0 + float(np.count_nonzero(c == 0)), 1.0))
+    out = guard_steps(values, np.array([True, False, True]), samples, None, stuck)
+    assert out.dropped == (0, 2) and not out.kept.any() and not out.values.any() and out.judged == (0.0, 0.0)
     calm = ReferenceJudge(compare=lambda c, b, r: (0.5, 1.0))
     assert guard_steps(values, np.ones(3, bool), samples, None, calm).dropped == ()
     with pytest.raises(ValueError, match="finite"):

@@ -169,12 +169,13 @@ class Guarded(NamedTuple):
 def guard_steps(values, kept, samples, reference, judge: ReferenceJudge = ReferenceJudge()) -> Guarded:
     """The fit's quality guard with a reference judge: while ``judge`` finds the samples of the
     coefficients ``values [N, K]`` worse than the base sampler's (``difference > z se``), switch
-    off the kept step whose removal gives the lowest difference, as long as that lowers it.
+    off the kept step whose removal gives the lowest difference, as long as that lowers it; if the
+    samples are still worse when no single removal helps, switch every step off (the base sampler).
 
     ``samples(values) -> [n, ...]``: the held-out rows' samples at sigma = 0 with those
     coefficients (all zero: the base sampler); ``reference [n, ...]``: the fit's fine reference of
-    the same rows.  Removing a step never has to beat the base, only the current difference, so a
-    noisy judge cannot drop steps that help quality.
+    the same rows.  A step is removed only when that lowers the current difference, so judge noise
+    alone does not pick which steps go.
     """
     values = np.array(values, copy=True)
     kept = np.array(kept, bool, copy=True)
@@ -201,4 +202,7 @@ def guard_steps(values, kept, samples, reference, judge: ReferenceJudge = Refere
         judged, values = trials[step]
         kept[step] = False
         dropped.append(step)
+    if judge.worse(*judged):    # no removal of one step helps: the base sampler, never worse
+        dropped += [int(i) for i in np.flatnonzero(kept)]
+        values, kept, judged = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0)
     return Guarded(values, kept, judged, tuple(dropped))
