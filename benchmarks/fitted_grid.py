@@ -3,7 +3,7 @@
     J="--json /tmp/fg.json"        # start from a copy of docs/fitted_grid.json to keep its rows
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --fixed --nfes 5 8 3 4 6 10
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers ipndm euler dpmpp_3m
-    V="--init karras --match-spread false --search-steps 50 --plan-families karras vp_quadratic"
+    V="--init karras --spread free --search-steps 50 --plan-families karras vp_quadratic"
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers euler $V  # variants
     nice -n 5 python benchmarks/fitted_grid.py $J --model mixture --nfes 3 5
     python benchmarks/fitted_grid.py $J --write     # docs/fitted_grid.md + PNG from the results
@@ -215,14 +215,14 @@ def _fixed_best_iia(fixed_rows, nfe):
 
 
 def _current(fitted):
-    """The rows of today's fit_plan (last sigma free), or all rows when there are none."""
+    """The rows of the current fit_plan (last sigma free), or all rows when there are none."""
     return [r for r in fitted if "free" in r.get("search", "")] or fitted
 
 
 def goals(fixed, fitted):
-    """The issue's goals, computed from the digits rows of today's fit_plan (met / not met)."""
+    """The issue's goals, computed from the digits rows of the current fit_plan (met / not met)."""
     out = ["## Goals (digits)", "",
-           "From the rows of today's `fit_plan` (`free` in `search`) where there are any; the "
+           "From the rows of the current `fit_plan` (`free` in `search`) where there are any; the "
            "fixed-grid baseline from every row.", ""]
     everything, fitted = fitted, _current(fitted)
     nfe5 = [r for r in fitted if r["nfe"] == 5]
@@ -252,8 +252,8 @@ def goals(fixed, fitted):
                    f"time of a plain fit of the same rows (`fit karras` inside the same `fit_plan`; rows "
                    f"with fit_plan's own families and 25 Adam steps); "
                    f"goal <= 10x **{'met' if ok else 'not met'}**. Longest `fit_plan` "
-                   f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, load "
-                   f"average {longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
+                   f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, 1-minute system load "
+                   f"{longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
     paired = [r for r in fitted if "q_vs_family" in r]
     if paired:
         worse = [r for r in paired if r["q_vs_family"]["diff"] > 2 * r["q_vs_family"]["se"]]
@@ -369,6 +369,7 @@ def write(results, path_md, path_png):
                   "`vs best family`: returned IIA - the IIA of the family of that fit_plan with the "
                   "lowest error on the evaluation noise (0 when it is the one returned).", ""]
         lines += fitted_table(fitted["digits"], fixed_by_cell, True)
+        lines += ["![digits: median ODE error and digits_score vs NFE, fixed grids and fit_plan](fitted_grid.png)", ""]
     if fitted["mixture"]:
         lines += ["## mixture (earlier run)", "",
                   "An image-shaped exact mixture (10 prototypes, std 0.2), 25 Adam steps, measured at "
@@ -443,14 +444,15 @@ def main(argv=None):
     ap.add_argument("--init", default="best", help="fit_plan's start: 'best' or a grid family")
     ap.add_argument("--plan-families", nargs="+", default=None,
                     help="fit_plan's families (default: its own; keep karras, the cost's yardstick)")
-    ap.add_argument("--match-spread", choices=("true", "false"), default=None,
-                    help="iia_jax.fit's match_spread in fit_plan's fits (default: fit's own default)")
+    ap.add_argument("--spread", choices=("match", "free"), default=None,
+                    help="match: iia_jax.fit(match_spread=True) in fit_plan's fits, free: False, as "
+                         "`iia-jax fit --spread` (default: fit's own default)")
     ap.add_argument("--json", type=Path, default=Path("/tmp/fitted_grid.json"))
     ap.add_argument("--samples", type=Path, default=Path("/tmp/fitted_grid_samples"))
     ap.add_argument("--write", action="store_true", help="only rewrite the doc from --json")
     args = ap.parse_args(argv)
     args.match_spread = (inspect.signature(iia_jax.fit).parameters["match_spread"].default
-                         if args.match_spread is None else args.match_spread == "true")
+                         if args.spread is None else args.spread == "match")
     if not args.write:
         if args.model is None:
             ap.error("--model is required unless --write")

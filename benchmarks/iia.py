@@ -126,6 +126,7 @@ def write(rows, over, args, path_md, path_png):
         lines.append(f"| {r['solver']} | {r['nfe']} | {r['mode']} | {r['base'].median:.4f} | "
                      f"{r['iia'].median:.4f} | {r['base'].median / r['iia'].median:.1f}x | "
                      f"{r['base'].rmse:.4f} | {r['iia'].rmse:.4f} | {r['kept']}/{r['steps']} | {r['fit_s']:.1f} |")
+    lines += ["", f"![median ODE error vs NFE, base and IIA]({Path(path_png).name})"]
     lines += ["", "## Sampling overhead", "",
               "Jitted `iia_sample` over jitted `sample` on an `EDMUNet(channels=32)` denoiser, batch "
               f"64 of 8x8x1, same noise and NFE. Wall: median (and interquartile range) of {args.repeats} "

@@ -1,6 +1,8 @@
 """``iia-jax``: demo, train, fit, sample and bench from the command line.
 
-Every command writes only under its ``--out`` directory.  Models (``--model``):
+Every command writes only under its ``--out`` directory; ``fit`` and ``sample`` refuse to
+replace earlier results without ``--overwrite`` and print a JSON report with ``--json``.
+``sample --coeffs DIR`` takes the solver and the grid stored with the coefficients.  Models (``--model``):
 ``digits`` (the shipped digits denoiser, EDM sigma-space), ``digits-cond`` (the shipped
 class-conditional one: ``--label L|all``, ``--guidance W`` for classifier-free guidance) or
 ``diffusers:PATH`` (a local ``UNet2DModel`` folder, DDPM schedule from its scheduler config).
@@ -19,6 +21,9 @@ import numpy as np
 
 GRIDS = ("karras", "logsnr_uniform", "time_uniform", "quadratic", "vp_quadratic", "ddim", "fitted")
 NULL_LABEL = 10   # digits-cond: the label that gives the unconditional model
+# The recommended starting configuration (README): heun, 5 steps (NFE 9), the model's default grid
+# (vp_quadratic for the digits model), fit's own fine_steps; the demo uses the same.
+DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_FINE_STEPS = "heun", 5, 16
 
 
 class Model(NamedTuple):
@@ -60,30 +65,46 @@ def load_model(spec: str, guidance: float | None = None) -> Model:
         return Model(spec, denoiser, (8, 8, 1), False, schedules.edm(0.002, 80.0), None, grid,
                      f"{spec}:{record.get('weights_sha256', 'unknown')[:16]}", spec == "digits-cond")
     if spec.startswith("diffusers:"):
-        from .models.diffusers_io import (_find_scheduler_config, _read_json, _weights_path,
-                                          alphas_cumprod_from_scheduler_config, from_diffusers)
+        from .models.diffusers_io import from_diffusers, scheduler_alphas, weights_file
         path = spec.split(":", 1)[1]
         denoiser, module, _ = from_diffusers(path)
-        alphas = alphas_cumprod_from_scheduler_config(_read_json(_find_scheduler_config(path)))
+        alphas = scheduler_alphas(path)
         cfg = module.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
         shape = (size, size, cfg.in_channels)
         return Model(f"diffusers:{path}", denoiser, shape, True, schedules.vp_discrete(alphas), alphas,
-                     "time_uniform", f"diffusers:{_file_sha256(_weights_path(path, None))}")
-    raise SystemExit(f"error: --model must be 'digits' or 'diffusers:PATH', got {spec!r}")
+                     "time_uniform", f"diffusers:{_file_sha256(weights_file(path))}")
+    raise SystemExit(f"error: --model must be 'digits', 'digits-cond' or 'diffusers:PATH', got {spec!r}")
 
 
-def make_plan(model: Model, solver: str, steps: int, grid: str | None, coeffs_dir=None):
-    """The plan for ``--solver/--steps/--grid`` on ``model``'s own sigma range.  ``--grid fitted``
-    takes the sigmas stored with the coefficients in ``coeffs_dir`` (from ``fit --grid fitted``)."""
+def stored_plan(model: Model, coeffs_dir, solver=None, steps=None, grid=None):
+    """``sample --coeffs DIR``: the plan the coefficients in ``DIR`` were fitted for (their stored
+    solver and sigmas).  ``--solver``/``--steps``/``--grid``, if given, must agree with it."""
+    import iia_jax
+    stored = iia_jax.load_coefficients(coeffs_dir)
+    plan = iia_jax.plan(stored.solver, np.asarray(stored.sigmas))
+    if solver is not None and solver != plan.solver:
+        raise SystemExit(f"error: --solver {solver} differs from the solver {plan.solver!r} stored in "
+                         f"{coeffs_dir}; drop --solver")
+    if steps is not None and steps != plan.num_steps:
+        raise SystemExit(f"error: --steps {steps} differs from the {plan.num_steps} steps stored in "
+                         f"{coeffs_dir}; drop --steps")
+    if grid not in (None, "fitted"):
+        sigmas = make_plan(model, plan.solver, plan.num_steps, grid).sigmas
+        if not np.allclose(np.asarray(sigmas), np.asarray(plan.sigmas), rtol=1e-5, atol=0):
+            raise SystemExit(f"error: --grid {grid} differs from the grid stored in {coeffs_dir}; drop --grid")
+    return plan
+
+
+def make_plan(model: Model, solver: str, steps: int, grid: str | None):
+    """The plan for ``--solver/--steps/--grid`` on ``model``'s own sigma range (``grid=None``: the
+    model's default grid)."""
     import iia_jax
     from . import schedules
     grid = grid or model.default_grid
     if grid == "fitted":
-        if coeffs_dir is None:
-            raise SystemExit("error: --grid fitted samples with the grid stored in --coeffs; pass --coeffs")
-        stored = iia_jax.load_coefficients(coeffs_dir)
-        return iia_jax.plan(solver, np.asarray(stored.sigmas))
+        raise SystemExit("error: --grid fitted needs a fit (fit --grid fitted); sample takes the "
+                         "fitted grid from --coeffs")
     s = model.schedule
     if grid in ("karras", "logsnr_uniform", "vp_quadratic"):
         sigmas = getattr(schedules, grid)(steps, s.sigma_min, s.sigma_max)
@@ -136,31 +157,80 @@ def _quality(model, choice):
     return None
 
 
+# ----------------------------------------------------------------------------- reports
+
+def _jsonable(value):
+    """Arrays, numpy scalars, tuples and NamedTuples as plain JSON values (NaN as null)."""
+    if hasattr(value, "_asdict"):
+        return {k: _jsonable(v) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "shape") or isinstance(value, (np.generic, float)):
+        array = np.asarray(value)
+        if array.dtype.kind in "fc":
+            array = np.where(np.isfinite(array), array, np.nan).astype(np.float64)
+            return _nan_to_none(array.tolist())
+        return array.tolist()
+    return value
+
+
+def _nan_to_none(x):
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
+
+
+def _plan_record(plan) -> dict:
+    return dict(solver=plan.solver, steps=plan.num_steps, nfe=plan.nfe,
+                sigmas=[float(v) for v in np.asarray(plan.sigmas)])
+
+
+def _say(args, *parts):
+    """Human-readable progress: stdout, or stderr when stdout carries the ``--json`` report."""
+    print(*parts, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
+
+
+def _refuse_existing(paths, what):
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing:
+        raise SystemExit(f"error: {', '.join(existing)} exists; pass --overwrite to replace {what}")
+
+
 # ----------------------------------------------------------------------------- commands
 
 def cmd_fit(args):
     import iia_jax
     model = load_model(args.model, args.guidance)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
+    if not args.overwrite:
+        _refuse_existing([out], "it")
     quality = _quality(model, args.quality)
     args.batch = args.batch or (JUDGED_BATCH if quality else 256)
     fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
                       mode=args.mode, target=args.target, chunk_size=args.chunk_size,
-                      fingerprint=model.fingerprint, progress=True, quality=quality,
+                      fingerprint=model.fingerprint, progress=not args.json, quality=quality,
                       match_spread=args.spread == "match")
     if args.grid == "fitted":
         res = _fit_grid(model, args, fit_kwargs)
+        plan = res.plan
     else:
         plan = make_plan(model, args.solver, args.steps, args.grid)
         x_T = _noise(model, plan, args.batch, args.seed)
-        print(f"fitting IIA for {plan} on {model.name} with {args.batch} samples ...", flush=True)
+        _say(args, f"fitting IIA for {plan} on {model.name} with {args.batch} samples ...")
         res = iia_jax.fit(model.denoiser, plan, x_T, cond=_labels(model, args.label, args.batch),
                           **fit_kwargs)
-    print(res.report.summary())
+    _say(args, res.report.summary())
     path = iia_jax.save_coefficients(out, res.coeffs, overwrite=args.overwrite)
-    print(f"saved {res.coeffs} to {path}")
+    _say(args, f"saved {res.coeffs} to {path}")
+    if args.json:
+        report = res.report._asdict()
+        report.pop("coeffs", None)     # fit_plan's candidates' coefficients: the chosen ones are below
+        print(json.dumps(_jsonable(dict(command="fit", model=model.name, out=str(path),
+                                        plan=_plan_record(plan), fit_batch=args.batch,
+                                        coefficients=res.coeffs.metadata(),
+                                        values=res.coeffs.values, report=report))))
 
 
 def _fit_grid(model, args, fit_kwargs):
@@ -170,8 +240,8 @@ def _fit_grid(model, args, fit_kwargs):
     s = model.schedule
     probe = make_plan(model, args.solver, args.steps, None)
     x_T = _noise(model, probe, args.batch, args.seed)
-    print(f"fitting the grid and IIA for {args.solver}, {args.steps} steps on {model.name} with "
-          f"{args.batch} samples ...", flush=True)
+    _say(args, f"fitting the grid and IIA for {args.solver}, {args.steps} steps on {model.name} with "
+               f"{args.batch} samples ...")
     return iia_jax.fit_plan(model.denoiser, args.solver, args.steps, x_T, sigma_min=s.sigma_min,
                             sigma_max=s.sigma_max, cond=_labels(model, args.label, args.batch),
                             key=jax.random.PRNGKey(args.seed), **fit_kwargs)
@@ -182,27 +252,38 @@ def cmd_sample(args):
     import iia_jax
     from .plots import sample_grid
     model = load_model(args.model, args.guidance)
-    plan = make_plan(model, args.solver, args.steps, args.grid, args.coeffs)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / "samples.npz", out / "samples.png"]
+    if not args.overwrite:
+        _refuse_existing(targets, "them")
     if args.coeffs:
+        plan = stored_plan(model, args.coeffs, args.solver, args.steps, args.grid)
         coeffs = iia_jax.load_coefficients(args.coeffs, plan=plan, fingerprint=model.fingerprint)
         run = jax.jit(lambda x, c: iia_jax.iia_sample(model.denoiser, plan, coeffs, x, cond=c))
     else:
+        plan = make_plan(model, args.solver or DEFAULT_SOLVER, args.steps or DEFAULT_STEPS, args.grid)
         run = jax.jit(lambda x, c: iia_jax.sample(model.denoiser, plan, x, cond=c))
     x_T = _noise(model, plan, args.n, args.seed)
     labels = _labels(model, args.label, args.n)
+    chunk = args.chunk_size
     start = time.perf_counter()
-    x0 = np.concatenate([np.asarray(run(x_T[i:i + args.batch], None if labels is None else labels[i:i + args.batch]))
-                         for i in range(0, args.n, args.batch)])
+    x0 = np.concatenate([np.asarray(run(x_T[i:i + chunk], None if labels is None else labels[i:i + chunk]))
+                         for i in range(0, args.n, chunk)])
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(x0)):
         raise SystemExit("error: the samples contain NaN/Inf; check the model (sample with check_finite=True)")
+    out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "samples.npz", samples=x0, **({} if labels is None else {"labels": np.asarray(labels)}))
     label = "IIA" if args.coeffs else "base"
+    written = [out / "samples.npz"]
     if len(model.shape) == 3:
         sample_grid({f"{label} {plan.solver}, NFE {plan.nfe}": x0[:64]}, out / "samples.png")
-    print(f"{args.n} samples ({label}, {plan}) in {seconds:.1f} s -> {out / 'samples.npz'}")
+        written.append(out / "samples.png")
+    _say(args, f"{args.n} samples ({label}, {plan}) in {seconds:.1f} s -> {out / 'samples.npz'}")
+    if args.json:
+        print(json.dumps(_jsonable(dict(command="sample", model=model.name, iia=bool(args.coeffs),
+                                        coeffs=args.coeffs, plan=_plan_record(plan), n=args.n,
+                                        seconds=seconds, files=[str(p) for p in written]))))
 
 
 def cmd_train(args):
@@ -215,11 +296,11 @@ def cmd_train(args):
     data = digits("train")
     if args.what in ("digits", "digits-cond"):
         base = DIGITS_DENOISER if args.what == "digits" else DIGITS_COND_DENOISER
-        config = dataclasses.replace(base, steps=args.steps or base.steps)
+        config = dataclasses.replace(base, steps=args.train_steps or base.steps)
         labels = data.labels if args.what == "digits-cond" else None
         result = train_denoiser(config, data.images, str(out / "run"), labels=labels)
     else:
-        config = dataclasses.replace(DIGITS_CLASSIFIER, steps=args.steps or DIGITS_CLASSIFIER.steps)
+        config = dataclasses.replace(DIGITS_CLASSIFIER, steps=args.train_steps or DIGITS_CLASSIFIER.steps)
         result = train_classifier(config, data.images, data.labels, str(out / "run"))
     record = result.record(args.what)
     path = pretrained.save(config.name, result.state.ema_params, record, weights_dir=str(out))
@@ -228,77 +309,114 @@ def cmd_train(args):
 
 def cmd_demo(args):
     from .demo import run_demo
-    run_demo(out=Path(args.out), nfe=args.nfe, n=args.n, batch=args.batch, fine_steps=args.fine_steps,
+    run_demo(out=Path(args.out), steps=args.steps, n=args.n, batch=args.batch, fine_steps=args.fine_steps,
              seed=args.seed)
 
 
 # ----------------------------------------------------------------------------- parser
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in ``--help``; options whose default depends on others say so in
+    their own help text (their argparse default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _common(p, need_out=True):
     from .solvers import SOLVERS
     p.add_argument("--model", default="digits",
-                   help="'digits', 'digits-cond' (class-conditional; shipped) or 'diffusers:PATH'")
+                   help="'digits' (shipped), 'digits-cond' (shipped, class-conditional) or 'diffusers:PATH' "
+                        "(a local UNet2DModel folder)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale for digits-cond (default: plain conditional)")
+                   help="classifier-free guidance scale for digits-cond (default: none, the plain "
+                        "conditional model)")
     p.add_argument("--label", default=None,
-                   help="digits-cond: a digit 0-9 for every sample, or 'all' (0..9 in turn; the default)")
-    p.add_argument("--solver", default="heun", choices=sorted(SOLVERS))
-    p.add_argument("--steps", type=int, default=5, help="number of steps N (heun: NFE = 2N - 1)")
+                   help="digits-cond: a digit 0-9 for every sample, 10 (the null label) or 'all' "
+                        "(0..9 in turn; the default)")
+    p.add_argument("--solver", default=None, choices=sorted(SOLVERS),
+                   help=f"base solver (default: {DEFAULT_SOLVER}; sample --coeffs: the stored one)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"steps N of the plan; heun makes 2N - 1 network evaluations, the others N "
+                        f"(default: {DEFAULT_STEPS}; sample --coeffs: the stored ones)")
     p.add_argument("--grid", choices=GRIDS, default=None,
                    help="sigma grid (default: vp_quadratic for digits, karras for digits-cond, "
-                        "time_uniform for DDPM models); "
-                        "'fitted': fit the grid with the coefficients (fit), or use the grid stored "
-                        "in --coeffs (sample)")
-    p.add_argument("--seed", type=int, default=0)
+                        "time_uniform for diffusers models; sample --coeffs: the stored sigmas); "
+                        "time_uniform and quadratic are uniform and quadratic in the model's own time; "
+                        "'fitted' (fit only): fit the grid with the coefficients")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable report (one JSON object) on stdout, progress on stderr")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     if need_out:
         p.add_argument("--out", required=True, help="output directory (the only place written)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="iia-jax", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    from . import __version__
+    ap = argparse.ArgumentParser(prog="iia-jax", description=__doc__, formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"iia-jax {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="fit IIA on the shipped digits model; table and PNGs (the main job)")
-    p.add_argument("--out", default="checkpoints/demo", help="where coefficients and PNGs go")
-    p.add_argument("--nfe", type=int, default=9, help="network evaluations per sample (odd: heun uses (NFE+1)/2 steps)")
-    p.add_argument("--n", type=int, default=500, help="evaluation samples (fresh noise)")
+    p = sub.add_parser("demo", formatter_class=_Help,
+                       help="fit IIA on the shipped digits model; print base vs IIA; write PNGs",
+                       description="Fit IIA for heun, euler and dpmpp_2m on the shipped digits model in\n"
+                                   "the recommended configuration (that of 'iia-jax fit --model digits'), and\n"
+                                   "compare base and IIA samples from fresh noise with a fine reference:\n"
+                                   "median ODE error and digits_score.")
+    p.add_argument("--out", default="checkpoints/demo", help="where results.json, PNGs and coefficients go")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help="heun's steps N; euler and dpmpp_2m take the same NFE, 2N - 1 steps")
+    p.add_argument("--n", type=int, default=500, help="evaluation samples (fresh noise, not used in the fit)")
     p.add_argument("--batch", type=int, default=JUDGED_BATCH,
-                   help="fit samples (the quality judge in the fit needs about 1,000)")
-    p.add_argument("--fine-steps", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+                   help="fit rows (the quality judge in the fit needs about 1,000)")
+    p.add_argument("--fine-steps", type=int, default=DEFAULT_FINE_STEPS,
+                   help="sub-steps of the fit's target integration per coarse step")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit and evaluation noise")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a digits denoiser or the classifier (resumable)")
-    p.add_argument("what", choices=["digits", "digits-cond", "classifier"])
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--out", default=None, help="default checkpoints/<what>: checkpoints + exported weights")
+    p = sub.add_parser("train", formatter_class=_Help,
+                       help="train a digits denoiser or the classifier (resumable)")
+    p.add_argument("what", choices=["digits", "digits-cond", "classifier"], help="what to train")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="optimiser steps (default: the shipped model's own count, iia_jax.train)")
+    p.add_argument("--out", default=None,
+                   help="checkpoints and exported weights (default: checkpoints/<what>)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("fit", help="fit IIA coefficients and save them with orbax")
+    p = sub.add_parser("fit", formatter_class=_Help, help="fit IIA coefficients and save them with orbax")
     _common(p)
     p.add_argument("--batch", type=int, default=None,
-                   help=f"fit samples (default {JUDGED_BATCH} with a quality judge, else 256)")
-    p.add_argument("--fine-steps", type=int, default=16)
-    p.add_argument("--preset", default=None)
-    p.add_argument("--history", type=int, default=1)
-    p.add_argument("--mode", default="sequential", choices=["teacher_forced", "sequential"])
+                   help=f"fit rows (default: {JUDGED_BATCH} with a quality judge, else 256)")
+    p.add_argument("--fine-steps", type=int, default=DEFAULT_FINE_STEPS,
+                   help="sub-steps of the target integration per coarse step")
+    p.add_argument("--preset", default=None,
+                   help="feature preset (default: the solver's own, iia_jax.iia.DEFAULT_PRESET; "
+                        "e.g. iia-edm, biia-edm, iia-ddim, generic)")
+    p.add_argument("--history", type=int, default=1, help="earlier steps whose features also enter a step")
+    p.add_argument("--mode", default="sequential", choices=["teacher_forced", "sequential"],
+                   help="where the fit's states come from (docs/iia.md)")
     p.add_argument("--target", default=None, choices=["local", "trajectory"],
-                   help="default: the solver's measured best (docs/iia.md)")
-    p.add_argument("--chunk-size", type=int, default=None)
+                   help="what a step aims at (default: the solver's measured best, "
+                        "iia_jax.iia.DEFAULT_TARGET: trajectory for every solver)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="rows per model pass, to bound memory (default: all rows in one pass)")
     p.add_argument("--quality", default="auto", choices=["auto", "digits", "none"],
-                   help="sample judge for the never-worse check (auto: digits on --model digits)")
+                   help="sample judge in the never-worse check (auto: digits on --model digits, none elsewhere)")
     p.add_argument("--spread", default="match", choices=["match", "free"],
                    help="match: least squares that keeps the target's spread across samples "
-                        "(default; docs/iia.md); free: plain least squares")
-    p.add_argument("--overwrite", action="store_true")
+                        "(fit(match_spread=True)); free: plain least squares")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("sample", help="sample (with --coeffs: IIA) and write samples.npz + samples.png")
+    p = sub.add_parser("sample", formatter_class=_Help,
+                       help="sample (with --coeffs: IIA) and write samples.npz + samples.png")
     _common(p)
-    p.add_argument("--coeffs", default=None, help="coefficient directory from 'iia-jax fit'")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--coeffs", default=None,
+                   help="coefficient directory from 'iia-jax fit' (default: none, the base sampler)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--chunk-size", type=int, default=256, help="rows per jitted sampler call")
     p.set_defaults(func=cmd_sample)
 
     # listed for --help; main() hands `iia-jax bench ...` to iia_jax.bench, which parses the rest
@@ -312,6 +430,8 @@ def main(argv=None):
         from .bench import main as bench_main
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "fit":
+        args.solver, args.steps = args.solver or DEFAULT_SOLVER, args.steps or DEFAULT_STEPS
     try:
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:

@@ -1,14 +1,17 @@
 """The main job, ``iia-jax demo``: IIA on the shipped digits model, end to end.
 
-For heun, euler and dpmpp_2m at the same low NFE: fit IIA coefficients with the digits judge in
-the never-worse check (``quality=digits_check``, as ``iia-jax fit --model digits`` does; saved with
-orbax under ``OUT/coeffs``), sample base and IIA from the same fresh noise, and compare both with a fine
-reference (heun, 64 Karras steps, same noise) by median ODE error and ``digits_score`` (1000 x KID
+For heun, euler and dpmpp_2m at the same low NFE, in the recommended configuration of the README
+(the one ``iia-jax fit --model digits`` uses: the ``vp_quadratic`` grid, ``fine_steps=16``, 1,024
+fit rows and the digits judge in the never-worse check, ``quality=digits_check``; otherwise
+``iia_jax.fit``'s defaults): fit IIA coefficients (saved with orbax under ``OUT/coeffs``), sample
+base and IIA from the same fresh noise, and compare both with a fine reference (heun, 64 Karras steps, same noise) by median ODE error and ``digits_score`` (1000 x KID
 against real digits in the features of a judge classifier that never saw them, validated on ladders
 of known order in ``docs/metrics.md``; lower is better, real held-out digits score about 0), with
 its jackknife error and the paired error of the IIA - base difference.  Writes
 ``OUT/results.json``, ``OUT/samples_grid.png`` (fine reference | base | IIA) and
-``OUT/coefficients.png``.  The demo owns ``OUT`` and replaces its own earlier results there.
+``OUT/coefficients.png``.  The demo owns ``OUT`` and replaces its own earlier results there; its
+coefficients carry the shipped model's fingerprint, so ``iia-jax sample --coeffs OUT/coeffs/heun-5``
+samples with them.
 """
 from __future__ import annotations
 
@@ -19,23 +22,31 @@ import jax
 import numpy as np
 
 import iia_jax
-from . import pretrained, schedules
+from . import schedules
+from .cli import load_model
 from .metrics import ode_error
 from .metrics.quality import digits_check, digits_quality, digits_split, score_difference
 from .plots import coefficient_plot, sample_grid
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 REFERENCE_STEPS = 64
+SOLVERS = ("heun", "euler", "dpmpp_2m")
 
 
 def _run(fn, x, batch=500):
     return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
 
 
-def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 1024, fine_steps: int = 8, seed: int = 0):
+def run_demo(out: Path, steps: int = 5, n: int = 500, batch: int = 1024, fine_steps: int = 16, seed: int = 0):
+    """The demo: heun with ``steps`` steps (NFE ``2 steps - 1``), euler and dpmpp_2m at that NFE,
+    on the ``vp_quadratic`` grid; returns the table's rows (also in ``OUT/results.json``)."""
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 (heun's steps; NFE = 2 steps - 1), got {steps}")
+    nfe = 2 * steps - 1
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    denoiser = pretrained.digits()
+    model = load_model("digits")     # its fingerprint: the demo's coefficients work with `iia-jax sample --coeffs`
+    denoiser = model.denoiser
     key_fit, key_eval = jax.random.split(jax.random.PRNGKey(seed))
     shape = (8, 8, 1)
     x_fit = SIGMA_MAX * jax.random.normal(key_fit, (batch,) + shape)
@@ -45,13 +56,13 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 1024, fine_step
     print(f"fine reference: heun, {REFERENCE_STEPS} Karras steps (NFE {ref_plan.nfe}), {n} samples ...", flush=True)
     reference = _run(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval)
     rows, grids, coeffs = [], {}, {}
-    for solver in ("heun", "euler", "dpmpp_2m"):
-        steps = (nfe + 1) // 2 if solver == "heun" else nfe
-        plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-        print(f"{solver}: fitting IIA ({plan}) on {batch} samples ...", flush=True)
-        res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, fingerprint="digits-shipped",
+    for solver in SOLVERS:
+        num_steps = steps if solver == "heun" else nfe
+        plan = iia_jax.plan(solver, schedules.vp_quadratic(num_steps, SIGMA_MIN, SIGMA_MAX))
+        print(f"{solver}: fitting IIA ({plan}, vp_quadratic grid) on {batch} samples ...", flush=True)
+        res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, fingerprint=model.fingerprint,
                           quality=digits_check, progress=True)
-        iia_jax.save_coefficients(out / "coeffs" / f"{solver}-{steps}", res.coeffs, overwrite=True)
+        iia_jax.save_coefficients(out / "coeffs" / f"{solver}-{num_steps}", res.coeffs, overwrite=True)
         base = _run(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
         iia = _run(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval)
         e_base, e_iia = ode_error(base, reference), ode_error(iia, reference)
@@ -61,7 +72,7 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 1024, fine_step
                          rmse_base=e_base.rmse, rmse_iia=e_iia.rmse, score_base=q_base["score"],
                          score_base_se=q_base["score_se"], score_iia=q_iia["score"], score_iia_se=q_iia["score_se"],
                          score_diff=diff, score_diff_se=diff_se, fit_seconds=res.report.fit_seconds,
-                         kept=int(res.report.kept.sum()), steps=steps,
+                         kept=int(res.report.kept.sum()), steps=num_steps,
                          dropped_for_quality=list(res.report.quality_dropped)))
         grids[f"{solver} NFE {plan.nfe}"] = {"fine reference": reference[:36], "base": base[:36],
                                              "IIA": iia[:36]}
@@ -81,12 +92,12 @@ def run_demo(out: Path, nfe: int = 9, n: int = 500, batch: int = 1024, fine_step
           f"IIA - base column paired).\nfine reference (NFE {ref_plan.nfe}): {pm(q_ref['score'], q_ref['score_se'])};"
           f"  real held-out digits (n=300): {pm(q_real['score'], q_real['score_se'])}")
 
-    sample_grid(grids, out / "samples_grid.png", title=f"digits: fine reference | base | IIA at NFE ~{nfe}", cols=6)
+    sample_grid(grids, out / "samples_grid.png", title=f"digits, vp_quadratic grid: fine reference | base | IIA at NFE {nfe}", cols=6)
     coefficient_plot(coeffs, out / "coefficients.png")
     (out / "results.json").write_text(json.dumps(
         dict(rows=rows, score_reference=q_ref["score"], score_reference_se=q_ref["score_se"],
              score_real_test=q_real["score"], score_real_test_se=q_real["score_se"],
-             n=n, fit_batch=batch, fine_steps=fine_steps, seed=seed), indent=2))
+             n=n, fit_batch=batch, fine_steps=fine_steps, seed=seed, grid="vp_quadratic"), indent=2))
     print(f"wrote {out / 'results.json'}, {out / 'samples_grid.png'}, {out / 'coefficients.png'}, "
           f"coefficients under {out / 'coeffs'}")
     return rows

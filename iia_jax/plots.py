@@ -33,11 +33,16 @@ def sample_grid(panels: dict, path, title: str | None = None, cols: int = 8):
     plt = _plt()
     rows = panels if isinstance(next(iter(panels.values())), dict) else {"": panels}
     ncols = max(len(r) for r in rows.values())
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(3 * ncols, 3 * len(rows)), squeeze=False)
+    first = np.asarray(next(iter(next(iter(rows.values())).values())))
+    aspect = -(-len(first) // cols) / cols            # mosaic height / width, for the figure size
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3 * ncols, (3 * aspect + 0.5) * len(rows)),
+                             squeeze=False)
     for ax_row, (row_name, row) in zip(axes, rows.items()):
         for ax, (name, images) in zip(ax_row, row.items()):
             ax.imshow(tile(images, cols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"{row_name} {name}".strip(), fontsize=9)
+            ax.axis("off")
+        for ax in ax_row[len(row):]:          # rows with fewer panels than the widest one
             ax.axis("off")
     if title:
         fig.suptitle(title)

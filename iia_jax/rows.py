@@ -1,4 +1,4 @@
-"""The rows of a fit batch: the one place where :func:`iia_jax.fit` splits it (DESIGN.md §4).
+"""The rows of a fit batch: the one place where :func:`iia_jax.fit` splits it (docs/design.md §4).
 
 A fit batch is a pytree whose leaves share a leading axis of ``B`` rows: the initial states
 ``x_T`` and, for a conditional denoiser ``D(x, sigma, cond)``, the conditions.  Every split the fit
@@ -21,6 +21,7 @@ the rows over devices cannot disagree about which row is which.
 """
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -207,6 +208,14 @@ class Layout(NamedTuple):
 
         return jax.vmap(draw)(jnp.arange(n_groups))
 
+    def split_indices(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """``(train, held)``: host indices of the real training and held-out rows, given the
+        held-out ``positions`` (:meth:`holdout_positions`; tiny, copied to the host)."""
+        pos = np.asarray(positions)[: self.rows // self.group]
+        held = (np.arange(pos.shape[0])[:, None] * self.group + pos).reshape(-1)
+        train = np.setdiff1d(np.arange(self.rows), held)
+        return train, held
+
     def weights(self, positions, dtype):
         """Row weights ``[2, padded]``: training rows, held-out rows (0 on padding)."""
         n_groups = self.padded // self.group
@@ -230,5 +239,81 @@ def make_layout(rows: int, holdout: float, chunk_size: int | None,
     return Layout(rows, group, hold, chunks, padded, sharding)
 
 
-__all__ = ["Layout", "Sharding", "make_layout", "batch_sharding", "shard_rows", "check_cond",
-           "holdout_fraction"]
+class FitRows(NamedTuple):
+    """A fit batch after :func:`split_batch`: chunked rows ``x``/``cond`` ``[C, b, ...]``, row
+    weights ``[C, 2, b]`` (training, held-out), the held-out rows of each chunk
+    ``hold_x``/``hold_cond`` ``[C, h, ...]`` with weights ``hold_weights [C, h]`` (0 on padding),
+    and the in-group held-out ``positions``."""
+
+    layout: Layout
+    x: jax.Array
+    cond: Any
+    weights: jax.Array
+    hold_x: jax.Array
+    hold_cond: Any
+    hold_weights: jax.Array
+    positions: jax.Array
+
+    def holdout_indices(self) -> np.ndarray:
+        """Indices into the batch of the real held-out rows."""
+        return self.layout.split_indices(to_host(self.positions))[1]
+
+
+def to_host(a) -> np.ndarray:
+    """A device array on the host.  Across processes: a replicated one from this process's copy,
+    a sharded one (e.g. one scalar a row) gathered from all processes."""
+    if getattr(a, "is_fully_addressable", True):
+        return np.asarray(a)
+    if a.is_fully_replicated:
+        return np.asarray(a.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
+def split_batch(x_T, cond, holdout: float, chunk_size: int | None, key=None, mesh=None,
+                batch_axis="data") -> FitRows:
+    """Pad, shard, chunk and split the rows ``(x_T, cond)`` of a fit: the one place a fit batch is
+    split (module docstring).  Refuses layouts that cannot be fitted, naming the argument."""
+    sharding = batch_sharding(x_T, mesh, batch_axis)
+    layout = make_layout(x_T.shape[0], holdout, chunk_size, sharding)
+    if layout.hold and layout.hold_rows == 0:
+        raise ValueError(f"holdout={holdout} holds out {layout.hold} row(s) in every group of "
+                         f"{layout.group}, but x_T has only {layout.rows} rows; pass at least "
+                         f"{layout.group} rows or holdout=0")
+    if layout.train_rows < 1:
+        raise ValueError(f"x_T has {layout.rows} samples; with holdout={holdout} none is left to fit on")
+    if sharding is not None and mesh is None and layout.padded != layout.rows:
+        raise ValueError(f"x_T is sharded over {sharding.shards} devices; with holdout={holdout} and "
+                         f"chunk_size={chunk_size} ({layout.chunks} chunks) the fit needs a multiple of "
+                         f"{layout.group * sharding.shards * layout.chunks} "
+                         f"rows, got {layout.rows}: pass a host array with mesh= (padded with "
+                         "zero-weight rows for you) or trim the batch")
+    rows = (x_T, cond)
+    if mesh is not None:          # a host batch: pad with zero-weight rows, then shard
+        rows = shard_rows(layout.pad(rows), sharding)
+    elif sharding is None:
+        rows = layout.pad(rows)
+
+    return FitRows(layout, *_split(rows, key, layout=layout, dtype=jnp.dtype(x_T.dtype)))
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "dtype"))
+def _split(rows, key, *, layout: Layout, dtype):
+    """The chunked rows, weights and held-out views of :func:`split_batch` (compiled once per
+    layout and shapes)."""
+    positions = layout.holdout_positions(key)
+    weights = layout.to_chunks(layout.weights(positions, dtype), row_axis=1)
+    x, c = layout.to_chunks(rows)
+    hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
+    return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w, positions
+
+
+def split_indices(rows: int, holdout: float, key=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held)`` indices of ``rows`` rows: the rows :func:`split_batch` trains on and
+    holds out with this ``holdout`` and ``key`` (whatever the chunking or devices)."""
+    layout = make_layout(rows, holdout, None)
+    return layout.split_indices(layout.holdout_positions(key))
+
+
+__all__ = ["Layout", "Sharding", "FitRows", "make_layout", "split_batch", "split_indices",
+           "batch_sharding", "shard_rows", "check_cond", "holdout_fraction", "to_host"]

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import solvers
+from . import solvers, validate
 from .rows import batch_sharding, check_cond, shard_rows
 
 __all__ = ["Plan", "plan", "sample", "initial_noise", "integrate", "run_steps", "check_state",
-           "bind_condition", "grid_fingerprint"]
+           "bind_condition", "grid_fingerprint", "check_plan", "to_compute_dtype"]
 
 
 @jax.tree_util.register_dataclass
@@ -24,11 +24,33 @@ class Plan:
     :func:`plan` from concrete values (None for a plan built inside a trace).  Because it is
     static it survives ``jax.jit``, so coefficients fitted for another grid are refused at trace
     time even when the plan and the coefficients are traced arguments.
+
+    A hand-built ``Plan(sigmas, solver)`` is checked like :func:`plan`'s (:func:`iia_jax.validate.sigmas`)
+    whenever its sigmas are a concrete 1-D array, and a given ``fingerprint`` must be the one of
+    its grid.  Other leaves (tracers, the placeholders of pytree utilities) pass unchecked.
     """
 
     sigmas: jax.Array
     solver: str = dataclasses.field(metadata=dict(static=True))
     fingerprint: str | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    def __post_init__(self):
+        solvers.get(self.solver)
+        if self.fingerprint is not None and not isinstance(self.fingerprint, str):
+            raise TypeError(f"fingerprint must be a string or None, got {type(self.fingerprint).__name__}")
+        s = self.sigmas
+        # jax rebuilds a Plan from whatever leaves a transformation holds (tracers, batched
+        # arrays, placeholders); only a concrete 1-D grid is a grid to check here.
+        if not isinstance(s, (np.ndarray, jax.Array)) or validate.is_traced(s) or s.ndim != 1:
+            return
+        if not jnp.issubdtype(s.dtype, jnp.floating):
+            raise TypeError(f"sigmas must be a floating-point array, got dtype {s.dtype}; "
+                            "iia_jax.plan(solver, sigmas) converts them to float32")
+        validate.sigmas(s)
+        if self.fingerprint is not None and self.fingerprint != grid_fingerprint(self.solver, s):
+            raise ValueError(f"fingerprint {self.fingerprint!r} is not the one of these sigmas "
+                             f"({grid_fingerprint(self.solver, s)!r}); build plans with "
+                             "iia_jax.plan(solver, sigmas), or pass fingerprint=None")
 
     @property
     def num_steps(self) -> int:
@@ -43,22 +65,6 @@ class Plan:
         return f"Plan(solver={self.solver!r}, num_steps={self.num_steps}, nfe={self.nfe})"
 
 
-def _check_sigmas(sigmas) -> None:
-    if sigmas.ndim != 1 or sigmas.shape[0] < 2:
-        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {sigmas.shape}")
-    if isinstance(sigmas, jax.core.Tracer):
-        return  # values are unknown inside a trace; validated plans come from outside jit
-    s = np.asarray(sigmas, dtype=np.float64)
-    if not np.all(np.isfinite(s)):
-        raise ValueError(f"sigmas must be finite, got {s}")
-    if s[-1] != 0.0:
-        raise ValueError(f"sigmas must end with 0 (the clean data), got last value {s[-1]}")
-    if np.any(np.diff(s) >= 0):
-        bad = int(np.argmax(np.diff(s) >= 0))
-        raise ValueError(f"sigmas must be strictly decreasing, but sigmas[{bad}]={s[bad]} <= "
-                         f"sigmas[{bad + 1}]={s[bad + 1]}")
-
-
 def grid_fingerprint(solver: str, sigmas) -> str:
     """``"solver:N:hash"`` of a concrete grid: the SHA-256 of its float32 sigmas, 16 hex digits."""
     s = np.ascontiguousarray(np.asarray(sigmas, np.float32))
@@ -68,22 +74,28 @@ def grid_fingerprint(solver: str, sigmas) -> str:
 def plan(solver: str, sigmas) -> Plan:
     """Pair a solver name with a sigma grid (``num_steps + 1`` values ending in 0)."""
     solvers.get(solver)
-    if isinstance(sigmas, jax.core.Tracer):
-        _check_sigmas(sigmas)
+    if validate.is_traced(sigmas):
+        # No fingerprint: the values are unknown.  Coefficients that carry one are refused with
+        # such a plan (iia_jax.iia.check_coefficients), so the grid check is never skipped.
+        validate.sigmas(sigmas)
         return Plan(sigmas, solver)
-    host = np.asarray(sigmas, np.float32)   # concrete: checked and hashed on the host
-    _check_sigmas(host)
+    host = np.asarray(sigmas, np.float32)   # concrete: checked (after rounding) and hashed on the host
+    validate.sigmas(host)
     return Plan(jnp.asarray(host), solver, grid_fingerprint(solver, host))
 
 
 def check_state(x_T, name: str = "x_T") -> None:
-    """Samples are float arrays with a leading batch axis."""
-    if not hasattr(x_T, "shape") or not hasattr(x_T, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(x_T).__name__}")
-    if x_T.ndim < 2:
-        raise ValueError(f"{name} must have shape [B, ...] (batch first, at least 2-D), got {x_T.shape}")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x_T.dtype}")
+    """Samples are float arrays with a leading batch axis (:func:`iia_jax.validate.state`)."""
+    validate.state(x_T, name)
+
+
+def to_compute_dtype(x_T):
+    """``x_T`` in the dtype the ODE runs in (float32 for float16/bfloat16, see
+    :mod:`iia_jax.validate`), and the dtype to return results in: ``x_T``'s as JAX holds it
+    (float64 becomes float32 without ``jax_enable_x64``)."""
+    dtype = jax.dtypes.canonicalize_dtype(x_T.dtype)
+    compute = validate.compute_dtype(dtype)
+    return (x_T if x_T.dtype == compute else x_T.astype(compute)), dtype
 
 
 def initial_noise(key, plan: Plan, shape, vp: bool = False, dtype=jnp.float32):
@@ -94,10 +106,12 @@ def initial_noise(key, plan: Plan, shape, vp: bool = False, dtype=jnp.float32):
     return scale * jax.random.normal(key, tuple(shape), dtype)
 
 
-def _check_plan(p) -> solvers.Solver:
+def check_plan(p) -> solvers.Solver:
+    """The solver of a :class:`Plan`; refuses anything that is not one."""
     if not isinstance(p, Plan):
         raise TypeError(f"plan must be an iia_jax.Plan (use iia_jax.plan(solver, sigmas)), got "
                         f"{type(p).__name__}")
+    validate.sigmas(p.sigmas, "plan.sigmas")
     return solvers.get(p.solver)
 
 
@@ -162,28 +176,34 @@ def sample(denoiser, plan: Plan, x_T, return_trajectory: bool = False, check_fin
     a closure over the denoiser, or a denoiser that is itself a pytree (``jax.tree_util.Partial``).
 
     ``check_finite=True`` raises a ValueError naming the first step whose denoiser output was
-    NaN/Inf; it needs concrete values, so use it outside ``jax.jit`` (for debugging).
+    NaN/Inf; it needs concrete values, so use it outside ``jax.jit`` (inside, it is refused at
+    trace time with a message).  A float16/bfloat16 ``x_T`` is integrated in float32 and the
+    result returned in its dtype; an empty batch returns empty arrays (:mod:`iia_jax.validate`).
     """
-    solver = _check_plan(plan)
+    solver = check_plan(plan)
     check_state(x_T)
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
     check_cond(cond, x_T.shape[0])
     x_T, cond = shard_rows((x_T, cond), batch_sharding(x_T, mesh, batch_axis) if mesh else None)
     denoiser = bind_condition(denoiser, cond)
+    x_T, out_dtype = to_compute_dtype(x_T)
     sigmas = plan.sigmas.astype(x_T.dtype)
     (_, x0), (traj, finite) = run_steps(_base_body(denoiser, solver, return_trajectory),
                                         (solver.init(x_T), x_T), sigmas)
     if check_finite:
         raise_if_not_finite(finite, sigmas)
     if return_trajectory:
-        return x0, jnp.concatenate([x_T[None], traj])
-    return x0
+        return x0.astype(out_dtype), jnp.concatenate([x_T[None], traj]).astype(out_dtype)
+    return x0.astype(out_dtype)
 
 
 def raise_if_not_finite(finite, sigmas, what: str = "the denoiser"):
-    """Raise a ValueError naming the first step whose outputs were not finite."""
-    finite = np.asarray(finite)
+    """Raise a ValueError naming the first step whose outputs were not finite (concrete values
+    only: inside a trace the check is refused with a message saying what to do instead)."""
+    finite = validate.concrete(finite, "check_finite=True",
+                               "call it outside jax.jit (it runs one compiled lax.scan anyway), or "
+                               "leave check_finite off and test jnp.isfinite on the result")
     if not finite.all():
         i = int(np.argmin(finite))
         raise ValueError(f"{what} returned NaN or Inf at step {i} (sigma={float(sigmas[i]):.6g}); "

@@ -1,6 +1,6 @@
 """Noise schedules and step plans, all expressed in EDM sigma-space.
 
-Every model is mapped to ``x = x0 + sigma * n`` (DESIGN.md §2).  A variance-preserving
+Every model is mapped to ``x = x0 + sigma * n`` (docs/design.md §2).  A variance-preserving
 (VP) model with ``x_vp = alpha_t x0 + sigma_vp n`` lives at ``sigma = sigma_vp / alpha_t``
 and ``x = x_vp / alpha_t``; since ``alpha_t^2 + sigma_vp^2 = 1`` we have
 ``alpha_t = 1 / sqrt(1 + sigma^2)``.
@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "Schedule", "edm", "ve", "vp_linear", "vp_cosine", "vp_discrete", "ddpm_alphas_cumprod",
     "karras", "logsnr_uniform", "time_uniform", "quadratic", "vp_time", "vp_quadratic", "ddim",
+    "finish_grid", "sigma_table",
 ]
 
 
@@ -150,7 +151,8 @@ def ddpm_alphas_cumprod(beta_schedule: str = "linear", beta_start: float = 1e-4,
     return np.cumprod(1.0 - betas)
 
 
-def _sigma_table(alphas_cumprod) -> np.ndarray:
+def sigma_table(alphas_cumprod) -> np.ndarray:
+    """``sigma_n = sqrt((1 - abar_n) / abar_n)`` of a discrete schedule, checked."""
     a = np.asarray(alphas_cumprod, dtype=np.float64)
     if a.ndim != 1 or a.size < 2 or not np.all(np.isfinite(a)) or np.any(a <= 0) or np.any(a > 1):
         raise ValueError("alphas_cumprod must be a 1-D array of values in (0, 1], "
@@ -165,7 +167,7 @@ def vp_discrete(alphas_cumprod) -> Schedule:
 
     ``sigma_n = sqrt((1 - abar_n) / abar_n)``; between integers, log sigma is linear in n.
     """
-    log_sigmas = np.log(_sigma_table(alphas_cumprod))
+    log_sigmas = np.log(sigma_table(alphas_cumprod))
     index = np.arange(log_sigmas.size, dtype=np.float64)
 
     def sigma(t):
@@ -181,7 +183,7 @@ def vp_discrete(alphas_cumprod) -> Schedule:
 
 # ----------------------------------------------------------------------------- step grids
 
-def _finish(sigmas) -> np.ndarray:
+def finish_grid(sigmas) -> np.ndarray:
     """Append the terminal 0 and return float32, checking strict decrease."""
     out = np.concatenate([np.asarray(sigmas, dtype=np.float64), [0.0]]).astype(np.float32)
     if np.any(np.diff(out) >= 0):
@@ -191,12 +193,8 @@ def _finish(sigmas) -> np.ndarray:
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> int:
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
-        raise TypeError(f"num_steps must be an integer >= {minimum}, got {type(num_steps).__name__} "
-                        f"{num_steps!r}")
-    if num_steps < minimum:
-        raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
-    return int(num_steps)
+    from .validate import integer   # here: validate imports jax, which a schedule does not need
+    return integer(num_steps, "num_steps", minimum)
 
 
 def _check_range(sigma_min, sigma_max):
@@ -213,7 +211,7 @@ def karras(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     _check_range(sigma_min, sigma_max)
     ramp = np.linspace(0.0, 1.0, n)
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-    return _finish((hi + ramp * (lo - hi)) ** rho)
+    return finish_grid((hi + ramp * (lo - hi)) ** rho)
 
 
 def logsnr_uniform(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> np.ndarray:
@@ -221,7 +219,7 @@ def logsnr_uniform(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 
     ``lambda = -log sigma`` from sigma_max to sigma_min, then 0."""
     n = _check_steps(num_steps, 2)
     _check_range(sigma_min, sigma_max)
-    return _finish(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n)))
+    return finish_grid(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n)))
 
 
 def _time_grid(schedule: Schedule, num_steps: int, power: float) -> np.ndarray:
@@ -230,7 +228,7 @@ def _time_grid(schedule: Schedule, num_steps: int, power: float) -> np.ndarray:
     n = _check_steps(num_steps)
     frac = (1.0 - np.arange(n) / n) ** power          # 1, ..., > 0; the end t_min maps to sigma 0
     t = schedule.t_min + (schedule.t_max - schedule.t_min) * frac
-    return _finish(schedule.sigma(t))
+    return finish_grid(schedule.sigma(t))
 
 
 def time_uniform(schedule: Schedule, num_steps: int) -> np.ndarray:
@@ -269,7 +267,7 @@ def ddim(alphas_cumprod, num_steps: int, spacing: str = "leading", steps_offset:
     The last step goes to sigma 0 (``set_alpha_to_one=True``).  Sigmas are exactly the
     training-grid values, so :func:`iia_jax.models.from_discrete_eps` recovers integer timesteps.
     """
-    table = _sigma_table(alphas_cumprod)
+    table = sigma_table(alphas_cumprod)
     T, n = table.size, _check_steps(num_steps)
     if n > T:
         raise ValueError(f"num_steps={n} exceeds the {T} training timesteps")
@@ -284,4 +282,4 @@ def ddim(alphas_cumprod, num_steps: int, spacing: str = "leading", steps_offset:
     steps = np.asarray(steps, dtype=np.int64)
     if steps.min() < 0 or steps.max() >= T:
         raise ValueError(f"timesteps {steps} fall outside [0, {T - 1}] (steps_offset={steps_offset})")
-    return _finish(table[steps])
+    return finish_grid(table[steps])

@@ -1,7 +1,7 @@
 """The benchmark's peer adapters against independent references, and a miniature bench run.
 
 * A diffusers DDIM scheduler stepping an exact mixture through :mod:`iia_jax.bench.peers` is the
-  Euler step in sigma-space (DESIGN.md §2), so it must equal our ``euler`` on the same grid.
+  Euler step in sigma-space (docs/design.md §2), so it must equal our ``euler`` on the same grid.
 * diffusers' Euler (sigma-space, ``scale_model_input``) must equal it too; DPM-Solver++ 2M, UniPC
   and Heun must equal our ``dpmpp_2m`` (Lu et al. 2022), ``unipc`` (Zhao et al. 2023) and ``heun``
   (Karras et al. 2022, Euler on the last step), the same algorithms.
@@ -39,7 +39,7 @@ def setup():
 
 @pytest.mark.parametrize("peer,solver", [("DDIM", "euler"), ("Euler", "euler"), ("DPM++2M", "dpmpp_2m"),
                                          ("UniPC", "unipc"), ("Heun", "heun")])
-@pytest.mark.parametrize("grid", ["karras", "quadratic"])
+@pytest.mark.parametrize("grid", ["karras", "vp_quadratic"])
 def test_diffusers_peer_equals_our_solver(setup, peer, solver, grid):
     m, x_T, eps = setup
     sigmas = grids.grid(grid, 6, m.sigma_min, m.sigma_max)
@@ -75,7 +75,7 @@ def test_diffrax_nfe_claims_match_counted_calls(setup):
     """Bosh3 (FSAL) and adaptive Tsit5 report the model calls they make."""
     m, x_T, _ = setup
     calls = []
-    sigmas = jnp.asarray(grids.grid("logsnr", 4, m.sigma_min, m.sigma_max))
+    sigmas = jnp.asarray(grids.grid("logsnr_uniform", 4, m.sigma_min, m.sigma_max))
     _, nfe = peers.diffrax_fixed("diffrax Bosh3", _counting(m.denoiser, calls), sigmas, jnp.asarray(x_T))
     assert nfe == len(calls) == 3 * 4 - 1
     calls.clear()
@@ -103,9 +103,14 @@ def test_miniature_bench_writes_table_and_plot(tmp_path):
     saved = json.loads(raw.read_text())
     assert len(saved["results"]["rows"]) == 2 * 4   # euler base + IIA, DDIM, diffrax Euler at NFE 4 and 6
     saved["results"]["rows"] = []
+    # the machine is the run's, as recorded, not that of whoever replots it
+    assert f"**Machine**: {saved['results']['machine']};" in text
+    saved["results"]["machine"] = "the measuring machine"
     raw.write_text(json.dumps(saved))
     assert main(args + ["--replot", str(raw)]) == 0
-    assert "cut short: no model separated" in (tmp_path / "benchmarks.md").read_text()
+    replotted = (tmp_path / "benchmarks.md").read_text()
+    assert "cut short: no model separated" in replotted
+    assert "**Machine**: the measuring machine;" in replotted
 
 
 def _row(family, method, grid, median, nfe=5, variant=""):
@@ -116,14 +121,14 @@ def test_goal_counts_each_peer_on_its_best_and_its_default_grid():
     """IIA 0.1 beats DDIM on Karras (0.2) and on its default time_uniform grid (0.3), but not on
     quadratic (0.05), its best grid; diffrax Euler (default Karras) is beaten everywhere."""
     rows = [_row("IIA", "euler", "karras", 0.1, variant="defaults"), _row("IIA", "euler", "karras", 0.5, nfe=20),
-            _row("diffusers", "DDIM", "karras", 0.2), _row("diffusers", "DDIM", "time_uniform", 0.3),
-            _row("diffusers", "DDIM", "quadratic", 0.05), _row("diffrax", "diffrax Euler", "karras", 0.4),
-            _row("diffrax", "diffrax Euler", "quadratic", 0.15)]
+            _row("diffusers", "DDIM", "karras", 0.2), _row("diffusers", "DDIM", "vp_time_uniform", 0.3),
+            _row("diffusers", "DDIM", "vp_quadratic", 0.05), _row("diffrax", "diffrax Euler", "karras", 0.4),
+            _row("diffrax", "diffrax Euler", "vp_quadratic", 0.15)]
     (goal,) = report.goal_rows(rows, "m", (5, 20))       # NFE 20 is above the goal's NFE
-    assert (goal.nfe, goal.ours.median, goal.top.method, goal.top.grid) == (5, 0.1, "DDIM", "quadratic")
+    assert (goal.nfe, goal.ours.median, goal.top.method, goal.top.grid) == (5, 0.1, "DDIM", "vp_quadratic")
     assert (goal.beaten_best, goal.peers, goal.beaten_default, goal.on_default) == (1, 2, 2, 2)
     assert not goal.met
-    rows[4] = _row("diffusers", "DDIM", "quadratic", 0.11)
+    rows[4] = _row("diffusers", "DDIM", "vp_quadratic", 0.11)
     assert report.goal_rows(rows, "m", (5,))[0].met
 
 

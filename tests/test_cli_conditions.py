@@ -22,7 +22,7 @@ def test_fit_then_sample_a_guided_digit(tmp_path):
     (["sample", "--model", "digits", "--label", "3"], "--label needs a conditional model"),
     (["sample", "--model", "digits", "--guidance", "2"], "--guidance needs a conditional model"),
     (["sample", "--model", "digits-cond", "--label", "12"], "--label must be a digit"),
-    (["sample", "--grid", "fitted"], "--grid fitted samples with the grid stored in --coeffs"),
+    (["sample", "--grid", "fitted"], "sample takes the fitted grid from --coeffs"),
 ])
 def test_refusals(tmp_path, argv, match):
     with pytest.raises(SystemExit, match=match):

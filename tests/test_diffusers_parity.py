@@ -10,7 +10,7 @@ independently, as a discrete DDPM eps-network in VP space (torch, float64): for
     eps(x_vp, t) = (x_vp - sqrt(abar_t) E[x0 | x_vp]) / sqrt(1 - abar_t).
 
 On our side the same mixture is either :func:`iia_jax.models.gmm` used directly in sigma-space
-(so the test also checks the VP <-> sigma-space mapping of DESIGN.md §2), or the same VP formula
+(so the test also checks the VP <-> sigma-space mapping of docs/design.md §2), or the same VP formula
 in jax wrapped by :func:`iia_jax.models.from_discrete_eps` (checks the adapter).
 
 Both sides start from the same ``x_vp_T ~ N(0, I)`` (``init_noise_sigma = 1``); ours is

@@ -1,4 +1,4 @@
-"""IIA (DESIGN.md §4) checked against independent references, never against saved outputs.
+"""IIA (docs/design.md §4) checked against independent references, never against saved outputs.
 
 Model: exact Gaussian-mixture denoisers (:func:`iia_jax.models.gmm`), so the probability-flow
 ODE has no model error.  Reference: that ODE solved with Heun on ``REF_STEPS`` Karras steps from
@@ -167,7 +167,7 @@ def test_iia_never_meaningfully_worse_at_higher_nfe(solver, num_steps):
 
 
 def test_teacher_forced_close_to_sequential_local():
-    """DESIGN.md §4: on exact mixtures teacher-forced ~ sequential-local.  Checked: both beat the
+    """The modes of docs/design.md §4: on exact mixtures teacher-forced ~ sequential-local.  Checked: both beat the
     base step by >= 5x, and their medians are within a factor 3 of each other.  No holdout: this
     compares the two fits themselves, without the never-worse check in between."""
     base = base_error("4d-wide", "heun", 5)

@@ -126,15 +126,54 @@ def test_existing_directory_needs_overwrite(saved):
     assert _siblings(path) == []
 
 
-def test_overwrite_replaces_foreign_directory(tmp_path):
+def _foreign_tree(path):
+    path.mkdir()
+    (path / "precious.txt").write_text("old")
+
+
+def _foreign_tree_with_our_names(path):
+    """A directory with our entry names whose metadata.json is someone else's."""
+    (path / "arrays").mkdir(parents=True)
+    (path / "arrays" / "weights.bin").write_bytes(b"\x01\x02")
+    (path / "metadata.json").write_text('{"format": "someone.elses.format"}')
+
+
+def _coefficients_plus_a_file(path):
+    iia_jax.save_coefficients(path, _coeffs(seed=5))
+    (path / "notes.txt").write_text("mine")
+
+
+def _a_file(path):
+    path.write_text("not a directory")
+
+
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else None)
+                  for p in path.rglob("*")) if path.is_dir() else path.read_bytes()
+
+
+@pytest.mark.parametrize("make", [_foreign_tree, _foreign_tree_with_our_names,
+                                  _coefficients_plus_a_file, _a_file])
+def test_overwrite_refuses_what_it_did_not_write(tmp_path, make):
+    """overwrite=True replaces a coefficient directory only: anything else stays byte for byte."""
+    path = tmp_path / "c"
+    make(path)
+    before = _tree(path)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="nothing was changed"):
+            iia_jax.save_coefficients(path, _coeffs(), overwrite=overwrite)
+        assert _tree(path) == before
+    assert _siblings(path) == []
+
+
+def test_overwrite_fills_an_empty_directory(tmp_path):
     path = tmp_path / "c"
     path.mkdir()
-    (path / "stale.txt").write_text("old")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         iia_jax.save_coefficients(path, _coeffs())
     iia_jax.save_coefficients(path, _coeffs(), overwrite=True)
-    assert not (path / "stale.txt").exists()
     _assert_identical(_coeffs(), iia_jax.load_coefficients(path))
+    assert _siblings(path) == []
 
 
 def test_save_rejects_non_coefficients(tmp_path):

@@ -13,7 +13,7 @@ from scipy.optimize import minimize
 
 import iia_jax
 from iia_jax import schedules
-from iia_jax.iia.fit import gram_stats, solve_gram, solve_matched, spread_sums
+from iia_jax.iia.solve import gram_stats, solve_gram, solve_matched, spread_sums
 from iia_jax.models import gmm
 
 SIGMA_MIN, SIGMA_MAX = 0.01, 20.0

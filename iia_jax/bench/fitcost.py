@@ -56,7 +56,7 @@ def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: i
     m = MODELS[model_name]()
     p = plan(solver, grid("karras", steps_for(nfe, SOLVERS[solver].evals_per_step), m.sigma_min, m.sigma_max))
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(7), (batch,) + m.shape)
-    evals = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr", fine_steps * p.nfe, m.sigma_min,
+    evals = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr_uniform", fine_steps * p.nfe, m.sigma_min,
                                                                      m.sigma_max)), y))
     times = []
     for _ in range(4):

@@ -83,8 +83,8 @@ def _goal_defaults(rows, cfg) -> list:
     for model in dict.fromkeys(r[0] for r in gv):
         picks = [f"{r[1]} {r[-1]}" for r in gv if r[0] == model]
         out.append(f"grid for IIA on {model} (best geometric mean over the NFE <= {GOAL_NFE} its grids share): "
-                   + ", ".join(picks) + (" (so `iia-jax fit/sample --model digits` now default to `--grid vp_quadratic`, "
-                                         "this quadratic grid; it was karras when this report ran)"
+                   + ", ".join(picks) + (" (so `iia-jax fit/sample --model digits` now default to `--grid vp_quadratic`; "
+                                         "it was karras when this report ran)"
                                         if model == "digits" else ""))
     return out
 
@@ -147,17 +147,16 @@ def _setup(cfg, results, meta):
         f"level {results.get('nice', '(not recorded)')}, started {results.get('started', '(not recorded)')}, "
         f"took **{results['seconds'] / 60:.1f} min** of wall time{' in all' if results.get('reruns') else ''}"
         f"{_cut_short(cfg, results)}; report written "
-        f"{meta['date']}. The full mode is `python -m iia_jax.bench` (also `iia-jax bench`), the quick one "
-        "`python -m iia_jax.bench --quick`; `--replot docs/bench_results_full.json` rewrites this report from the "
-        "saved raw results.",
+        f"{meta['date']}. The full mode is `iia-jax bench --out docs` (also `python -m iia_jax.bench --out docs`), "
+        "the quick one `iia-jax bench --quick` (written to `./iia_jax_bench` unless `--out` says otherwise); "
+        "`--replot docs/bench_results_full.json --out docs` rewrites this report from the saved raw results.",
         *[f"- **Rerun**: `python -m iia_jax.bench {r['command']}`, started {r['started']}, took "
           f"{r['seconds'] / 60:.1f} min (library revision {r['revision']}); its sections and models replace the "
           "first run's." for r in results.get("reruns", [])],
         *[f"- **Note**: {note}" for note in results.get("notes", [])],
-        f"- **Machine**: {meta['machine']}; 1-minute load average during the run "
-        f"{min(results['load']):.1f}..{max(results['load']):.1f} (sampled between sections), so other jobs "
-        "shared the cores: only ratios measured within this run are reported for speed, and the run took "
-        "longer than it would alone.",
+        f"- **Machine**: {meta['machine']}; the cores were shared with other jobs (1-minute system load "
+        f"{min(results['load']):.1f}..{max(results['load']):.1f}, sampled between sections): only ratios "
+        "measured within this run are reported for speed, and the run took longer than it would alone.",
         f"- **Versions**: {meta['versions']}; library revision {meta['revision']}.",
         f"- **Models** (EDM denoisers, sigma {0.002}..{80.0}): `separated` = exact 2-D mixture, 8 modes on "
         "the unit circle, std 0.05; `overlapping` = exact 8x8x1 mixture, 10 modes, means U[-1, 1] (seed 11), "
@@ -179,7 +178,7 @@ def _setup(cfg, results, meta):
         "diffrax Bosh3 3N - 1). NFE is counted (diffusers) or follows from the solver's stages (diffrax, "
         "checked in tests/test_bench.py).",
         f"- **Grids** (sigma 80 -> 0.002 -> 0): {', '.join(cfg.grids)} (see `iia_jax/bench/grids.py`; "
-        "time_uniform and quadratic are in the time of a linear-beta VP schedule, `t_i = T (1 - i/N)^p` with "
+        "vp_time_uniform and vp_quadratic are in the time of a linear-beta VP schedule, `t_i = T (1 - i/N)^p` with "
         "p = 1, 2, as DDIM; they end at a larger last sigma). Every peer gets the same sigmas.",
         "- **Error**: per-sample RMS distance at sigma = 0 to the reference, heun with "
         + ", ".join(f"{m}: {s.ref_steps}" for m, s in cfg.per_model.items())
@@ -200,7 +199,7 @@ def _setup(cfg, results, meta):
         f"sigma^2)`; DEIS ends at {TAIL_RATIO:g} x the last grid sigma instead of 0 (it cannot end at 0). "
         "diffrax Euler, Heun and Bosh3 (3rd order) step on the grid (`StepTo`), then `x_0 = D(x, sigma_{N-1})`; "
         "diffrax Tsit5 with a PID controller runs per sample (`vmap`) at several tolerances and reports its "
-        "mean NFE. A peer's \"default grid\": time_uniform for diffusers (their default timestep spacing is "
+        "mean NFE. A peer's \"default grid\": vp_time_uniform for diffusers (their default timestep spacing is "
         "uniform in time), Karras for diffrax (it has none; EDM's). A peer's \"best grid\" is the best of the "
         "grids this model ran, so on a model that ran only some grids it is the best of those.",
     ]
@@ -212,7 +211,7 @@ def _accuracy(cfg, results, meta):
     models = list(dict.fromkeys(r.model for r in rows))
     lines += ["## Goal (a): best IIA against every peer, per NFE", "",
               f"At every NFE <= {GOAL_NFE}: our best IIA configuration (any solver, variant and grid run) against "
-              "every peer, each on its best grid of this run and on its default grid (diffusers: time_uniform; "
+              "every peer, each on its best grid of this run and on its default grid (diffusers: vp_time_uniform; "
               "diffrax: Karras, EDM's). `best peer` is the best of all peers on any grid. For digits_score a peer "
               "counts as beaten only where IIA is lower by more than 2 standard errors of the difference."]
     for key, what in (("median", "median ODE error"), ("quality", "digits_score")):

@@ -1,6 +1,6 @@
 """The benchmark models: two exact Gaussian mixtures and the shipped digits network.
 
-All three are EDM denoisers ``D(x, sigma)`` on ``sigma in [0.002, 80]`` (DESIGN.md §2); the
+All three are EDM denoisers ``D(x, sigma)`` on ``sigma in [0.002, 80]`` (docs/design.md §2); the
 mixtures are exact, so their ODE has no model error, only integration error.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 **diffusers.** A VP scheduler sees ``x_vp = x / sqrt(1 + sigma^2)`` and wants
 ``eps(x_vp, t)``; with ``x = x_vp sqrt(1 + sigma^2)`` our denoiser gives
-``eps = (x - D(x, sigma)) / sigma`` (DESIGN.md §2).  The grid is handed over as the scheduler's
+``eps = (x - D(x, sigma)) / sigma`` (docs/design.md §2).  The grid is handed over as the scheduler's
 own training table: ``num_train_timesteps = N`` and ``trained_betas`` chosen so that
 ``alphas_cumprod[k] = 1 / (1 + sigma_{N-1-k}^2)``, which is then set again in float64 (diffusers
 builds it in float32, where ``1 - alphas_cumprod`` loses the small sigmas: below about 2.4e-4 it is
@@ -79,7 +79,7 @@ def make_scheduler(peer: DiffusersPeer, sigmas):
 
 
 def eps_function(denoiser):
-    """jitted ``eps(x_vp, sigma)`` of an EDM denoiser (DESIGN.md §2)."""
+    """jitted ``eps(x_vp, sigma)`` of an EDM denoiser (docs/design.md §2)."""
     @jax.jit
     def eps(x_vp, sigma):
         x = x_vp * jnp.sqrt(1.0 + sigma ** 2)

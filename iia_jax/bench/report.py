@@ -62,7 +62,7 @@ def nfe_table(rows, model, key, nfes, grids):
 def default_grid(peer_row) -> str:
     """The grid a peer steps on when not told otherwise: diffusers' schedulers space their timesteps
     uniformly in time (``time_uniform``); diffrax has no default, and EDM's Karras grid stands in."""
-    return "time_uniform" if peer_row.family == "diffusers" else "karras"
+    return "vp_time_uniform" if peer_row.family == "diffusers" else "karras"
 
 
 class Goal(NamedTuple):
@@ -177,8 +177,11 @@ def grid_verdict(rows, grids):
 
 # ----------------------------------------------------------------------------- plots
 
-PEER_STYLE = dict(linestyle="--", linewidth=1.0, alpha=0.8)
+PEER_STYLE = dict(linestyle="--", linewidth=1.0, alpha=0.9)
 PEER_MARKERS = "sDv<>phP^*X"   # one per peer, in the order of iia_jax.bench.peers.PEERS
+# Peers get colours of their own (tab20b, kept apart from our tab10 solver colours) as well as a
+# marker each, so eleven peers stay tellable apart in one panel.
+PEER_CMAP = "tab20b"
 
 
 def _color(solver):
@@ -188,35 +191,57 @@ def _color(solver):
 
 
 def _envelope(rows, key):
-    """min over grids per NFE: sorted (nfe, value) pairs."""
+    """The best row over grids per NFE: sorted ``(nfe, value, se)`` triples (se: ``quality_se``
+    for ``key == "quality"``, else NaN)."""
     per = defaultdict(list)
     for r in rows:
         if not math.isnan(getattr(r, key)):
-            per[int(r.nfe)].append(getattr(r, key))
-    return sorted((n, min(v)) for n, v in per.items())
+            per[int(r.nfe)].append(r)
+    out = []
+    for n, rs in sorted(per.items()):
+        r = min(rs, key=lambda row: getattr(row, key))
+        out.append((n, getattr(r, key), r.quality_se if key == "quality" else float("nan")))
+    return out
+
+
+def _draw(ax, env, fmt=None, shift=0.0, **style):
+    """A line through ``env``; with error bars where its standard errors are known, each series
+    moved sideways by the factor ``1 + shift`` (on the log NFE axis) so that the bars do not hide
+    one another."""
+    n, v, se = zip(*env)
+    if all(math.isnan(e) for e in se):
+        return ax.plot(n, v, *([fmt] if fmt else []), **style)[0]
+    return ax.errorbar([x * (1.0 + shift) for x in n], v, yerr=[0.0 if math.isnan(e) else e for e in se],
+                       fmt=fmt or "", capsize=1.5, elinewidth=0.7, **style)[0]
 
 
 def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 3.0, 4.2), squeeze=False)
+    """One panel per model: the best grid per NFE of our base solvers (envelope), each solver with
+    IIA, and each peer.  ``log_y``: a log axis (errors span decades); for scores that can be
+    negative (KID is unbiased) a symmetric log axis, linear within +-10, so one poor sampler does
+    not squash the rest.  Quality points carry +- their standard error."""
+    width = 4.6 * len(models) + 3.0 if len(models) > 1 else 9.0
+    fig, axes = plt.subplots(1, len(models), figsize=(width, 4.2), squeeze=False)
     handles = {}
     for ax, model in zip(axes[0], models):
         sel = main_rows(rows, model)
+        series = 1 + len({r.method for r in sel if r.family == "IIA"}) + len({r.method for r in sel if is_peer(r)})
+        shifts = iter([0.012 * (k - (series - 1) / 2) for k in range(series)])
         ours = [r for r in sel if r.family == "ours"]
         env = _envelope(ours, key)
         if env:
-            handles["ours base (best solver and grid)"] = ax.plot(*zip(*env), "k:", marker=".")[0]
+            handles["ours base (best solver and grid)"] = _draw(ax, env, "k:", next(shifts), marker=".")
         for solver in dict.fromkeys(r.method for r in sel if r.family == "IIA"):
             env = _envelope([r for r in sel if r.family == "IIA" and r.method == solver], key)
             if env:
-                handles[f"{solver} + IIA"] = ax.plot(*zip(*env), "-o", color=_color(solver), markersize=3)[0]
+                handles[f"{solver} + IIA"] = _draw(ax, env, "-o", next(shifts), color=_color(solver), markersize=3)
         peer_names = list(dict.fromkeys(r.method for r in sel if is_peer(r)))
-        cmap = plt.get_cmap("Greys")
+        cmap = plt.get_cmap(PEER_CMAP)
         for j, name in enumerate(peer_names):
             env = _envelope([r for r in sel if r.method == name and is_peer(r)], key)
             if env:
-                handles[name] = ax.plot(*zip(*env), marker=PEER_MARKERS[j % len(PEER_MARKERS)], markersize=4,
-                                        color=cmap(0.35 + 0.6 * j / max(1, len(peer_names) - 1)),
-                                        **PEER_STYLE)[0]
+                handles[name] = _draw(ax, env, None, next(shifts), marker=PEER_MARKERS[j % len(PEER_MARKERS)], markersize=4,
+                                      color=cmap(j % cmap.N), **PEER_STYLE)
         values = [getattr(r, key) for r in sel if not math.isnan(getattr(r, key))]
         ada = [r for r in rows if r.model == model and r.grid == "adaptive" and not math.isnan(getattr(r, key))]
         top = 3 * max(values) if values else None
@@ -228,6 +253,8 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=10.0)
         nfes = sorted({int(r.nfe) for r in sel})
         far = max([r.nfe for r in ada if top is None or getattr(r, key) <= top], default=0)
         ax.set_xticks(nfes + [n for n in (40, 80, 160, 320) if nfes[-1] < n <= 1.3 * far])
@@ -238,7 +265,9 @@ def plot_vs_nfe(rows, models, key, ylabel, path, log_y=True):
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=7)
-    fig.suptitle(f"{ylabel} vs NFE, best grid per point; peers dashed grey", fontsize=9)
+    bars = " (+- se)" if key == "quality" else ""
+    fig.suptitle(f"{ylabel}{bars} vs NFE, best grid per point; peers dashed, a colour and marker each",
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 3.0 / fig.get_figwidth(), 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""Run the benchmark and write ``docs/benchmarks.md`` and ``docs/bench_*.png``."""
+"""Run the benchmark and write ``benchmarks.md`` and ``bench_*.png`` under ``--out``
+(``./iia_jax_bench`` by default; ``--out docs`` rewrites the repository's ``docs/benchmarks.md``)."""
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,13 @@ from typing import NamedTuple
 
 from . import accuracy, fitcost, report, speed
 from .markdown import markdown
-from .grids import GRIDS
+from .grids import GRIDS, OLD_NAMES
 from .models import MODELS
 from .peers import PEERS
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# Relative to where the command runs, never inside the installed package or the repository's
+# docs/ (which `--out docs` rewrites on purpose).
+DEFAULT_OUT = Path("iia_jax_bench")
 SECTIONS = ("accuracy", "speed", "fitcost")
 
 
@@ -98,9 +101,9 @@ def config(args) -> Config:
     if args.quick:
         # a few minutes of CPU: two grids on the mixtures, Karras on digits, IIA for four solvers
         # (two on digits, whose fits cost the most)
-        mix = (IIASet(("karras", "quadratic"), main, (5, 10)),)
-        per = {"separated": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, mix, (), (), 512),
-               "overlapping": ModelSettings((5, 10), ("karras", "quadratic"), 128, 128, mix,
+        mix = (IIASet(("karras", "vp_quadratic"), main, (5, 10)),)
+        per = {"separated": ModelSettings((5, 10), ("karras", "vp_quadratic"), 128, 128, mix, (), (), 512),
+               "overlapping": ModelSettings((5, 10), ("karras", "vp_quadratic"), 128, 128, mix,
                                             tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers),
                                             (5,), 512),
                "digits": ModelSettings((5, 10), ("karras",), 128, 48,
@@ -117,15 +120,15 @@ def config(args) -> Config:
         # euler, heun and dpmpp_2m at NFE 5 and 10 on the mixtures, and heun's target at NFE 5 on
         # digits (its default changed).  Fit time for euler only (two fits per mode, own process).
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
-        mix = (IIASet(("karras", "quadratic"), main, (3, 4, 5, 6, 8, 10)),
-               IIASet(("logsnr", "time_uniform"), euler_and_2m, (5, 10)))
+        mix = (IIASet(("karras", "vp_quadratic"), main, (3, 4, 5, 6, 8, 10)),
+               IIASet(("logsnr_uniform", "vp_time_uniform"), euler_and_2m, (5, 10)))
         heun = tuple(s for s in ("heun",) if s in solvers)
         digits_iia = (IIASet(("karras",), euler_and_2m, (3, 4, 5, 6, 8, 10)),
-                      IIASet(("quadratic",), euler_and_2m, (5, 10)), IIASet(("karras",), heun, (5,)))
+                      IIASet(("vp_quadratic",), euler_and_2m, (5, 10)), IIASet(("karras",), heun, (5,)))
         tuned = tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers)
         per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
                "overlapping": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
-               "digits": ModelSettings(nfes, ("karras", "quadratic"), 128, 128, digits_iia, heun, (5,), 256,
+               "digits": ModelSettings(nfes, ("karras", "vp_quadratic"), 128, 128, digits_iia, heun, (5,), 256,
                                        ("target=local",))}
     models = tuple(args.models or MODELS)
     per = {m: per[m] for m in models}
@@ -149,7 +152,7 @@ def config(args) -> Config:
         fit_batch_time=32 if args.quick else 128,
         memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
         memory_modes=("sequential",),
-        out=Path(args.out) if args.out else DOCS)
+        out=Path(args.out) if args.out else DEFAULT_OUT)
 
 
 def versions() -> str:
@@ -212,7 +215,10 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     start = time.perf_counter()
     results = {"rows": [], "extra": {}, "speed": {}, "fitcost": {}, "load": [os.getloadavg()[0]], "seconds": 0.0,
                "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "nice": os.nice(0), "revision": git_revision()}
+               "nice": os.nice(0), "revision": git_revision(),
+               # where the numbers were measured: --replot on another machine must not relabel them
+               "machine": machine(), "machine_short": machine_short(), "versions": versions(),
+               "versions_short": versions_short()}
 
     def checkpoint():
         results["seconds"] = time.perf_counter() - start
@@ -257,23 +263,32 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     return results
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``--help``; an option whose default is None says what it means in its help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv=None) -> int:
     """``python -m iia_jax.bench [--quick]``: run, print progress, write the report and plots."""
-    ap = argparse.ArgumentParser(prog="python -m iia_jax.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="iia-jax bench", description=__doc__, formatter_class=_Help)
     ap.add_argument("--quick", action="store_true", help="smaller batches, fewer NFE (a few minutes)")
-    ap.add_argument("--out", help="directory for benchmarks.md and bench_*.png (default: docs/)")
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of the models")
-    ap.add_argument("--grids", nargs="+", choices=list(GRIDS), help="subset of the grids")
-    ap.add_argument("--nfe", nargs="+", type=int, help="NFE values (all models)")
-    ap.add_argument("--solvers", nargs="+", help="subset of our solvers")
+    ap.add_argument("--out", default=str(DEFAULT_OUT),
+                    help="directory for benchmarks.md, bench_*.png and the raw results ('docs' for the "
+                         "repository's pages)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of the models (default: all)")
+    ap.add_argument("--grids", nargs="+", choices=list(GRIDS), help="subset of the grids (default: each model's own set)")
+    ap.add_argument("--nfe", nargs="+", type=int, help="NFE values, for all models (default: each model's own set)")
+    ap.add_argument("--solvers", nargs="+", help="subset of our solvers (default: all)")
     ap.add_argument("--peers", nargs="+", choices=PEERS, metavar="PEER",
-                    help=f"subset of the peers: {', '.join(repr(p) for p in PEERS)}")
-    ap.add_argument("--batch", type=int, help="evaluation and fit batch (all models)")
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections")
+                    help=f"subset of the peers (default: all): {', '.join(repr(p) for p in PEERS)}")
+    ap.add_argument("--batch", type=int, help="evaluation and fit batch, for all models (default: each model's own)")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="subset of the sections (default: all)")
     ap.add_argument("--replot", metavar="JSON", help="rewrite the report from the raw results of an "
-                    "earlier run with the same options (each run saves them, see its last line)")
+                    "earlier run with the same options (each run saves them, see its last line; default: run)")
     ap.add_argument("--note", action="append", help="with --replot: a line for the report's Setup "
-                    "(kept in the raw results), e.g. what happened to the run")
+                    "(kept in the raw results), e.g. what happened to the run; repeatable (default: none)")
     ap.add_argument("--rerun", action="store_true", help="with --replot: run --sections for --models "
                     "again and replace them in the saved results")
     args = ap.parse_args(argv)
@@ -286,7 +301,7 @@ def main(argv=None) -> int:
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
         command, results = saved["command"], saved["results"]
-        results["rows"] = [accuracy.Row(*r) for r in results["rows"]]
+        results["rows"] = [accuracy.Row(*r)._replace(grid=OLD_NAMES.get(r[4], r[4])) for r in results["rows"]]
         results["notes"] = results.get("notes", []) + (args.note or [])
         if args.rerun:
             results, command = rerun(cfg, results, command, argv)
@@ -357,9 +372,14 @@ def write(results, cfg: Config, command: str) -> list:
     if results["speed"] or results["fitcost"].get("memory"):
         report.plot_speed(results["speed"], results["fitcost"], out / "bench_speed.png")
         paths.append(out / "bench_speed.png")
+    # Machine and versions as recorded by the run; raw results from before they were recorded
+    # fall back to the machine writing the report, and say so.
+    unrecorded = " (not recorded by the run: the machine that wrote the report)"
     meta = dict(command=command, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                machine=machine(), versions=versions(),
+                machine=results.get("machine") or machine() + unrecorded,
+                versions=results.get("versions") or versions() + unrecorded,
                 revision=results.get("revision") or f"{git_revision()} (when the report was written)",
-                machine_short=machine_short(), versions_short=versions_short())
+                machine_short=results.get("machine_short") or machine_short(),
+                versions_short=results.get("versions_short") or versions_short())
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths

@@ -1,4 +1,4 @@
-"""Speed, as ratios measured in one process (DESIGN.md §5).
+"""Speed, as ratios measured in one process (docs/design.md §5).
 
 * ``iia_sample`` over ``sample`` at equal NFE: interleaved pairs (base, IIA) on the same noise;
   the median of the per-pair time ratios and its interquartile range, which a slow drift of a

@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 
+from .. import validate
 from ..solvers import derivative, get as get_solver
 
 PRESET_SOLVERS = {
@@ -135,9 +136,7 @@ def feature_spec(solver: str, preset: str | None = None, history: int = 1) -> Fe
     if allowed is not None and solver not in allowed:
         raise ValueError(f"preset {preset!r} is for solver(s) {list(allowed)}, not {solver!r}; "
                          f"use preset={DEFAULT_PRESET[solver]!r} or 'generic'")
-    if not isinstance(history, int) or history < 0:
-        raise ValueError(f"history must be an integer >= 0, got {history!r}")
-    r = history
+    r = validate.integer(history, "history", 0)
     exponential = (_state, 1, _first_denoised, 1, _DPM_WINDOW.get(solver, 1) - 1 + r)
     table = {
         "iia-edm": (_none, 0, _edm_gradients, 2, r),

@@ -1,4 +1,4 @@
-"""Fitting IIA coefficients by closed-form least squares (DESIGN.md §4).
+"""Fitting IIA coefficients by closed-form least squares (docs/design.md §4).
 
 For each coarse step ``[sigma_i, sigma_{i+1}]`` with base step ``Phi`` and features ``F_i``
 (``[K, n]`` over a batch), minimise ``|x*_{i+1} - Phi(x_i) - c F_i|^2`` where ``x*_{i+1}`` is a
@@ -6,11 +6,13 @@ much finer integration (the same solver, ``fine_steps`` sub-steps uniform in log
 final step (to sigma = 0) is corrected too: its target integrates down to
 ``1e-3 sigma_{N-1}`` and then takes the final step.
 
-Numerics: columns are scaled to unit norm and a small ``ridge`` is added, so the solution is
-``c = S^-1 (A^T A + ridge I)^-1 A^T r`` with ``A = F^T S^-1``.  Unchunked, that is one
-``jnp.linalg.lstsq`` of the augmented system ``[A; sqrt(ridge) I] c = [r; 0]`` vmapped across
-steps; with ``chunk_size`` the Gram matrix ``F F^T`` and ``F r`` are summed chunk by chunk
-(memory bounded by the chunk) and the same normal equations are solved.
+``fit`` is a short pipeline: check the options (:class:`~iia_jax.iia.config.FitConfig`), split
+the rows (:func:`iia_jax.rows.split_batch`), fit every step (:func:`_fit_steps`, with the config's
+least-squares solve from :mod:`iia_jax.iia.solve`), the never-worse check (:func:`_never_worse`),
+the quality guard (:func:`_quality_guard`, with the config's judge), and build the result.
+Numerics: columns are scaled to unit norm and a small ridge is added; with ``chunk_size`` the
+Gram statistics are summed chunk by chunk (memory bounded by the chunk) and the same normal
+equations are solved (:mod:`iia_jax.iia.solve`).
 
 Modes: ``teacher_forced`` (states from the fine trajectory; all steps independent, solved at
 once) and ``sequential`` (states from the IIA sampler with the earlier coefficients; one solve
@@ -22,7 +24,7 @@ Shrinkage: least squares predicts the conditional mean of the target given the f
 spread across samples is smaller than the target's by the part the features cannot predict; over
 the steps the samples lose contrast (docs/digits_shrinkage.md).  By default (``match_spread``) each
 step is solved under the constraint that the corrected samples spread like the target
-(:func:`solve_matched`; the same Gram statistics plus per-pixel sums over the rows, so chunks and
+(:func:`~iia_jax.iia.solve.solve_matched`; the same Gram statistics plus per-pixel sums over the rows, so chunks and
 shards are unchanged).  Decided from docs/metrics.md: on the digits model at NFE 9 it turned heun's
 split verdict (judges disagreeing about IIA vs base) into agreement and lowered the ODE error too.
 
@@ -31,7 +33,7 @@ they lower the median per-sample error at sigma = 0 against the fine reference. 
 correction can lower that error and still cost sample quality: the part of the step error its
 features cannot predict is shrunk toward the mean (docs/digits_shrinkage.md).  So with a
 ``quality`` judge, kept steps are then dropped one at a time, the one whose removal helps most
-first, while the samples are worse than the base sampler's by more than ``QUALITY_Z`` standard
+first, while the samples are worse than the base sampler's by more than the judge's ``z`` standard
 errors of the judge's paired difference and a removal still lowers it.  The judge sees every row
 of the batch, not only the held-out ones: it needs no reference, the coefficients never saw a
 quality signal, and a distribution judge needs many rows (``digits_check``: se about 11 at 1,000
@@ -47,29 +49,27 @@ its rows, the only cross-device reductions are the per-step sums ``F W F^T``, ``
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple
 
 import jax
-import jax.scipy.linalg
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..metrics.ode import per_sample_rms
-from ..rows import Layout, batch_sharding, check_cond, make_layout, shard_rows
-from ..sampling import _check_plan, bind_condition, check_state, integrate, run_steps
-from .coefficients import FIT_MODES, TARGETS, Coefficients
-from .features import DEFAULT_TARGET, feature_spec
-from .sample import apply_correction, corrected_step, iia_sample
+from ..rows import FitRows, Layout, check_cond, split_batch, to_host as _host
+from ..sampling import bind_condition, check_plan, check_state, integrate, run_steps, to_compute_dtype
+from ..solvers import get as get_solver
+from .coefficients import Coefficients
+from .config import QUALITY_Z, FitConfig, Judge
+from .features import feature_spec
+from .sample import apply_correction, corrected_step
+from .solve import gram_stats, local_mse, spread_sums
 
 TAIL_RATIO = 1e-3  # the final step's target integrates down to TAIL_RATIO * sigma_{N-1}
-# How many standard errors of the judge's paired difference count as "worse than the base".
-# 1, not 2: distribution judges are noisy at fit-batch sizes (above), and a step is only dropped
-# when that lowers the judged difference, so noise cannot drop steps that help quality.
-QUALITY_Z = 1.0
-
 
 
 class FitReport(NamedTuple):
@@ -134,138 +134,14 @@ def fine_solution(denoiser, solver, x, sigma, sigma_next, fine_steps: int, final
     return integrate(denoiser, solver, fine_grid(sigma, sigma_next, fine_steps, final), x, final)
 
 
-# ----------------------------------------------------------------------------- least squares
-
-def _flat(a):
-    """[..., *event] with the event axes of a batch flattened: features [K, B, ...] -> [K, n]."""
-    return a.reshape(a.shape[0], -1)
-
-
-def gram_stats(feats, residual, weights):
-    """``(F W F^T [K, K], F W r [K], r W r)`` with per-sample weights ``w [B]``."""
-    w = weights.reshape(weights.shape + (1,) * (residual.ndim - 1)).astype(residual.dtype)
-    f = _flat(feats * w[None])
-    r = (residual * w).reshape(-1)
-    fr = _flat(feats)
-    return f @ fr.T, f @ residual.reshape(-1), r @ residual.reshape(-1)
-
-
-def _column_scale(norms):
-    return jnp.where(norms > 0, norms, 1.0)
-
-
-def solve_lstsq(feats, residual, ridge):
-    """Ridge least squares with unit-norm columns by ``lstsq`` on the augmented system."""
-    f = _flat(feats)
-    scale = _column_scale(jnp.linalg.norm(f, axis=1))
-    k = f.shape[0]
-    a = jnp.concatenate([(f / scale[:, None]).T, jnp.sqrt(ridge) * jnp.eye(k, dtype=f.dtype)])
-    rhs = jnp.concatenate([residual.reshape(-1), jnp.zeros((k,), f.dtype)])
-    return jnp.linalg.lstsq(a, rhs)[0] / scale
-
-
-def solve_gram(gram, rhs, ridge):
-    """The same ridge problem from accumulated ``F F^T`` and ``F r`` (normal equations)."""
-    scale = _column_scale(jnp.sqrt(jnp.diagonal(gram)))
-    scaled = gram / jnp.outer(scale, scale) + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype)
-    return jnp.linalg.solve(scaled, rhs / scale) / scale
-
-
-class SpreadSums(NamedTuple):
-    """Sums over the weighted rows of one step that give the spread of its samples across the
-    batch: ``count`` rows; per-pixel sums of the features ``[K, P]``, the base step ``Phi [P]``
-    and the target ``T [P]``; ``F W Phi [K]``, ``Phi W Phi`` and ``T W T``.  Sums, so they add
-    over chunks and shards like the Gram statistics."""
-
-    count: jax.Array
-    features: jax.Array
-    base: jax.Array
-    target: jax.Array
-    features_base: jax.Array
-    base_base: jax.Array
-    target_target: jax.Array
-
-
-def spread_sums(feats, base, target, weights) -> SpreadSums:
-    """:class:`SpreadSums` of features ``[K, B, ...]``, base step and target ``[B, ...]`` over
-    the rows weighted by ``weights [B]``."""
-    w = weights.astype(base.dtype)
-    f = feats.reshape(feats.shape[:2] + (-1,))                 # [K, B, P]
-    phi, t = base.reshape(base.shape[0], -1), target.reshape(target.shape[0], -1)
-    wphi, wt = w[:, None] * phi, w[:, None] * t
-    return SpreadSums(jnp.sum(w), jnp.einsum("b,kbp->kp", w, f), jnp.sum(wphi, 0), jnp.sum(wt, 0),
-                      jnp.einsum("kbp,bp->k", f, wphi), jnp.sum(wphi * phi), jnp.sum(wt * t))
-
-
-def solve_matched(gram, rhs, rr, sums: SpreadSums, ridge, iterations: int = 40):
-    """The ridge problem of :func:`solve_gram` under the constraint that the corrected samples
-    ``y = Phi + c F`` spread across the batch as much as the target does (docs/iia.md):
-
-        min_c |T - y|^2   s.t.   |y - mean(y)|^2 = |T - mean(T)|^2
-
-    (squared deviations from the per-pixel mean over the rows, summed), but never further from
-    the target than the base step (``c = 0``, squared error ``rr``).  Plain least squares
-    predicts ``E[T | F]``, which spreads less than ``T`` by the part of the target the features
-    cannot predict: samples shrink toward the mean image (docs/digits_shrinkage.md).  With
-    ``A = F C F^T``, ``b = F C Phi``, ``e0 = Phi C Phi`` (``C`` centres over the rows) the spread
-    of ``y`` is ``e0 + 2 b c + c A c``; the Lagrange condition is
-    ``(F W F^T + mu A) c = F W r - mu b``.  Along it the spread decreases in ``mu`` (on
-    ``mu > -1``, where the problem stays convex) and the squared error grows with ``|mu|``, so
-    two bisections (on ``v``, ``mu = v/(1-v) - 1``; ``mu = 0`` is plain least squares) find the
-    ``mu`` that meets the spread and, if that costs more than the base step, the ``mu`` between it
-    and 0 whose error equals the base step's: the most spread the step can buy without being
-    locally worse than no correction.  One eigendecomposition makes every ``mu`` cheap: with
-    ``P^T G P = I`` and ``P^T A P = diag(lambda)`` (``G``: the ridge Gram), ``c = P w`` with
-    ``w = P^T (r - mu b) / (1 + mu lambda)`` elementwise.  Columns are scaled as in
-    :func:`solve_gram`."""
-    n = jnp.maximum(sums.count, 1.0)
-    scale = _column_scale(jnp.sqrt(jnp.diagonal(gram)))
-    outer = jnp.outer(scale, scale)
-    g = gram / outer + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype)
-    a = (gram - sums.features @ sums.features.T / n) / outer
-    b = (sums.features_base - sums.features @ sums.base / n) / scale
-    e0 = sums.base_base - sums.base @ sums.base / n
-    goal = sums.target_target - sums.target @ sums.target / n
-    inv_chol = jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(g), jnp.eye(g.shape[0], dtype=g.dtype),
-                                                 lower=True)
-    lam, q = jnp.linalg.eigh(inv_chol @ a @ inv_chol.T)
-    p = inv_chol.T @ q
-    rho, beta = p.T @ (rhs / scale), p.T @ b
-
-    def at(v):   # scaled coefficients, their spread and squared error
-        mu = v / (1.0 - v) - 1.0
-        w = (rho - mu * beta) / (1.0 + mu * lam)
-        u = p @ w
-        return u, e0 + 2.0 * beta @ w + lam @ (w * w), rr - 2.0 * rho @ w + w @ w - ridge * u @ u
-
-    def bisect(too_far, lo, hi):   # the boundary of a predicate that holds on [lo, boundary)
-        def body(_, bracket):
-            mid = 0.5 * (bracket[0] + bracket[1])
-            return jnp.where(too_far(mid), jnp.stack([mid, bracket[1]]), jnp.stack([bracket[0], mid]))
-        return jnp.mean(jax.lax.fori_loop(0, iterations, body, jnp.stack([lo, hi])))
-
-    tiny = jnp.asarray(1e-6, gram.dtype)
-    v = bisect(lambda v: at(v)[1] > goal, tiny, 1.0 - tiny)        # more mu, less spread
-    t = bisect(lambda t: at(v + t * (0.5 - v))[2] > rr, jnp.zeros_like(v), jnp.ones_like(v))
-    v = jnp.where(at(v)[2] > rr, v + t * (0.5 - v), v)
-    return at(v)[0] / scale
-
-
-def local_mse(stats, c, count):
-    """Mean squared residual before and after the correction ``c``, from Gram statistics."""
-    gram, rhs, rr = stats
-    after = rr - 2.0 * c @ rhs + c @ gram @ c
-    return rr / count, jnp.maximum(after, 0.0) / count
-
-
 # ----------------------------------------------------------------------------- passes
 
 def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights, keep_features,
                          spread=False):
     """One scan along the fine trajectory from ``x``: per-step Gram statistics for each row of
-    ``weights [W, B]`` and, with ``spread``, the :class:`SpreadSums` of the first row (or the
-    features and residuals themselves), the fine states at every coarse sigma ``[N, B, ...]``,
-    and finiteness flags."""
+    ``weights [W, B]`` and, with ``spread``, the :class:`~iia_jax.iia.solve.SpreadSums` of the
+    first row (or the features and residuals themselves), the fine states at every coarse sigma
+    ``[N, B, ...]``, and finiteness flags."""
 
     def body(carry, index, sigma, sigma_next, final):
         x_fine = carry[1]
@@ -284,12 +160,12 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
 
 
 def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
-                     target, ridge, exact, match_spread):
+                     target, solve, exact):
     """The IIA sampler over chunks ``x [C, b, ...]`` (conditions ``cond`` alike), fitting each
-    step's coefficients on the training rows before moving on.  ``weights [C, 2, b]`` (training,
-    held-out); ``reference [N, C, b, ...]`` is the fine trajectory (trajectory target only).
-    ``exact`` (one chunk, one device): lstsq on the features instead of the normal equations;
-    ``match_spread``: :func:`solve_matched` instead."""
+    step's coefficients on the training rows with ``solve`` before moving on.  ``weights
+    [C, 2, b]`` (training, held-out); ``reference [N, C, b, ...]`` is the fine trajectory
+    (trajectory target only); ``exact`` (one chunk, one device): the solve sees the rows
+    themselves, not only their sums."""
 
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
@@ -309,16 +185,10 @@ def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weight
         residual = goal - carry[1]
         stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
             jax.vmap(gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
-        train = jax.tree_util.tree_map(lambda a: a[0], stats)
-        if match_spread:
-            sums = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
-                feats, carry[1], goal, weights[:, 0]))
-            c = solve_matched(*train, sums, ridge)
-        elif exact:
-            wt = weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
-            c = solve_lstsq(feats[0] * wt[None], residual[0] * wt, ridge)
-        else:
-            c = solve_gram(train[0], train[1], ridge)
+        sums = (jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
+            feats, carry[1], goal, weights[:, 0])) if solve.needs_spread else None)
+        rows = (feats[0], residual[0], weights[0, 0]) if exact else None
+        c = solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows)
         x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
         return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
 
@@ -327,219 +197,28 @@ def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weight
     return values, stats, ok
 
 
-# ----------------------------------------------------------------------------- helpers
-
-def _jit_with_model(fn, denoiser):
-    """jit ``fn(denoiser, ...)``: the denoiser is a traced argument when it is a pytree of
-    arrays (e.g. a ``Partial`` holding params), otherwise it is closed over."""
-    leaves = jax.tree_util.tree_leaves(denoiser)
-    if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
-        jitted = jax.jit(fn)
-        return lambda *args: jitted(denoiser, *args)
-    return jax.jit(lambda *args: fn(denoiser, *args))
-
-
-def _raise_if_bad(ok, sigmas, what):
-    ok = _host(ok)
-    if not ok.all():
-        i = int(np.argmin(ok))
-        raise ValueError(f"IIA fit: {what} at step {i} (sigma={float(sigmas[i]):.6g}); the model "
-                         "returned NaN/Inf or the features are degenerate there")
-
-
-def _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, match_spread):
-    if mode not in FIT_MODES:
-        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if not isinstance(fine_steps, int) or fine_steps < 2:
-        raise ValueError(f"fine_steps must be an integer >= 2, got {fine_steps!r}")
-    if not (np.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge must be finite and >= 0, got {ridge!r}")
-    if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if not isinstance(match_spread, (bool, np.bool_)):
-        raise TypeError(f"match_spread must be True or False, got {match_spread!r}")
-
-
-class _Rows(NamedTuple):
-    """The fit batch after :mod:`iia_jax.rows` split it: chunked rows ``x``/``cond``
-    ``[C, b, ...]``, row weights ``[C, 2, b]`` (training, held-out), the held-out rows of each
-    chunk ``hold_x``/``hold_cond`` ``[C, h, ...]`` with weights ``hold_weights [C, h]`` (0 on
-    padding) and the in-group held-out positions."""
-
-    layout: Layout
-    x: jax.Array
-    cond: object
-    weights: jax.Array
-    hold_x: jax.Array
-    hold_cond: object
-    hold_weights: jax.Array
-    positions: jax.Array
-
-
-def _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis) -> _Rows:
-    """Pad, shard, chunk and split ``(x_T, cond)`` (see :mod:`iia_jax.rows`)."""
-    sharding = batch_sharding(x_T, mesh, batch_axis)
-    layout = make_layout(x_T.shape[0], holdout, chunk_size, sharding)
-    if layout.hold and layout.hold_rows == 0:
-        raise ValueError(f"holdout={holdout} holds out {layout.hold} row(s) in every group of "
-                         f"{layout.group}, but x_T has only {layout.rows} rows; pass at least "
-                         f"{layout.group} rows or holdout=0")
-    if layout.train_rows < 1:
-        raise ValueError(f"x_T has {layout.rows} samples; with holdout={holdout} none is left to fit on")
-    if sharding is not None and mesh is None and layout.padded != layout.rows:
-        raise ValueError(f"x_T is sharded over {sharding.shards} devices; with holdout={holdout} and "
-                         f"chunk_size={chunk_size} ({layout.chunks} chunks) the fit needs a multiple of "
-                         f"{layout.group * sharding.shards * layout.chunks} "
-                         f"rows, got {layout.rows}: pass a host array with mesh= (padded with "
-                         "zero-weight rows for you) or trim the batch")
-    rows = (x_T, cond)
-    if mesh is not None:          # a host batch: pad with zero-weight rows, then shard
-        rows = shard_rows(layout.pad(rows), sharding)
-    elif sharding is None:
-        rows = layout.pad(rows)
-
-    @jax.jit
-    def split(rows, key):
-        positions = layout.holdout_positions(key)
-        weights = layout.to_chunks(layout.weights(positions, x_T.dtype), row_axis=1)
-        x, c = layout.to_chunks(rows)
-        hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
-        return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w, positions
-
-    return _Rows(layout, *split(rows, key))
-
-
-def _host(a) -> np.ndarray:
-    """A device array on the host.  Across processes: a replicated one from this process's copy,
-    a per-row one (one scalar a row) gathered from all processes."""
-    if getattr(a, "is_fully_addressable", True):
-        return np.asarray(a)
-    if a.is_fully_replicated:
-        return np.asarray(a.addressable_data(0))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-
-
-def _holdout_indices(rows: _Rows) -> np.ndarray:
-    """Indices into x_T of the real held-out rows (host ints: the positions are tiny)."""
-    layout = rows.layout
-    pos = _host(rows.positions)
-    index = np.arange(pos.shape[0])[:, None] * layout.group + pos
-    return index[: layout.rows // layout.group].reshape(-1)
-
-
-# ----------------------------------------------------------------------------- fit
-
-def fit(denoiser, plan, x_T, *, cond=None, preset=None, history: int = 1, fine_steps: int = 16,
-        mode: str = "sequential", target: str | None = None, ridge: float = 1e-4,
-        holdout: float = 0.25, chunk_size: int | None = None, key=None,
-        fingerprint: str | None = None, progress: bool | None = None, mesh=None,
-        batch_axis="data", quality=None, match_spread: bool = True) -> FitResult:
-    """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
-
-    ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
-    ``D(x, sigma, cond)`` row by row through every split of the batch.  ``preset``/``history``
-    choose the features (see :mod:`iia_jax.iia.features`); ``fine_steps`` is M, the sub-steps of
-    the target integration per interval; ``mode``/``target`` choose where the states come from and
-    what they aim at (module docstring); ``target=None`` takes the solver's measured best,
-    :data:`~iia_jax.iia.features.DEFAULT_TARGET`.  About a fraction ``holdout`` of the rows (one in
-    every four for 0.25; which one drawn with ``key``, see :mod:`iia_jax.rows`) is kept out of the
-    fit and judges it: coefficients that do not lower the held-out median error at sigma = 0 are
-    zeroed.  ``quality(candidate, base) -> (difference, se)``, optional, judges samples as well:
-    a paired comparison of the batch's samples at sigma = 0 (row i of both from the same noise;
-    difference < 0 means the candidate is better), e.g. :func:`iia_jax.metrics.digits_check` for
-    the shipped digits model.  While IIA's samples are worse than the base's by more than
-    ``QUALITY_Z`` se, the kept step whose removal lowers that most is switched off; if what is
-    left no longer lowers the held-out error, every step is (module docstring).  ``match_spread``
-    (default): each step's least squares is constrained so that the corrected samples of the
-    training rows spread across the batch (per-pixel deviation from the mean over rows) as much as
-    the target does (:func:`solve_matched`) instead of shrinking toward the mean image;
-    ``False``: plain least squares.  ``chunk_size`` bounds memory: every model pass runs over chunks of about that many
-    rows and Gram matrices are summed over them.  A batch sharded along its rows (or a host batch
-    with ``mesh=``/``batch_axis=``) is fitted data-parallel (docs/scaling.md).  ``fingerprint``
-    is stored with the coefficients for a later check.  Raises a ValueError naming the step if
-    anything is not finite.
-    """
-    start = time.perf_counter()
-    solver = _check_plan(plan)
-    check_state(x_T)
-    check_cond(cond, x_T.shape[0])
-    spec = feature_spec(plan.solver, preset, history)
-    target = DEFAULT_TARGET[plan.solver] if target is None else target
-    _check_args(mode, target, fine_steps, ridge, holdout, chunk_size, match_spread)
-    rows = _split_rows(x_T, cond, holdout, chunk_size, key, mesh, batch_axis)
-    layout = rows.layout
-    sigmas = plan.sigmas.astype(x_T.dtype)
-    pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", leave=False,
-                disable=None if progress is None else not progress)
-    passes = _Passes(denoiser, solver, spec, sigmas, fine_steps)
-
-    values, stats, hold_end = _fit_values(passes, rows, mode, target, ridge, match_spread)
-    pbar.update(1)
-    values = _host(values)
-    _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
-    local = _local_errors(stats, values, layout, int(np.prod(x_T.shape[1:])))
-
-    make = lambda vals, kept: Coefficients(  # noqa: E731
-        vals, plan.sigmas, kept, plan.solver, spec.preset, spec.history, fine_steps, mode, target,
-        layout.train_rows, fingerprint, _guidance_scale(denoiser), __version__, plan.fingerprint,
-        match_spread)
-    if quality is not None and not callable(quality):
-        raise TypeError(f"quality must be a callable quality(candidate, base) -> (difference, se), "
-                        f"got {type(quality).__name__}")
-    kept = np.ones(plan.num_steps, bool)
-    nan = (float("nan"), float("nan"))
-    medians = rmses = judged = nan
-    dropped = ()
-    if layout.hold_rows:
-        runs = _EndToEnd(denoiser, plan, make, rows, hold_end)
-        values, kept, base_errors, errors = _never_worse(runs, values, pbar)
-        if quality is not None:
-            values, kept, judged, dropped = _quality_check(runs, values, kept, quality)
-            errors = runs.errors(values) if dropped else errors
-        medians, rmses = _error_summary(base_errors, errors)
-        if dropped and not medians[1] < medians[0]:   # what is left must still beat the base
-            dropped += tuple(int(i) for i in np.flatnonzero(kept))
-            values, kept = np.zeros_like(values), np.zeros_like(kept)
-            judged, medians, rmses = (0.0, 0.0), (medians[0],) * 2, (rmses[0],) * 2
-    pbar.close()
-    report = FitReport(*local, kept, medians, rmses, layout.train_rows, layout.hold_rows,
-                       time.perf_counter() - start, _holdout_indices(rows), judged, dropped)
-    return FitResult(make(jnp.asarray(values), jnp.asarray(kept)), report)
-
-
 class _Passes:
-    """The jitted model passes of one fit (each compiles once, whatever the chunk)."""
+    """The model passes of one fit.  Every pass is one of the module's process-wide compiled
+    programs (:func:`_compiled`): the sigmas are data, so a later fit of another grid with the
+    same model, solver, shapes and options compiles nothing."""
 
     def __init__(self, denoiser, solver, spec, sigmas, fine_steps):
-        self.sigmas = sigmas
-
-        def teacher(d, x, c, w, keep, spread):
-            return _teacher_forced_pass(bind_condition(d, c), solver, spec, sigmas, fine_steps, x, w,
-                                        keep, spread)
-
-        self._stats = {spread: _jit_with_model(
-            lambda d, x, c, w, spread=spread: teacher(d, x, c, w, False, spread), denoiser)
-            for spread in (False, True)}
-        self._features = _jit_with_model(lambda d, x, c, w: teacher(d, x, c, w, True, False), denoiser)
-        self._sequential = {}
-        self._args = (denoiser, solver, spec, sigmas, fine_steps)
+        self.denoiser, self.sigmas = denoiser, sigmas
+        self.static = dict(solver=solver, spec=spec, fine_steps=fine_steps)
 
     def check(self, ok, what="non-finite model output"):
         _raise_if_bad(ok, self.sigmas, what)
 
     def reference(self, x, cond, weights, spread=False):
         """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
-        summed over chunks for each row of ``weights [C, W, b]`` (and :class:`SpreadSums` of the
-        first row, or None), and the fine states ``[N, C, b, ...]``."""
+        summed over chunks for each row of ``weights [C, W, b]`` (and
+        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None), and the fine states
+        ``[N, C, b, ...]``."""
         stats, states = None, []
         for c in range(x.shape[0]):
             part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
-            part_stats, part_states, ok = self._stats[spread](x[c], part, weights[c])
+            part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
+                                                   keep_features=False, spread=spread, **self.static)
             self.check(ok, "non-finite model output or reference")
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
             states.append(part_states)
@@ -547,49 +226,123 @@ class _Passes:
 
     def features(self, x, cond, weights):
         """Features and residuals ``[N, K, b, ...]``, ``[N, b, ...]`` of one chunk, and its states."""
-        (feats, residual), states, ok = self._features(x, cond, weights)
+        (feats, residual), states, ok = _TEACHER(self.denoiser, self.sigmas, x, cond, weights,
+                                                 keep_features=True, spread=False, **self.static)
         self.check(ok)
         return feats, residual, states
 
-    def sequential(self, rows, reference, target, ridge, exact, match_spread):
-        key = (target, ridge, exact, match_spread)
-        if key not in self._sequential:
-            denoiser, solver, spec, sigmas, fine_steps = self._args
-            self._sequential[key] = _jit_with_model(
-                lambda d, x, c, w, ref: _sequential_pass(d, solver, spec, sigmas, fine_steps, x, c, w,
-                                                         ref, target, ridge, exact, match_spread), denoiser)
-        values, stats, ok = self._sequential[key](rows.x, rows.cond, rows.weights, reference)
+    def sequential(self, rows: FitRows, reference, target, solve, exact):
+        values, stats, ok = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond, rows.weights,
+                                        reference, target=target, solve=solve, exact=exact, **self.static)
         self.check(ok)
         return values, stats
 
 
-def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge, match_spread):
+def _compiled(fn, static: tuple):
+    """``fn(denoiser, *args, **static)`` compiled once per process for each set of static
+    options and argument shapes: the denoiser is a traced argument when it is a pytree of arrays
+    (e.g. a ``Partial`` holding params), otherwise a static one (compared by identity).  An
+    unhashable denoiser falls back to a program compiled per call."""
+    traced = jax.jit(fn, static_argnames=static)
+    closed = jax.jit(fn, static_argnums=0, static_argnames=static)
+
+    def call(denoiser, *args, **kwargs):
+        leaves = jax.tree_util.tree_leaves(denoiser)
+        if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+            return traced(denoiser, *args, **kwargs)
+        try:
+            hash(denoiser)
+        except TypeError:
+            return jax.jit(lambda *a: fn(denoiser, *a, **kwargs))(*args)
+        return closed(denoiser, *args, **kwargs)
+
+    return call
+
+
+def _teacher_forced(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_steps, keep_features,
+                    spread):
+    return _teacher_forced_pass(bind_condition(denoiser, cond), solver, spec, sigmas, fine_steps, x,
+                                weights, keep_features, spread)
+
+
+def _sequential(denoiser, sigmas, x, cond, weights, reference, *, solver, spec, fine_steps, target,
+                solve, exact):
+    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
+                            target, solve, exact)
+
+
+def _iia_run(denoiser, sigmas, values, x, cond, *, solver, spec):
+    """The IIA sampler's samples at sigma = 0 with coefficient values ``[N, K]`` (zero rows are
+    the base step): :func:`iia_jax.iia_sample` without the plan and coefficient checks, for the
+    fit's own candidates on its own grid."""
+    d = bind_condition(denoiser, cond)
+
+    def body(carry, index, sigma, sigma_next, final):
+        carry, feats, _ = corrected_step(d, solver, spec, carry, sigma, sigma_next, final)
+        return (carry[0], apply_correction(carry[1], values[index], feats), carry[2]), None
+
+    (_, x0, _), _ = run_steps(body, (solver.init(x), x, spec.init_history(x)), sigmas)
+    return x0
+
+
+def _iia_errors(denoiser, sigmas, values, x, cond, reference, *, solver, spec):
+    return per_sample_rms(_iia_run(denoiser, sigmas, values, x, cond, solver=solver, spec=spec), reference)
+
+
+def candidate_samples(denoiser, solver: str, spec, sigmas, values, x, cond=None):
+    """The IIA sampler's samples at sigma = 0 for coefficient ``values [N, K]`` on the grid
+    ``sigmas`` (zero values: the base sampler), compiled once per process for each solver,
+    feature spec and shapes: grids and coefficients are data.  For comparing candidates
+    (:func:`iia_jax.fit_plan`); users sample with :func:`iia_jax.iia_sample`, which checks the
+    plan and the coefficients."""
+    return _SAMPLES(denoiser, sigmas, values, x, cond, solver=get_solver(solver), spec=spec)
+
+
+_MODEL_STATIC = ("solver", "spec", "fine_steps")
+_TEACHER = _compiled(_teacher_forced, _MODEL_STATIC + ("keep_features", "spread"))
+_SEQUENTIAL = _compiled(_sequential, _MODEL_STATIC + ("target", "solve", "exact"))
+_SAMPLES = _compiled(_iia_run, ("solver", "spec"))
+_ERRORS = _compiled(_iia_errors, ("solver", "spec"))
+
+
+@jax.jit
+def _train_stats(stats):
+    return jax.tree_util.tree_map(lambda a: a[:, 0], stats)
+
+
+@functools.partial(jax.jit, static_argnames="solve")
+def _solve_rows(feats, residual, states, weights, *, solve):
+    """Every step's coefficients and Gram statistics from the rows of one chunk on one device
+    (features ``[N, K, b, ...]``, residuals and fine states ``[N, b, ...]``, ``weights [2, b]``):
+    the solve sees the rows themselves."""
+    stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
+        feats, residual, weights)
+    sums = (jax.vmap(spread_sums, in_axes=(0, 0, 0, None))(feats, states - residual, states, weights[0])
+            if solve.needs_spread else None)
+    return jax.vmap(lambda s, m, f, r: solve(s, m, (f, r, weights[0])))(
+        _train_stats(stats), sums, feats, residual), stats
+
+
+@functools.partial(jax.jit, static_argnames="solve")
+def _solve_steps(stats, sums, rows, *, solve):
+    """``solve`` vmapped over the steps' training statistics (and their rows, when given)."""
+    return jax.vmap(solve)(_train_stats(stats), sums, rows)
+
+
+def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
     ``[N, 2]`` (training, held-out rows) and the fine reference at sigma = 0 of the held-out rows
     ``[C, h, ...]`` (None without held-out rows)."""
     layout = rows.layout
-    exact = layout.chunks == 1 and layout.sharding is None   # lstsq on the features themselves
+    exact = layout.chunks == 1 and layout.sharding is None   # the solve may see the rows themselves
     hold_end = lambda states: layout.holdout_of_chunks(states[-1], rows.positions, 1)  # noqa: E731
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
-        stats = jax.vmap(jax.vmap(gram_stats, in_axes=(None, None, 0)), in_axes=(0, 0, None))(
-            feats, residual, rows.weights[0])
-        if match_spread:
-            sums = jax.vmap(spread_sums, in_axes=(0, 0, 0, None))(feats, states - residual, states,
-                                                                 rows.weights[0, 0])
-            values = jax.vmap(solve_matched, in_axes=(0, 0, 0, 0, None))(
-                stats[0][:, 0], stats[1][:, 0], stats[2][:, 0], sums, ridge)
-        else:
-            w = rows.weights[0, 0].reshape((-1,) + (1,) * (residual.ndim - 2)).astype(residual.dtype)
-            values = jax.vmap(solve_lstsq, in_axes=(0, 0, None))(feats * w[None, None], residual * w[None],
-                                                                 ridge)
+        values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
         return values, stats, hold_end(states[:, None])
     if mode == "teacher_forced":
-        (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, match_spread)
-        train = (stats[0][:, 0], stats[1][:, 0], stats[2][:, 0])
-        values = (jax.vmap(solve_matched, in_axes=(0, 0, 0, 0, None))(*train, sums, ridge) if match_spread
-                  else jax.vmap(solve_gram, in_axes=(0, 0, None))(*train[:2], ridge))
-        return values, stats, hold_end(states)
+        (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
+        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(states)
     if target == "trajectory":   # the fine reference trajectory of every row
         reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
         end = hold_end(reference)
@@ -597,7 +350,7 @@ def _fit_values(passes: _Passes, rows: _Rows, mode, target, ridge, match_spread)
         reference = None
         held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
         end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
-    values, stats = passes.sequential(rows, reference, target, ridge, exact, match_spread)
+    values, stats = passes.sequential(rows, reference, target, solve, exact)
     return values, stats, end
 
 
@@ -616,7 +369,7 @@ def _local_errors(stats, values, layout: Layout, per_sample: int):
         return _host(before), _host(after)
 
     (b, a), (hb, ha) = mse(0, layout.train_rows), mse(1, layout.hold_rows)
-    return b, a, hb, ha
+    return dict(mse_before=b, mse_after=a, holdout_mse_before=hb, holdout_mse_after=ha)
 
 
 def _guidance_scale(denoiser):
@@ -624,21 +377,23 @@ def _guidance_scale(denoiser):
     return None if scale is None else float(scale)
 
 
+# ----------------------------------------------------------------------------- never worse
+
 class _EndToEnd:
     """The IIA sampler for given coefficient values ``[N, K]`` (all steps on; zero rows are the
     base step), chunk by chunk: per-sample errors at sigma = 0 of the held-out rows against the
     fine reference (one scalar a row comes to the host) or, for a quality judge, the samples of
     every real row."""
 
-    def __init__(self, denoiser, plan, make, rows: _Rows, reference):
-        n = plan.num_steps
+    def __init__(self, passes: _Passes, rows: FitRows, reference):
         self.rows, self.reference = rows, reference
         # which rows are real (not padding), in the order _over_chunks concatenates them
         self._real_held = _host(rows.hold_weights).reshape(-1) > 0
         self._real_all = _host(rows.weights.sum(axis=1)).reshape(-1) > 0
-        run = lambda d, vals, x, c: iia_sample(d, plan, make(vals, jnp.ones((n,), bool)), x, cond=c)  # noqa: E731
-        self._samples = _jit_with_model(run, denoiser)
-        self._errors = _jit_with_model(lambda d, vals, x, c, ref: per_sample_rms(run(d, vals, x, c), ref), denoiser)
+        static = dict(solver=passes.static["solver"], spec=passes.static["spec"])
+        self._samples = lambda vals, x, c: _SAMPLES(passes.denoiser, passes.sigmas, vals, x, c, **static)  # noqa: E731
+        self._errors = lambda vals, x, c, ref: _ERRORS(passes.denoiser, passes.sigmas, vals, x, c, ref,  # noqa: E731
+                                                       **static)
 
     def _over_chunks(self, fn, x, cond, real, *extra):
         parts = [fn(x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], cond), *(e[c] for e in extra))
@@ -655,16 +410,22 @@ class _EndToEnd:
         return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond, self._real_all)
 
 
-def _error_summary(base, iia):
-    """``(median base, median IIA), (RMSE base, RMSE IIA)`` of per-sample errors."""
-    rms = lambda e: float(np.sqrt(np.mean(e.astype(np.float64) ** 2)))  # noqa: E731
-    return (float(np.median(base)), float(np.median(iia))), (rms(base), rms(iia))
+class _Selection(NamedTuple):
+    """Which steps a fit keeps: ``values [N, K]`` (zero rows off), ``kept [N]``, the held-out
+    per-sample errors at sigma = 0 of the base sampler and of these values, and the quality
+    judge's ``(difference, se)`` and dropped steps (NaN and empty without a judge)."""
+
+    values: np.ndarray
+    kept: np.ndarray
+    base_errors: np.ndarray | None
+    errors: np.ndarray | None
+    judged: tuple = (float("nan"), float("nan"))
+    dropped: tuple = ()
 
 
-def _never_worse(runs: _EndToEnd, values, pbar):
+def _never_worse(runs: _EndToEnd, values, pbar) -> _Selection:
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
-    per-sample error at sigma = 0; otherwise leave them at zero.  Returns the values, the kept
-    mask and the per-sample errors of the base sampler and of the result."""
+    per-sample error at sigma = 0; otherwise leave them at zero."""
     n = values.shape[0]
     current = np.zeros_like(values)
     base = runs.errors(current)
@@ -678,29 +439,23 @@ def _never_worse(runs: _EndToEnd, values, pbar):
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
         pbar.update(1)
-    return current, kept, base, best_err
+    return _Selection(current, kept, base, best_err)
 
 
-def _judge(quality, candidate, base):
-    diff, se = (float(v) for v in quality(candidate, base))
-    if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
-        raise ValueError(f"quality must return a finite (difference, se >= 0), got ({diff}, {se})")
-    return diff, se
-
-
-def _quality_check(runs: _EndToEnd, values, kept, quality):
-    """Drop kept steps while the samples are worse than the base's by more than ``QUALITY_Z`` se
-    of the paired difference: each round removes the step whose removal gives the lowest
-    difference, if that is lower than the current one.  Returns the values, kept mask, final
-    ``(difference, se)`` and the dropped steps."""
+def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
+    """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``):
+    each round removes the step whose removal gives the lowest difference, if that is lower than
+    the current one.  If the steps left then no longer lower the held-out median error, all are
+    dropped (the base sampler)."""
+    values, kept = chosen.values, chosen.kept
     base = runs.samples(np.zeros_like(values))
-    judged, dropped = _judge(quality, runs.samples(values), base), []
-    while judged[0] > QUALITY_Z * judged[1] and kept.any():
+    judged, dropped = judge(runs.samples(values), base), []
+    while judge.worse(judged) and kept.any():
         trials = {}
         for i in np.flatnonzero(kept):
             trial = values.copy()
             trial[i] = 0
-            trials[int(i)] = (_judge(quality, runs.samples(trial), base), trial)
+            trials[int(i)] = (judge(runs.samples(trial), base), trial)
         step = min(trials, key=lambda i: trials[i][0][0])
         if trials[step][0][0] >= judged[0]:
             break
@@ -708,8 +463,102 @@ def _quality_check(runs: _EndToEnd, values, kept, quality):
         kept = kept.copy()
         kept[step] = False
         dropped.append(step)
-    return values, kept, judged, tuple(dropped)
+    if not dropped:
+        return chosen._replace(judged=judged)
+    errors = runs.errors(values)
+    if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
+        dropped += [int(i) for i in np.flatnonzero(kept)]
+        return _Selection(np.zeros_like(values), np.zeros_like(kept), chosen.base_errors,
+                          chosen.base_errors, (0.0, 0.0), tuple(dropped))
+    return _Selection(values, kept, chosen.base_errors, errors, judged, tuple(dropped))
 
 
-__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "fine_grid", "fine_solution", "solve_lstsq", "solve_gram",
-           "solve_matched", "spread_sums", "SpreadSums"]
+def _error_summary(base, iia):
+    """``(median base, median IIA), (RMSE base, RMSE IIA)`` of per-sample errors."""
+    rms = lambda e: float(np.sqrt(np.mean(e.astype(np.float64) ** 2)))  # noqa: E731
+    return (float(np.median(base)), float(np.median(iia))), (rms(base), rms(iia))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _raise_if_bad(ok, sigmas, what):
+    ok = _host(ok)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise ValueError(f"IIA fit: {what} at step {i} (sigma={float(sigmas[i]):.6g}); the model "
+                         "returned NaN/Inf or the features are degenerate there")
+
+
+# ----------------------------------------------------------------------------- fit
+
+def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=None, mesh=None,
+        batch_axis="data", fingerprint: str | None = None, progress: bool | None = None,
+        **options) -> FitResult:
+    """Fit IIA coefficients for ``plan`` on the initial states ``x_T`` (sigma-space, ``[B, ...]``).
+
+    ``config`` (:class:`~iia_jax.iia.config.FitConfig`) says how: features, ``fine_steps``, mode
+    and target, ``holdout``, ``chunk_size``, the least-squares ``solve`` and an optional quality
+    ``judge``.  Its fields (and the older ``ridge``, ``match_spread`` and ``quality``) can also be
+    passed as keywords, e.g. ``fit(D, plan, x_T, fine_steps=8, quality=digits_check)``; a keyword
+    that disagrees with a given config is an error.
+
+    ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
+    ``D(x, sigma, cond)`` row by row through every split of the batch.  About a fraction
+    ``holdout`` of the rows (one in every four for 0.25; which one drawn with ``key``, see
+    :mod:`iia_jax.rows`) is kept out of the fit and judges it: coefficients that do not lower the
+    held-out median error at sigma = 0 are zeroed.  A judge (``quality(candidate, base) ->
+    (difference, se)``: a paired comparison of the batch's samples at sigma = 0, row i of both from
+    the same noise, difference < 0 when the candidate is better; e.g.
+    :func:`iia_jax.metrics.digits_check` for the shipped digits model) then switches off kept steps
+    while IIA's samples are worse than the base's by more than its ``z`` se (module docstring).
+    A batch sharded along its rows (or a host batch with ``mesh=``/``batch_axis=``) is fitted
+    data-parallel (docs/scaling.md).  ``fingerprint`` is stored with the coefficients for a later
+    check.  Raises a ValueError naming the step if anything is not finite.
+    """
+    start = time.perf_counter()
+    config = FitConfig.build(config, **options)
+    solver = check_plan(plan)
+    check_state(x_T)
+    x_T, _ = to_compute_dtype(x_T)    # float16/bfloat16 rows are fitted in float32
+    check_cond(cond, x_T.shape[0])
+    spec = feature_spec(plan.solver, config.preset, config.history)
+    target = config.target_for(plan.solver)
+    rows = split_batch(x_T, cond, config.holdout, config.chunk_size, key, mesh, batch_axis)
+    sigmas = plan.sigmas.astype(x_T.dtype)
+    pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", leave=False,
+                disable=None if progress is None else not progress)
+
+    passes = _Passes(denoiser, solver, spec, sigmas, config.fine_steps)
+    values, stats, hold_end = _fit_steps(passes, rows, config.mode, target, config.solve)
+    pbar.update(1)
+    values = _host(values)
+    _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
+    local = _local_errors(stats, values, rows.layout, int(np.prod(x_T.shape[1:])))
+
+    chosen = _Selection(values, np.ones(plan.num_steps, bool), None, None)
+    if rows.layout.hold_rows:
+        runs = _EndToEnd(passes, rows, hold_end)
+        chosen = _never_worse(runs, values, pbar)
+        if config.judge is not None:
+            chosen = _quality_guard(runs, chosen, config.judge)
+    pbar.close()
+    coeffs = Coefficients(
+        values=jnp.asarray(chosen.values), sigmas=plan.sigmas, kept=jnp.asarray(chosen.kept),
+        solver=plan.solver, preset=spec.preset, history=spec.history, fine_steps=config.fine_steps,
+        mode=config.mode, target=target, batch_size=rows.layout.train_rows, fingerprint=fingerprint,
+        guidance_scale=_guidance_scale(denoiser), version=__version__,
+        plan_fingerprint=plan.fingerprint, match_spread=config.match_spread)
+    return FitResult(coeffs, _report(local, chosen, rows, time.perf_counter() - start))
+
+
+def _report(local: dict, chosen: _Selection, rows: FitRows, seconds: float) -> FitReport:
+    nan = (float("nan"), float("nan"))
+    medians, rmses = (_error_summary(chosen.base_errors, chosen.errors)
+                      if chosen.errors is not None else (nan, nan))
+    return FitReport(**local, kept=chosen.kept, holdout_median=medians, holdout_rmse=rmses,
+                     train_size=rows.layout.train_rows, holdout_size=rows.layout.hold_rows,
+                     fit_seconds=seconds, holdout_rows=rows.holdout_indices(),
+                     quality_difference=chosen.judged, quality_dropped=chosen.dropped)
+
+
+__all__ = ["fit", "FitResult", "FitReport", "QUALITY_Z", "candidate_samples", "fine_grid", "fine_solution"]

@@ -1,4 +1,4 @@
-"""Fitting the step grid together with the IIA coefficients (DESIGN.md §4, "The fit is differentiable").
+"""Fitting the step grid together with the IIA coefficients (docs/design.md §4, "The fit is differentiable").
 
 Given a grid ``sigma_max = s_0 > s_1 > ... > s_{N-1} >= sigma_min > s_N = 0``, the IIA
 coefficients are a closed-form function of it (ridge normal equations), and so is the end-to-end
@@ -27,7 +27,7 @@ error at sigma = 0.  :func:`fit_plan` therefore optimises the grid by gradient d
   grid need no new model call.  The nodes run from ``sigma_max`` to ``sigma_min`` and every
   target sigma of a parametrised grid (``s_1 .. s_{N-1}``) lies in ``(sigma_min, sigma_max)``,
   so targets are interpolated, never extrapolated; the last step aims at ``x*_0``.
-* **Objective.**  The IIA sampler on the grid with trajectory targets (DESIGN.md §4): at step i,
+* **Objective.**  The IIA sampler on the grid with trajectory targets (docs/design.md §4): at step i,
   ``c_i`` solves the ridge normal equations for ``x*(s_{i+1}) - Phi(x_i)`` on the features of
   the *coefficient rows* (the final step aims at ``x*_0``), then every row moves to
   ``Phi(x_i) + c_i f_i``.  The loss is the mean over the other, *objective rows* of
@@ -70,12 +70,15 @@ from tqdm.auto import tqdm
 
 from .. import schedules, solvers
 from ..metrics.ode import per_sample_rms
-from ..rows import check_cond, make_layout
-from ..sampling import bind_condition, check_state, plan as make_plan, run_steps, sample
+from ..rows import check_cond, split_indices
+from .. import validate
+from ..sampling import bind_condition, check_state, plan as make_plan, run_steps, to_compute_dtype
 from .coefficients import Coefficients
+from .config import FitConfig
 from .features import feature_spec
-from .fit import fit, gram_stats, solve_gram
-from .sample import apply_correction, corrected_step, iia_sample
+from .fit import candidate_samples, fit
+from .solve import gram_stats, solve_gram
+from .sample import apply_correction, corrected_step
 
 FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "vp_quadratic", "time_uniform")
 # vp_quadratic joined after the peer benchmark found it the best fixed grid on the digits model
@@ -180,7 +183,7 @@ def family_grid(name: str, num_steps: int, sigma_min: float, sigma_max: float,
         if schedule is None:
             raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
         t = np.linspace(schedule.time(np.float64(sigma_max)), schedule.time(np.float64(sigma_min)), num_steps)
-        return schedules._finish(np.concatenate([[sigma_max], schedule.sigma(t[1:-1]), [sigma_min]]))
+        return schedules.finish_grid(np.concatenate([[sigma_max], schedule.sigma(t[1:-1]), [sigma_min]]))
     raise ValueError(f"grid family must be one of {FAMILIES}, got {name!r}")
 
 
@@ -338,11 +341,7 @@ class _Counted:
         return cls(children[0], tally)
 
 
-def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
-                learning_rate, search_rows, reference_steps):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
-        raise ValueError(f"num_steps must be an integer >= 2 (the grid runs sigma_max, s_1, ..., 0 "
-                         f"with s_1, ... free), got {num_steps!r}")
+def _check_args(sigma_min, sigma_max, init, families, schedule, judge, learning_rate):
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, "
                          f"sigma_max={sigma_max!r}")
@@ -360,30 +359,22 @@ def _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge
             raise ValueError("the 'time_uniform' family needs schedule= (an iia_jax.schedules.Schedule)")
     if not 0.0 < judge < 1.0:
         raise ValueError(f"judge must be in (0, 1), got {judge!r}")
-    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 0:
-        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
-    if isinstance(search_rows, bool) or not isinstance(search_rows, int) or search_rows < 2:
-        raise ValueError(f"search_rows must be an integer >= 2, got {search_rows!r}")
-    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 2:
-        raise ValueError(f"reference_steps must be an integer >= 2, got {reference_steps!r}")
 
 
 def split_rows(num_rows: int, judge: float, search_rows: int, key=None):
     """``(train, judge, search)``: indices of the rows that fit, judge and search.
 
     The judge rows are the held-out rows of :func:`iia_jax.fit` with ``holdout=judge`` and the
-    same ``key`` (:mod:`iia_jax.rows`); ``search``: at most ``search_rows`` training rows evenly
-    spaced over the batch (a batch sorted by label gives the search every label).
+    same ``key`` (:func:`iia_jax.rows.split_indices`); ``search``: at most ``search_rows``
+    training rows evenly spaced over the batch (a batch sorted by label gives the search every
+    label).
     """
-    layout = make_layout(num_rows, judge, None)
-    if layout.hold_rows < 1 or layout.train_rows < 2:
-        raise ValueError(f"x_T has {num_rows} samples; judge={judge} holds out {layout.hold} in every "
-                         f"group of {layout.group} rows, leaving {layout.train_rows} to fit and "
-                         f"{layout.hold_rows} to judge (need >= 2 and >= 1)")
-    weights = np.asarray(layout.weights(layout.holdout_positions(key), jnp.float32))[:, :num_rows]
-    train, held = np.flatnonzero(weights[0]), np.flatnonzero(weights[1])
+    train, held = split_indices(num_rows, judge, key)
+    if held.size < 1 or train.size < 2:
+        raise ValueError(f"x_T has {num_rows} samples; judge={judge} leaves {train.size} to fit and "
+                         f"{held.size} to judge (need >= 2 and >= 1)")
     n_search = min(search_rows, train.size)
     return train, held, train[np.arange(n_search) * train.size // n_search]
 
@@ -393,10 +384,11 @@ def _take(tree, index):
     return jax.tree_util.tree_map(lambda a: a[index], tree)
 
 
-def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, sigma_max: float,
-             cond=None, init: str = "best", key=None, families=None, schedule=None, judge: float = 0.25,
-             search_steps: int = 25, learning_rate: float = 0.1, search_rows: int = 128,
-             reference_steps: int = 64, progress: bool | None = None, **fit_kwargs) -> PlanFit:
+def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | None = None, *,
+             sigma_min: float, sigma_max: float, cond=None, init: str = "best", key=None,
+             families=None, schedule=None, judge: float = 0.25, search_steps: int = 25,
+             learning_rate: float = 0.1, search_rows: int = 128, reference_steps: int = 64,
+             progress: bool | None = None, **fit_options) -> PlanFit:
     """Fit the step grid of ``solver`` (``num_steps`` steps from ``sigma_max``, the last non-zero
     sigma anywhere in ``[sigma_min, sigma_max)``, then 0) jointly with its IIA coefficients; never
     worse than the best fixed grid family.
@@ -416,9 +408,10 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     and a search from Karras does not reach it (docs/fitted_grid.md).
     ``search_steps`` Adam steps of size ``learning_rate`` on the free grid parameters, over at
     most ``search_rows`` training rows (its cost is linear in them); ``reference_steps``: Karras
-    steps of the heun reference.  ``fit_kwargs`` go to :func:`iia_jax.fit` (``preset``,
-    ``history``, ``fine_steps``, ``mode``, ``ridge``, ...); the search uses the same ``preset``,
-    ``history`` and ``ridge``.
+    steps of the heun reference.  ``config`` and ``fit_options`` (the keywords of
+    :class:`~iia_jax.iia.config.FitConfig`: ``preset``, ``fine_steps``, ``mode``, ``ridge``, ...)
+    say how every candidate is fitted with :func:`iia_jax.fit`; they are checked before any model
+    call.  The search uses the same features and ridge.
 
     Returns :class:`PlanFit`: an ordinary ``Plan``, the ordinary ``fit`` coefficients of its
     grid (fitted on the non-judge rows), and a :class:`PlanReport`.  Deterministic given ``key``.
@@ -430,11 +423,16 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     families = tuple(DEFAULT_FAMILIES + (("time_uniform",) if schedule is not None else ())
                      if families is None else families)
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-    _check_args(num_steps, sigma_min, sigma_max, init, families, schedule, judge, search_steps,
-                learning_rate, search_rows, reference_steps)
+    num_steps = validate.integer(num_steps, "num_steps", 2)
+    search_steps = validate.integer(search_steps, "search_steps", 0)
+    search_rows = validate.integer(search_rows, "search_rows", 2)
+    reference_steps = validate.integer(reference_steps, "reference_steps", 2)
+    _check_args(sigma_min, sigma_max, init, families, schedule, judge, learning_rate)
+    config = FitConfig.build(config, **fit_options)
+    x_T, _ = to_compute_dtype(x_T)
     families = tuple(dict.fromkeys(((init,) if init != "best" else ()) + families))
-    spec = feature_spec(solver, fit_kwargs.get("preset"), fit_kwargs.get("history", 1))
-    ridge = float(fit_kwargs.get("ridge", 1e-4))
+    spec = feature_spec(solver, config.preset, config.history)
+    ridge = config.ridge
     train_idx, judge_idx, search_idx = split_rows(x_T.shape[0], judge, search_rows, key)
     (x_train, c_train), (x_judge, c_judge) = (_take((x_T, cond), r) for r in (train_idx, judge_idx))
     n_train, n_judge, n_search = train_idx.size, judge_idx.size, search_idx.size
@@ -461,6 +459,10 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
     pbar.update(1)
 
     grids, coeffs, median, median_base = {}, {}, {}, {}
+    # One counted denoiser for every candidate: their fits and judge runs share compiled programs
+    # (the sigmas are data), so only the first candidate compiles.
+    tally = _Tally()
+    counted = _Counted(denoiser, tally)
 
     def judged(name, sigmas):
         """Ordinary fit on the training rows, then the judge rows' median error (IIA, base);
@@ -473,16 +475,16 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
                                                              median_base[same[0]])
             phase(f"fit {name}", 0, t0)
             return
-        tally = _Tally()
-        counted = _Counted(denoiser, tally)
+        before = tally.count
         p = make_plan(solver, sigmas)
-        fitted = fit(counted, p, x_train, cond=c_train, key=key, progress=False, **fit_kwargs).coeffs
-        x_iia = jax.jit(lambda x, c: iia_sample(counted, p, fitted, x, cond=c))(x_judge, c_judge)
-        x_base = jax.jit(lambda x, c: sample(counted, p, x, cond=c))(x_judge, c_judge)
+        fitted = fit(counted, p, x_train, config, cond=c_train, key=key, progress=False).coeffs
+        grid = jnp.asarray(sigmas, x_T.dtype)
         coeffs[name] = fitted
-        median[name], median_base[name] = (float(np.median(np.asarray(per_sample_rms(x, judge_end))))
-                                           for x in (x_iia, x_base))
-        phase(f"fit {name}", tally.count, t0)
+        median[name], median_base[name] = (
+            float(np.median(np.asarray(per_sample_rms(
+                candidate_samples(counted, solver, spec, grid, values, x_judge, c_judge), judge_end))))
+            for values in (fitted.values, jnp.zeros_like(fitted.values)))
+        phase(f"fit {name}", tally.count - before, t0)
 
     for name in families:
         judged(name, family_grid(name, num_steps, sigma_min, sigma_max, schedule))
@@ -531,9 +533,12 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, *, sigma_min: float, si
 
     chosen = "fitted" if median["fitted"] < median[best_family] else best_family
     seconds["overhead"] = time.perf_counter() - start - sum(seconds.values())
-    report = PlanReport(chosen, best_family, start_family, grids, coeffs, median, median_base,
-                        np.asarray(objective), np.asarray(search_median), best_iterate, evals,
-                        seconds, int(n_train), int(n_judge), judge_idx, search_idx)
+    report = PlanReport(chosen=chosen, best_family=best_family, start=start_family, grids=grids,
+                        coeffs=coeffs, median=median, median_base=median_base,
+                        objective=np.asarray(objective), search_median=np.asarray(search_median),
+                        best_iterate=best_iterate, evaluations=evals, seconds=seconds,
+                        train_size=int(n_train), judge_size=int(n_judge), judge_rows=judge_idx,
+                        search_rows=search_idx)
     return PlanFit(make_plan(solver, grids[chosen]), coeffs[chosen], report)
 
 

@@ -18,7 +18,7 @@ matrix ``S_1^{1/2} S_2 S_1^{1/2}``: both square roots come from ``numpy.linalg.e
 in float64 with negative round-off eigenvalues clipped to 0, so there is no complex
 ``sqrtm`` and no NaN for singular (rank-deficient) covariances.
 
-**Digits FD** (DESIGN.md §5): the features are the penultimate layer of the shipped
+**Digits FD** (docs/design.md §5): the features are the penultimate layer of the shipped
 classifier (:func:`iia_jax.pretrained.digits_classifier`), the reference statistics
 those of the 1,497 ``"train"`` digits (computed once, cached). The estimate is
 biased upwards for small sample counts, so compare numbers at equal ``n``:

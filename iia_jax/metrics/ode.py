@@ -1,4 +1,4 @@
-"""ODE error: distance of samples to the solution of the same ODE from the same noise (DESIGN.md §5).
+"""ODE error: distance of samples to the solution of the same ODE from the same noise (docs/design.md §5).
 
 With exact mixture denoisers the RMSE is dominated by the few trajectories that flip between
 modes; the median per-sample RMS shows the integration accuracy.  Report both.

@@ -1,4 +1,4 @@
-"""Digits sample quality: a judge validated on ladders of known order (DESIGN.md §5).
+"""Digits sample quality: a judge validated on ladders of known order (docs/design.md §5).
 
 **Headline.** :func:`digits_score` is ``1000 x KID`` of the samples against the real reference
 digits, in the feature space of a *judge* classifier that saw neither the reference digits nor

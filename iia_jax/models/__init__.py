@@ -1,4 +1,4 @@
-"""Models in the EDM denoiser form ``D(x, sigma) -> x0_hat`` (DESIGN.md §2)."""
+"""Models in the EDM denoiser form ``D(x, sigma) -> x0_hat`` (docs/design.md §2)."""
 from .adapters import edm, from_discrete_eps, from_discrete_v, from_eps, from_v, from_x0
 from .diffusers_io import from_diffusers, load_unet2d
 from .gmm import GaussianMixture, gmm, gmm_sample

@@ -1,6 +1,6 @@
 """Adapters from common network parameterisations to the EDM denoiser ``D(x, sigma)``.
 
-In sigma-space (DESIGN.md §2) a VP network sees ``x_vp = alpha x`` with
+In sigma-space (docs/design.md §2) a VP network sees ``x_vp = alpha x`` with
 ``alpha = 1/sqrt(1 + sigma^2)`` at its own time ``t = t(sigma)``, and
 
 * eps-prediction: ``D = x - sigma * eps(alpha x, t)``
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from ..schedules import Schedule, _sigma_table
+from ..schedules import Schedule, sigma_table
 
 __all__ = ["edm", "from_eps", "from_v", "from_x0", "from_discrete_eps", "from_discrete_v"]
 
@@ -129,7 +129,7 @@ def _discrete_time_rounded(table, sigma):
 
 
 def _discrete_time_map(alphas_cumprod, quantize: bool) -> Partial:
-    table = _sigma_table(alphas_cumprod).astype(np.float32)
+    table = sigma_table(alphas_cumprod).astype(np.float32)
     return Partial(_discrete_time_rounded if quantize else _discrete_time, table)
 
 

@@ -8,7 +8,7 @@ the noise schedule lives in ``scheduler_config.json`` beside them or in a siblin
   converts the weights. Tensors are read with ``safetensors.numpy`` only: pickled
   ``.bin`` checkpoints are never opened.
 * :func:`from_diffusers` also reads the scheduler and returns the EDM denoiser
-  ``D(x, sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma))`` (DESIGN.md §2).
+  ``D(x, sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma))`` (docs/design.md §2).
 
 Weight conversion (torch -> Flax): a state-dict name maps to a parameter path by
 joining list indices to the preceding name (``down_blocks.0.resnets.1.conv1.weight`` ->
@@ -33,7 +33,7 @@ from flax import traverse_util
 
 from ..nets.unet2d import UNet2D, UNet2DConfig
 
-__all__ = ["load_unet2d", "from_diffusers", "convert_unet2d_state_dict",
+__all__ = ["load_unet2d", "from_diffusers", "convert_unet2d_state_dict", "scheduler_alphas", "weights_file",
            "alphas_cumprod_from_scheduler_config"]
 
 CONFIG_NAME = "config.json"
@@ -285,9 +285,19 @@ def alphas_cumprod_from_scheduler_config(config: Mapping[str, Any]) -> np.ndarra
         num_train_timesteps=int(config.get("num_train_timesteps", 1000)))
 
 
+def scheduler_alphas(model_dir) -> np.ndarray:
+    """``alphas_cumprod`` of the scheduler config that sits with a local diffusers model folder."""
+    return alphas_cumprod_from_scheduler_config(_read_json(_find_scheduler_config(model_dir)))
+
+
+def weights_file(model_dir, variant: Optional[str] = None) -> str:
+    """The safetensors weights file of a local diffusers model folder (refuses pickles)."""
+    return _weights_path(_resolve_model_dir(model_dir), variant)
+
+
 def from_diffusers(model_dir, scheduler_config: Union[None, str, os.PathLike, Mapping] = None,
                    quantize: bool = False, variant: Optional[str] = None):
-    """A diffusers DDPM checkpoint as an EDM denoiser ``D(x, sigma)`` (DESIGN.md §2).
+    """A diffusers DDPM checkpoint as an EDM denoiser ``D(x, sigma)`` (docs/design.md §2).
 
     Args:
       model_dir: see :func:`load_unet2d`.

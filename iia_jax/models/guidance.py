@@ -6,7 +6,7 @@ gives both ``eps(x, t | c)`` and ``eps(x, t | null)``. Sampling uses the extrapo
     eps_guided = eps_u + s (eps_c - eps_u) = (1 + w) eps_c - w eps_u,   s = 1 + w,
 
 with ``s`` the guidance scale (``s = 0``: unconditional, ``s = 1``: conditional,
-``s > 1``: stronger guidance). In the EDM form of DESIGN.md §2 every denoiser is
+``s > 1``: stronger guidance). In the EDM form of docs/design.md §2 every denoiser is
 ``D(x, sigma) = x - sigma * eps`` at the same ``x`` and ``sigma``, which is affine in
 ``eps`` with weights summing to one, so the same rule on denoisers,
 

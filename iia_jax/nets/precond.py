@@ -11,7 +11,7 @@ Models", Table 1 (column "EDM"). With ``s_d = sigma_data``:
     D(x, sigma) = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma))
 
 where ``F`` is the raw network. ``x = x0 + sigma * n`` is the EDM sigma-space of
-DESIGN.md §2, so the result plugs straight into every solver of the library. A
+docs/design.md §2, so the result plugs straight into every solver of the library. A
 conditional network ``F(x, c_noise, cond)`` (e.g. class labels ``cond [B]``) gives
 ``D(x, sigma, cond)``: the condition passes through to ``F`` untouched.
 

@@ -17,6 +17,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax.numpy as jnp
 
+from ..validate import denoiser_output
+
 
 class Solver(NamedTuple):
     name: str
@@ -35,9 +37,6 @@ def derivative(x, denoised, sigma):
 
 
 def denoise(denoiser, x, sigma):
-    """Call the denoiser with ``sigma`` in x's dtype and check the output shape."""
-    out = denoiser(x, jnp.asarray(sigma, x.dtype))
-    if getattr(out, "shape", None) != x.shape:
-        raise ValueError(f"denoiser returned shape {getattr(out, 'shape', type(out))}, expected "
-                         f"the input shape {x.shape}")
-    return out.astype(x.dtype)
+    """Call the denoiser with ``sigma`` in x's dtype; its output must have x's shape and a
+    floating dtype (:func:`iia_jax.validate.denoiser_output`) and is cast to x's dtype."""
+    return denoiser_output(denoiser(x, jnp.asarray(sigma, x.dtype)), x)

@@ -1,0 +1,169 @@
+"""What a fit is asked to do: :class:`FitConfig`, a frozen options object that checks itself when
+built, and :class:`Judge`, the optional quality judge it carries (docs/iia.md).
+
+A config says *how* to fit (features, target integration, where states come from, which rows are
+held out, memory, the least-squares solve, the quality judge); the call says *what* to fit on
+(denoiser, plan, rows, conditions, key, devices).  One config serves :func:`iia_jax.fit` and
+:func:`iia_jax.fit_plan` alike, so a bad option fails before any model call.  The keywords of
+earlier releases (``fit(D, plan, x, fine_steps=8, ridge=1e-3, match_spread=False,
+quality=judge)``) are converted by :meth:`FitConfig.build`; a config and a keyword that disagrees
+with it are refused, so nothing is silently overridden.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from .. import validate
+from .coefficients import FIT_MODES, TARGETS
+from .features import DEFAULT_TARGET, PRESET_SOLVERS
+from .solve import SOLVES, MatchedSolve, PlainSolve
+
+# How many standard errors of the judge's paired difference count as "worse than the base".
+# 1, not 2: distribution judges are noisy at fit-batch sizes, and a step is only dropped when
+# that lowers the judged difference, so noise cannot drop steps that help quality.
+QUALITY_Z = 1.0
+
+
+class Judge(NamedTuple):
+    """A paired judge of the samples at sigma = 0 for the fit's quality guard.
+
+    ``compare(candidate, base) -> (difference, se)``: row i of both arrays comes from the same
+    noise; ``difference < 0`` means the candidate is better, ``se`` is the standard error of the
+    paired difference (e.g. :func:`iia_jax.metrics.digits_check`).  Samples count as worse when
+    ``difference > z * se``.
+    """
+
+    compare: Callable
+    z: float = QUALITY_Z
+
+    def __call__(self, candidate, base) -> tuple[float, float]:
+        diff, se = (float(v) for v in self.compare(candidate, base))
+        if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
+            raise ValueError(f"quality must return a finite (difference, se >= 0), got ({diff}, {se})")
+        return diff, se
+
+    def worse(self, judged: tuple[float, float]) -> bool:
+        """Whether a ``(difference, se)`` verdict says the candidate is worse than the base."""
+        return judged[0] > self.z * judged[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How :func:`iia_jax.fit` fits (docs/iia.md; every field is checked when the config is built).
+
+    - ``preset``/``history``: the feature set (:mod:`iia_jax.iia.features`; None: the solver's
+      default preset).
+    - ``fine_steps``: M, the sub-steps (uniform in log sigma) of the target integration per interval.
+    - ``mode``: ``"sequential"`` (states from the IIA sampler itself, one solve per step) or
+      ``"teacher_forced"`` (states from the fine trajectory, all steps solved at once).
+    - ``target``: ``"local"`` (the fine solution of the interval from the current state) or
+      ``"trajectory"`` (the fine reference trajectory's state); None: the solver's measured best,
+      :data:`~iia_jax.iia.features.DEFAULT_TARGET`.
+    - ``holdout``: the fraction of rows kept out of the fit to judge it (never-worse check; a
+      fraction ``k / g`` with ``g <= 32``, see :mod:`iia_jax.rows`); 0 switches the check off.
+    - ``chunk_size``: at most about this many rows per model pass (memory); None: one pass.
+    - ``solve``: :class:`~iia_jax.iia.solve.MatchedSolve` (default) or
+      :class:`~iia_jax.iia.solve.PlainSolve`; carries the ridge.
+    - ``judge``: an optional :class:`Judge` of sample quality for the quality guard.
+    """
+
+    preset: str | None = None
+    history: int = 1
+    fine_steps: int = 16
+    mode: str = "sequential"
+    target: str | None = None
+    holdout: float = 0.25
+    chunk_size: int | None = None
+    solve: PlainSolve | MatchedSolve = MatchedSolve()
+    judge: Judge | None = None
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        if self.preset is not None and self.preset not in PRESET_SOLVERS:
+            raise ValueError(f"preset must be None or one of {tuple(PRESET_SOLVERS)}, got {self.preset!r}")
+        fix("history", validate.integer(self.history, "history", 0))
+        fix("fine_steps", validate.integer(self.fine_steps, "fine_steps", 2))
+        if self.chunk_size is not None:
+            fix("chunk_size", validate.integer(self.chunk_size, "chunk_size", 1))
+        if self.mode not in FIT_MODES:
+            raise ValueError(f"mode must be one of {FIT_MODES}, got {self.mode!r}")
+        if self.target is not None and self.target not in TARGETS:
+            raise ValueError(f"target must be None or one of {TARGETS}, got {self.target!r}")
+        validate.fit_options(self.holdout, self.judge)
+        if not isinstance(self.solve, SOLVES):
+            raise TypeError(f"solve must be one of {[s.__name__ for s in SOLVES]}, got "
+                            f"{type(self.solve).__name__}")
+        if self.judge is not None:
+            if not isinstance(self.judge, Judge) or not callable(self.judge.compare):
+                raise TypeError(f"judge must be an iia_jax.iia.Judge (or pass quality=callable), got "
+                                f"{type(self.judge).__name__}")
+
+    @property
+    def ridge(self) -> float:
+        return float(self.solve.ridge)
+
+    @property
+    def match_spread(self) -> bool:
+        return bool(self.solve.needs_spread)
+
+    def target_for(self, solver: str) -> str:
+        """The target of this fit for ``solver`` (the solver's default when ``target`` is None)."""
+        return DEFAULT_TARGET[solver] if self.target is None else self.target
+
+    @classmethod
+    def build(cls, config: FitConfig | None = None, **keywords) -> FitConfig:
+        """A config from ``config`` (default: ``FitConfig()``) and keywords: the fields themselves
+        and the older ``ridge``, ``match_spread`` (the solve) and ``quality`` (a judge callable or
+        :class:`Judge`).  With a config, a keyword that disagrees with it is an error."""
+        unknown = sorted(set(keywords) - set(_KEYWORDS))
+        if unknown:
+            raise TypeError(f"unknown fit option(s) {unknown}; the options are {sorted(_KEYWORDS)}")
+        base = cls() if config is None else config
+        if not isinstance(base, cls):
+            raise TypeError(f"config must be an iia_jax.FitConfig, got {type(base).__name__}")
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}
+        fields.update({k: v for k, v in keywords.items() if k in fields})
+        fields["judge"] = _judge(keywords["quality"]) if "quality" in keywords else fields["judge"]
+        if "ridge" in keywords or "match_spread" in keywords:
+            fields["solve"] = _solve(keywords.get("match_spread", base.match_spread),
+                                     keywords.get("ridge", base.ridge), base.solve)
+        built = cls(**fields)
+        if config is not None:
+            for name in keywords:
+                mine, theirs = _keyword_value(built, name), _keyword_value(config, name)
+                if mine != theirs:
+                    raise ValueError(f"{name}={keywords[name]!r} disagrees with the config's {name}="
+                                     f"{theirs!r}; pass the option in one place (config or keyword)")
+        return built
+
+
+_KEYWORDS = ("preset", "history", "fine_steps", "mode", "target", "holdout", "chunk_size", "solve",
+             "judge", "ridge", "match_spread", "quality")
+
+
+def _keyword_value(config: FitConfig, name: str):
+    return config.judge if name == "quality" else getattr(config, name)
+
+
+def _judge(quality):
+    if quality is None or isinstance(quality, Judge):
+        return quality
+    if not callable(quality):
+        raise TypeError(f"quality must be a callable quality(candidate, base) -> (difference, se), "
+                        f"got {type(quality).__name__}")
+    return Judge(quality)
+
+
+def _solve(match_spread, ridge, current):
+    if not isinstance(match_spread, (bool, np.bool_)):
+        raise TypeError(f"match_spread must be True or False, got {match_spread!r}")
+    if match_spread:
+        iterations = current.iterations if isinstance(current, MatchedSolve) else MatchedSolve.iterations
+        return MatchedSolve(ridge, iterations)
+    return PlainSolve(ridge)
+
+
+__all__ = ["FitConfig", "Judge", "QUALITY_Z"]
