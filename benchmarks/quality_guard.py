@@ -14,7 +14,7 @@ steps, NFE 2N - 1):
   ``quality=iia_jax.iia.guard.reference_mmd``: the model-agnostic judge, which compares the
   held-out rows' IIA and base samples with the fit's own fine-reference samples of those rows
   (paired pixel RBF MMD, docs/iia.md).  Until ``fit`` calls a three-argument judge itself, the
-  hook is installed here (:func:`install_hook`: the quality check of ``iia_jax.iia.fit`` sees the
+  hook is installed here (:func:`install_hook`: the quality guard of ``iia_jax.iia.fit`` sees the
   held-out rows and their fine reference).  The coefficients before the check are kept too: they
   are the "no judge" fit (the fit is otherwise identical);
 * evaluation on ``--n`` fresh draws: ``digits_score`` paired difference against the base sampler
@@ -58,22 +58,30 @@ UNGUARDED = {}   # the coefficients the quality check was handed, by the hook
 
 
 def install_hook():
-    """Make ``fit``'s quality check call ``quality(candidate, base, reference)`` on the held-out
-    rows (their IIA and base samples at sigma = 0 and the fit's fine reference of the same rows),
-    dropping steps with the same rule as before (``QUALITY_Z`` se)."""
+    """Make ``fit``'s quality guard call ``quality(candidate, base, reference)`` on the held-out
+    rows (their IIA and base samples at sigma = 0 and the fit's fine reference of the same rows)
+    through :func:`iia_jax.iia.guard.guard_steps`, then keep the fit's rule that what is left must
+    still lower the held-out median error."""
     def held(runs, vals):
         rows = runs.rows
         return runs._over_chunks(lambda x, c: runs._samples(vals, x, c), rows.hold_x, rows.hold_cond,
                                  runs._real_held)
 
-    def check(runs, values, kept, quality):
-        UNGUARDED["values"], UNGUARDED["kept"] = values.copy(), kept.copy()
+    def guard(runs, chosen, judge):
+        UNGUARDED["values"], UNGUARDED["kept"] = chosen.values.copy(), chosen.kept.copy()
         ref = np.concatenate([fit_module._host(runs.reference[c]) for c in range(runs.reference.shape[0])])
-        out = guard_steps(values, kept, lambda vals: held(runs, vals), ref[runs._real_held],
-                          ReferenceJudge(compare=quality, z=fit_module.QUALITY_Z))
-        return out.values, out.kept, out.judged, out.dropped
+        out = guard_steps(chosen.values, chosen.kept, lambda vals: held(runs, vals), ref[runs._real_held],
+                          ReferenceJudge(compare=judge.compare, z=judge.z))
+        if not out.dropped:
+            return chosen._replace(judged=out.judged)
+        errors = runs.errors(out.values)
+        if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
+            dropped = out.dropped + tuple(int(i) for i in np.flatnonzero(out.kept))
+            return fit_module._Selection(np.zeros_like(out.values), np.zeros_like(out.kept), chosen.base_errors,
+                                         chosen.base_errors, (0.0, 0.0), dropped)
+        return fit_module._Selection(out.values, out.kept, chosen.base_errors, errors, out.judged, out.dropped)
 
-    fit_module._quality_check = check
+    fit_module._quality_guard = guard
 
 
 def steps_for(solver: str, nfe: int) -> int:

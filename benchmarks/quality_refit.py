@@ -20,54 +20,67 @@ from iia_jax import pretrained, schedules
 from quality_guard import measure
 F = sys.modules["iia_jax.iia.fit"]
 MASK = {"m": None}
-orig = F._sequential_pass
-def masked(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, ridge, exact, match_spread):
-    m = MASK["m"]
-    if m is None:
-        return orig(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, ridge, exact, match_spread)
-    mask = jnp.asarray(m)
-    # the body of fit._sequential_pass, with step i's coefficients multiplied by mask[i]
+
+
+def masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, solve, exact):
+    """The body of the fit's ``_sequential_pass`` with step i's coefficients multiplied by mask[i]."""
+    from iia_jax.iia.sample import apply_correction, corrected_step
     from iia_jax.sampling import bind_condition, run_steps
-    from iia_jax.iia.sample import corrected_step, apply_correction
+    mask = jnp.asarray(MASK["m"])
+
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
             (state, x_cur, history), c = chunk
             d = bind_condition(denoiser, c)
             new, feats, denoised = corrected_step(d, solver, spec, (state, x_cur, history), sigma, sigma_next, final)
-            goal = (F.fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final) if target == "local" else None)
-            ok = jnp.all(jnp.isfinite(denoised))
-            return new, feats, ok, goal
+            goal = F.fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final) if target == "local" else None
+            return new, feats, jnp.all(jnp.isfinite(denoised)), goal
+
         carry, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
         goal = reference[index] if target == "trajectory" else goal
         residual = goal - carry[1]
-        stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(jax.vmap(F.gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
-        train = jax.tree_util.tree_map(lambda a: a[0], stats)
-        if match_spread:
-            sums = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(F.spread_sums)(feats, carry[1], goal, weights[:, 0]))
-            c = F.solve_matched(*train, sums, ridge)
-        else:
-            c = F.solve_gram(train[0], train[1], ridge)
-        c = c * mask[index].astype(c.dtype)
+        stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
+            jax.vmap(F.gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
+        sums = (jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(F.spread_sums)(
+            feats, carry[1], goal, weights[:, 0])) if solve.needs_spread else None)
+        rows = (feats[0], residual[0], weights[0, 0]) if exact else None
+        c = solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows) * mask[index]
         x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
         return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
+
     carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
     _, (values, stats, ok) = run_steps(body, carry, sigmas)
     return values, stats, ok
-F._sequential_pass = masked
+
+
+def set_mask(mask):
+    """Install the fit's sequential pass with ``mask`` (None: the fit's own), compiled afresh."""
+    MASK["m"] = mask
+    if mask is None:
+        F._SEQUENTIAL = ORIGINAL
+        return
+    F._SEQUENTIAL = F._compiled(
+        lambda denoiser, sigmas, x, cond, weights, reference, *, solver, spec, fine_steps, target, solve, exact:
+        masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, solve, exact),
+        F._MODEL_STATIC + ("target", "solve", "exact"))
+
+
+ORIGINAL = F._SEQUENTIAL
+
 
 def fit_consistent(D, plan, x, rounds=3, **kw):
-    MASK["m"] = None
+    set_mask(None)
     res = iia_jax.fit(D, plan, x, progress=False, **kw)
     history = [np.flatnonzero(np.asarray(res.coeffs.kept)).tolist()]
     for _ in range(rounds - 1):
         kept = np.asarray(res.coeffs.kept)
-        MASK["m"] = kept
+        set_mask(kept)
         res = iia_jax.fit(D, plan, x, progress=False, **kw)
         new = np.asarray(res.coeffs.kept) & kept
         history.append(np.flatnonzero(new).tolist())
         if (new == kept).all():
             break
-    MASK["m"] = None
+    set_mask(None)
     return res, history
 
 if __name__ == "__main__":

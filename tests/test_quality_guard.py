@@ -95,7 +95,7 @@ def test_pairing_does_not_reward_a_low_ode_error():
 
 def test_judge_threshold_and_refusals():
     judge = ReferenceJudge()
-    assert judge.worse(2.0, 1.0) and not judge.worse(0.5, 1.0)
+    assert judge.worse((2.0, 1.0)) and not judge.worse((0.5, 1.0))
     c, b, r = sets(10)
     with pytest.raises(ValueError, match="same shape"):
         reference_mmd(c[:9], b, r)

@@ -146,14 +146,23 @@ def reference_mmd(candidate, base, reference, tail: float = CLIP_TAIL,
 
 
 class ReferenceJudge(NamedTuple):
-    """A quality judge with its threshold: a candidate is worse than the base when
-    ``difference > z * se`` (``compare`` as :func:`reference_mmd`)."""
+    """A quality judge that also sees the fit's fine reference, with its threshold (the
+    reference-taking counterpart of :class:`iia_jax.iia.config.Judge`):
+    ``compare(candidate, base, reference) -> (difference, se)`` (default :func:`reference_mmd`);
+    the candidate counts as worse when ``difference > z * se``."""
 
     compare: object = reference_mmd
     z: float = 1.0
 
-    def worse(self, difference: float, se: float) -> bool:
-        return difference > self.z * se
+    def __call__(self, candidate, base, reference) -> tuple[float, float]:
+        diff, se = (float(v) for v in self.compare(candidate, base, reference))
+        if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
+            raise ValueError(f"the judge must return a finite (difference, se >= 0), got ({diff}, {se})")
+        return diff, se
+
+    def worse(self, judged: tuple[float, float]) -> bool:
+        """Whether a ``(difference, se)`` verdict says the candidate is worse than the base."""
+        return judged[0] > self.z * judged[1]
 
 
 class Guarded(NamedTuple):
@@ -182,15 +191,9 @@ def guard_steps(values, kept, samples, reference, judge: ReferenceJudge = Refere
     if values.ndim != 2 or kept.shape != values.shape[:1]:
         raise ValueError(f"values must be [N, K] and kept [N]; got {values.shape} and {kept.shape}")
     base = samples(np.zeros_like(values))
-
-    def judged_of(vals):
-        diff, se = (float(v) for v in judge.compare(samples(vals), base, reference))
-        if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
-            raise ValueError(f"the judge must return a finite (difference, se >= 0), got ({diff}, {se})")
-        return diff, se
-
+    judged_of = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
     judged, dropped = judged_of(values), []
-    while judge.worse(*judged) and kept.any():
+    while judge.worse(judged) and kept.any():
         trials = {}
         for i in np.flatnonzero(kept):
             trial = values.copy()
@@ -202,7 +205,7 @@ def guard_steps(values, kept, samples, reference, judge: ReferenceJudge = Refere
         judged, values = trials[step]
         kept[step] = False
         dropped.append(step)
-    if judge.worse(*judged):    # no removal of one step helps: the base sampler, never worse
+    if judge.worse(judged):     # no removal of one step helps: the base sampler, never worse
         dropped += [int(i) for i in np.flatnonzero(kept)]
         values, kept, judged = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0)
     return Guarded(values, kept, judged, tuple(dropped))
