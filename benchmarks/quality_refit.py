@@ -11,14 +11,25 @@ refits with the dropped steps held at zero until the kept set stops changing, an
 heun 64-step reference; digits_score paired against the base, median ODE error, raw and stored
 contrast, HF energy, black background).  Appends to ``checkpoints/quality_guard/refit.jsonl``.
 """
-import sys, time, json
+from __future__ import annotations
+
+import json
+import sys
+import time
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
-import jax, jax.numpy as jnp, numpy as np, iia_jax
-from iia_jax import pretrained, schedules
-from quality_guard import measure
-F = sys.modules["iia_jax.iia.fit"]
+sys.path.insert(0, str(ROOT))                  # this checkout's iia_jax
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import iia_jax  # noqa: E402
+from iia_jax import pretrained, schedules  # noqa: E402
+from quality_guard import measure  # noqa: E402
+
+F = sys.modules["iia_jax.iia.fit"]             # the module (the package exports the function as ``fit``)
 MASK = {"m": None}
 
 
@@ -69,6 +80,8 @@ ORIGINAL = F._SEQUENTIAL
 
 
 def fit_consistent(D, plan, x, rounds=3, **kw):
+    """Fit, then refit with the steps the last fit did not keep held at zero, until the kept set
+    stops changing (at most ``rounds`` fits).  Returns the last result and the kept steps of each."""
     set_mask(None)
     res = iia_jax.fit(D, plan, x, progress=False, **kw)
     history = [np.flatnonzero(np.asarray(res.coeffs.kept)).tolist()]
@@ -83,14 +96,17 @@ def fit_consistent(D, plan, x, rounds=3, **kw):
     set_mask(None)
     return res, history
 
-if __name__ == "__main__":
+
+def main(cells):
     D = pretrained.digits()
     kf, ke = jax.random.split(jax.random.PRNGKey(0))
-    xf = 80.0 * jax.random.normal(kf, (1024, 8, 8, 1)); xe = 80.0 * jax.random.normal(ke, (1000, 8, 8, 1))
+    xf = 80.0 * jax.random.normal(kf, (1024, 8, 8, 1))
+    xe = 80.0 * jax.random.normal(ke, (1000, 8, 8, 1))
     ref = np.load(ROOT / "checkpoints/quality_cause/reference_seed0_n1000.npy")   # made by quality_cause.py
-    for spec in sys.argv[1:]:
+    for spec in cells:
         solver, grid, nfe = spec.split(":")
-        nfe = int(nfe); steps = (nfe + 1) // 2 if solver == "heun" else nfe
+        nfe = int(nfe)
+        steps = (nfe + 1) // 2 if solver == "heun" else nfe
         sig = schedules.karras(steps, 0.002, 80.0) if grid == "karras" else schedules.vp_quadratic(steps, 0.002, 80.0)
         plan = iia_jax.plan(solver, sig)
         t = time.perf_counter()
@@ -100,6 +116,12 @@ if __name__ == "__main__":
         x0 = np.asarray(jax.jit(lambda x: iia_jax.iia_sample(D, plan, res.coeffs, x))(xe))
         m = measure(x0, base, ref)
         np.save(ROOT / f"checkpoints/quality_guard/refit_{solver}_{grid}_{plan.nfe}.npy", x0)
-        out = dict(solver=solver, grid=grid, nfe=plan.nfe, kept_rounds=hist, fit_s=fs, values=np.asarray(res.coeffs.values).tolist(), **m)
-        open(ROOT / "checkpoints/quality_guard/refit.jsonl", "a").write(json.dumps(out) + "\n")
+        out = dict(solver=solver, grid=grid, nfe=plan.nfe, kept_rounds=hist, fit_s=fs,
+                   values=np.asarray(res.coeffs.values).tolist(), **m)
+        with open(ROOT / "checkpoints/quality_guard/refit.jsonl", "a") as f:
+            f.write(json.dumps(out) + "\n")
         print(spec, hist, {k: round(v, 3) for k, v in m.items()}, f"{fs:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
