@@ -187,6 +187,25 @@ def agreement(path: Path) -> str:
     return "\n".join(lines)
 
 
+VARIANTS = {"h/2 (the judge)": {}, "h/4": dict(bandwidth_scale=0.25), "h/8": dict(bandwidth_scale=0.125),
+            "h/4, 1 %..99 %": dict(tail=0.01, bandwidth_scale=0.25), "h/2, 5 %..95 %": dict(tail=0.05)}
+
+
+def refit_variants(path: Path) -> str:
+    """The judge and variants of it (bandwidth, clipping range) on the refitted samples of
+    ``benchmarks/quality_refit.py`` against ``digits_score``: z of each at n = 1,000."""
+    ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
+    lines = ["| candidate vs base | digits_score z | " + " | ".join(VARIANTS) + " |",
+             "| --- | ---: |" + " ---: |" * len(VARIANTS)]
+    for r in map(json.loads, (path.parent / "refit.jsonl").read_text().splitlines()):
+        base = np.load(path.parent / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")["base"]
+        x0 = np.load(path.parent / f"refit_{r['solver']}_{r['grid']}_{r['nfe']}.npy")
+        zs = [d / se for d, se in (reference_mmd(x0, base, ref, **kw) for kw in VARIANTS.values())]
+        lines.append(f"| {r['solver']} {r['grid']}, refitted | {r['diff'] / r['diff_se']:+.1f} | "
+                     + " | ".join(f"{z:+.1f}" for z in zs) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
@@ -200,12 +219,17 @@ def main(argv=None):
     ap.add_argument("--held-out-only", action="store_true", help="judge the held-out rows only, not all rows")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
+    ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
+                    "samples of benchmarks/quality_refit.py and stop")
     args = ap.parse_args(argv)
     if args.table:
         print(table(args.out))
         return
     if args.agreement:
         print(agreement(args.out))
+        return
+    if args.refit_variants:
+        print(refit_variants(args.out))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
