@@ -159,42 +159,43 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
     return fit_data, states, ok
 
 
-def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
-                     target, solve, exact):
+def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target, solve,
+                     exact):
     """The IIA sampler over chunks ``x [C, b, ...]`` (conditions ``cond`` alike), fitting each
     step's coefficients on the training rows with ``solve`` before moving on.  ``weights
-    [C, 2, b]`` (training, held-out); ``reference [N, C, b, ...]`` is the fine trajectory
-    (trajectory target only); ``exact`` (one chunk, one device): the solve sees the rows
-    themselves, not only their sums."""
+    [C, 2, b]`` (training, held-out).  Target ``local``: the fine solution of each interval from
+    the current state; ``trajectory``: the fine reference trajectory from ``x``, integrated
+    alongside one interval a step (a row keeps one fine state, not the whole trajectory).
+    ``exact`` (one chunk, one device): the solve sees the rows themselves, not only their sums.
+    Returns the coefficients, the statistics, finiteness flags and (trajectory) the fine
+    reference at sigma = 0 ``[C, b, ...]``."""
 
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
-            (state, x_cur, history), c = chunk
+            (coarse, x_fine), c = chunk
             d = bind_condition(denoiser, c)
-            new, feats, denoised = corrected_step(d, solver, spec, (state, x_cur, history), sigma,
-                                                  sigma_next, final)
-            goal = (fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final)
-                    if target == "local" else None)
-            ok = jnp.all(jnp.isfinite(denoised))
-            if goal is not None:  # the local target's own model calls count too
-                ok = ok & jnp.all(jnp.isfinite(goal))
+            new, feats, denoised = corrected_step(d, solver, spec, coarse, sigma, sigma_next, final)
+            goal = fine_solution(d, solver, coarse[1] if x_fine is None else x_fine, sigma, sigma_next,
+                                 fine_steps, final)
+            ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(goal))
             return new, feats, ok, goal
 
-        carry, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
-        goal = reference[index] if target == "trajectory" else goal
-        residual = goal - carry[1]
+        coarse, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
+        residual = goal - coarse[1]
         stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
             jax.vmap(gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
         sums = (jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
-            feats, carry[1], goal, weights[:, 0])) if solve.needs_spread else None)
+            feats, coarse[1], goal, weights[:, 0])) if solve.needs_spread else None)
         rows = (feats[0], residual[0], weights[0, 0]) if exact else None
         c = solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows)
-        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
-        return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
+        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(coarse[1], c, feats)
+        fine_next = goal if target == "trajectory" else None
+        return ((coarse[0], x_next, coarse[2]), fine_next), (c, stats, jnp.all(ok))
 
-    carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
-    _, (values, stats, ok) = run_steps(body, carry, sigmas)
-    return values, stats, ok
+    coarse = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
+    (_, fine_end), (values, stats, ok) = run_steps(body, (coarse, x if target == "trajectory" else None),
+                                                   sigmas)
+    return values, stats, ok, fine_end
 
 
 class _Passes:
@@ -212,17 +213,17 @@ class _Passes:
     def reference(self, x, cond, weights, spread=False):
         """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
         summed over chunks for each row of ``weights [C, W, b]`` (and
-        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None), and the fine states
-        ``[N, C, b, ...]``."""
-        stats, states = None, []
+        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None), and the fine states at
+        sigma = 0 ``[C, b, ...]`` (a chunk's states on the way are dropped with the chunk)."""
+        stats, ends = None, []
         for c in range(x.shape[0]):
             part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
             part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
                                                    keep_features=False, spread=spread, **self.static)
             self.check(ok, "non-finite model output or reference")
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
-            states.append(part_states)
-        return stats, jnp.stack(states, axis=1)
+            ends.append(part_states[-1])
+        return stats, jnp.stack(ends)
 
     def features(self, x, cond, weights):
         """Features and residuals ``[N, K, b, ...]``, ``[N, b, ...]`` of one chunk, and its states."""
@@ -231,11 +232,14 @@ class _Passes:
         self.check(ok)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, reference, target, solve, exact):
-        values, stats, ok = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond, rows.weights,
-                                        reference, target=target, solve=solve, exact=exact, **self.static)
+    def sequential(self, rows: FitRows, target, solve, exact):
+        """Coefficients and statistics of the sequential fit, and (trajectory target) the fine
+        reference at sigma = 0 of every row ``[C, b, ...]``."""
+        values, stats, ok, fine_end = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond,
+                                                  rows.weights, target=target, solve=solve, exact=exact,
+                                                  **self.static)
         self.check(ok)
-        return values, stats
+        return values, stats, fine_end
 
 
 def _compiled(fn, static: tuple):
@@ -265,10 +269,10 @@ def _teacher_forced(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_st
                                 weights, keep_features, spread)
 
 
-def _sequential(denoiser, sigmas, x, cond, weights, reference, *, solver, spec, fine_steps, target,
-                solve, exact):
-    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference,
-                            target, solve, exact)
+def _sequential(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_steps, target, solve,
+                exact):
+    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target,
+                            solve, exact)
 
 
 def _iia_run(denoiser, sigmas, values, x, cond, *, solver, spec):
@@ -335,22 +339,20 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     ``[C, h, ...]`` (None without held-out rows)."""
     layout = rows.layout
     exact = layout.chunks == 1 and layout.sharding is None   # the solve may see the rows themselves
-    hold_end = lambda states: layout.holdout_of_chunks(states[-1], rows.positions, 1)  # noqa: E731
+    hold_end = lambda ends: layout.holdout_of_chunks(ends, rows.positions, 1)  # noqa: E731  [C, b, ...]
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
         values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
-        return values, stats, hold_end(states[:, None])
+        return values, stats, hold_end(states[-1][None])
     if mode == "teacher_forced":
-        (stats, sums), states = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
-        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(states)
-    if target == "trajectory":   # the fine reference trajectory of every row
-        reference = passes.reference(rows.x, rows.cond, rows.weights)[1]
-        end = hold_end(reference)
-    else:                        # only the held-out end points are needed
-        reference = None
-        held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
-        end = passes.reference(rows.hold_x, rows.hold_cond, held)[1][-1] if layout.hold_rows else None
-    values, stats = passes.sequential(rows, reference, target, solve, exact)
+        (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
+        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(ends)
+    values, stats, fine_end = passes.sequential(rows, target, solve, exact)
+    if target == "trajectory":   # the pass integrated every row's fine reference alongside
+        return values, stats, hold_end(fine_end)
+    # local: only the held-out rows' reference end points are needed
+    held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
+    end = passes.reference(rows.hold_x, rows.hold_cond, held)[1] if layout.hold_rows else None
     return values, stats, end
 
 
