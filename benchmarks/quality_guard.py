@@ -90,15 +90,16 @@ def install_hook(all_rows: bool = True):
         return fit_module._Selection(out.values, out.kept, chosen.base_errors, errors, out.judged, out.dropped)
 
     fit_module._quality_guard = guard
-    reference = fit_module._Passes.reference
+    sequential = fit_module._Passes.sequential
 
-    def keep_end(self, x, cond, weights, spread=False):
-        stats, states = reference(self, x, cond, weights, spread)
+    def keep_end(self, rows, target, solve, exact):
+        values, stats, fine_end = sequential(self, rows, target, solve, exact)
         FULL_REFERENCE.clear()
-        FULL_REFERENCE[tuple(x.shape)] = states[-1]
-        return stats, states
+        if fine_end is not None:
+            FULL_REFERENCE[tuple(rows.x.shape)] = fine_end
+        return values, stats, fine_end
 
-    fit_module._Passes.reference = keep_end
+    fit_module._Passes.sequential = keep_end
 
 
 def steps_for(solver: str, nfe: int) -> int:

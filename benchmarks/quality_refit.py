@@ -33,7 +33,7 @@ F = sys.modules["iia_jax.iia.fit"]             # the module (the package exports
 MASK = {"m": None}
 
 
-def masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, solve, exact):
+def masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target, solve, exact):
     """The body of the fit's ``_sequential_pass`` with step i's coefficients multiplied by mask[i]."""
     from iia_jax.iia.sample import apply_correction, corrected_step
     from iia_jax.sampling import bind_condition, run_steps
@@ -41,27 +41,29 @@ def masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, re
 
     def body(carry, index, sigma, sigma_next, final):
         def per_chunk(chunk):
-            (state, x_cur, history), c = chunk
+            (coarse, x_fine), c = chunk
             d = bind_condition(denoiser, c)
-            new, feats, denoised = corrected_step(d, solver, spec, (state, x_cur, history), sigma, sigma_next, final)
-            goal = F.fine_solution(d, solver, x_cur, sigma, sigma_next, fine_steps, final) if target == "local" else None
-            return new, feats, jnp.all(jnp.isfinite(denoised)), goal
+            new, feats, denoised = corrected_step(d, solver, spec, coarse, sigma, sigma_next, final)
+            goal = F.fine_solution(d, solver, coarse[1] if x_fine is None else x_fine, sigma, sigma_next,
+                                   fine_steps, final)
+            return new, feats, jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(goal)), goal
 
-        carry, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
-        goal = reference[index] if target == "trajectory" else goal
-        residual = goal - carry[1]
+        coarse, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
+        residual = goal - coarse[1]
         stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
             jax.vmap(F.gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
         sums = (jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(F.spread_sums)(
-            feats, carry[1], goal, weights[:, 0])) if solve.needs_spread else None)
+            feats, coarse[1], goal, weights[:, 0])) if solve.needs_spread else None)
         rows = (feats[0], residual[0], weights[0, 0]) if exact else None
         c = solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows) * mask[index]
-        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(carry[1], c, feats)
-        return (carry[0], x_next, carry[2]), (c, stats, jnp.all(ok))
+        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(coarse[1], c, feats)
+        fine_next = goal if target == "trajectory" else None
+        return ((coarse[0], x_next, coarse[2]), fine_next), (c, stats, jnp.all(ok))
 
-    carry = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
-    _, (values, stats, ok) = run_steps(body, carry, sigmas)
-    return values, stats, ok
+    coarse = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
+    (_, fine_end), (values, stats, ok) = run_steps(body, (coarse, x if target == "trajectory" else None),
+                                                   sigmas)
+    return values, stats, ok, fine_end
 
 
 def set_mask(mask):
@@ -71,8 +73,8 @@ def set_mask(mask):
         F._SEQUENTIAL = ORIGINAL
         return
     F._SEQUENTIAL = F._compiled(
-        lambda denoiser, sigmas, x, cond, weights, reference, *, solver, spec, fine_steps, target, solve, exact:
-        masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, reference, target, solve, exact),
+        lambda denoiser, sigmas, x, cond, weights, *, solver, spec, fine_steps, target, solve, exact:
+        masked_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target, solve, exact),
         F._MODEL_STATIC + ("target", "solve", "exact"))
 
 
