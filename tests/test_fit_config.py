@@ -26,7 +26,9 @@ def test_defaults_are_the_documented_ones():
     c = FitConfig()
     assert (c.preset, c.history, c.fine_steps, c.mode, c.target, c.holdout, c.chunk_size) == (
         None, 1, 16, "sequential", None, 0.25, None)
-    assert c.solve == MatchedSolve(1e-4) and c.match_spread and c.ridge == 1e-4 and c.judge is None
+    assert c.solve == MatchedSolve(1e-4) and c.match_spread and c.ridge == 1e-4
+    assert c.judge is iia_jax.iia.REFERENCE_JUDGE and c.judge.reference and c.judge.z == 1.0
+    assert FitConfig(holdout=0.0).judge is None     # no held-out rows: no checks, knowingly
     assert c.target_for("heun") == iia_jax.iia.DEFAULT_TARGET["heun"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.fine_steps = 3
