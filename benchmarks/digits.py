@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,32 +43,20 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-import iia_jax  # noqa: E402
-from iia_jax import pretrained, schedules  # noqa: E402
-from iia_jax.metrics import digits_check, ode_error, score_difference  # noqa: E402
+from iia_jax import pretrained  # noqa: E402
+from iia_jax.bench import harness  # noqa: E402
+from iia_jax.bench.harness import score  # noqa: E402
+from iia_jax.bench.provenance import command_line, git_revision, save_json  # noqa: E402
+from iia_jax.metrics import digits_check, score_difference  # noqa: E402
 from iia_jax.metrics.fd import corrupt_blur, corrupt_noise  # noqa: E402
-from iia_jax.metrics.quality import digits_quality, digits_split  # noqa: E402
+from iia_jax.metrics.quality import digits_split  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 SHAPE = (8, 8, 1)
 SOLVERS = ("heun", "euler", "dpmpp_2m")
 COLORS = {"heun": "C0", "euler": "C1", "dpmpp_2m": "C2"}
-
-
-def steps_for(solver: str, nfe: int) -> int:
-    """Karras steps N with the solver's NFE closest to ``nfe`` from below (heun: 2N - 1)."""
-    return (nfe + 1) // 2 if solver == "heun" else nfe
-
-
-def run_batched(fn, x, batch: int = 500) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
-
-
-def score(images) -> tuple[float, float]:
-    """``digits_score`` of ``images`` and its jackknife standard error."""
-    q = digits_quality(images)
-    return q["score"], q["score_se"]
+BATCH = 500   # evaluation rows per call
 
 
 def real_points() -> dict:
@@ -80,36 +66,17 @@ def real_points() -> dict:
             "noise": score(corrupt_noise(test, 0.2)), "blur": score(corrupt_blur(test, 0.5))}
 
 
-def git_revision() -> str:
-    """The commit of the library code, with "+dirty" when iia_jax/ has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "iia_jax"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def benchmark(args):
-    denoiser = pretrained.digits()
-    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
-    x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
-    x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
-    timings = {}
-
     t = time.perf_counter()
-    ref_plan = iia_jax.plan("heun", schedules.karras(args.ref_steps, SIGMA_MIN, SIGMA_MAX))
-    print(f"fine reference: heun, {args.ref_steps} Karras steps (NFE {ref_plan.nfe}), {args.n} samples",
+    noise = harness.draws(args.seed, SHAPE, args.n, args.fit_batch, SIGMA_MAX)
+    print(f"fine reference: heun, {args.ref_steps} Karras steps (NFE {2 * args.ref_steps - 1}), {args.n} samples",
           flush=True)
-    reference = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval)
-    timings["reference"] = time.perf_counter() - t
+    prob = harness.problem(pretrained.digits(), noise, args.ref_steps, SIGMA_MIN, SIGMA_MAX, batch=BATCH)
+    timings = {"reference": time.perf_counter() - t}
 
     t = time.perf_counter()
     real = real_points()
-    ref_score = score(reference)
+    ref_score = score(prob.reference)
     timings["sanity"] = time.perf_counter() - t
     print(f"score: fine reference {ref_score[0]:.1f} +- {ref_score[1]:.1f} (n={args.n}); real test digits "
           f"{real['test'][0]:.1f} +- {real['test'][1]:.1f} (n=300)", flush=True)
@@ -117,15 +84,15 @@ def benchmark(args):
     rows = []
     for solver in args.solvers:
         for nfe in args.nfe:
-            steps = steps_for(solver, nfe)
-            plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
+            plan = harness.plan_for(solver, nfe, SIGMA_MIN, SIGMA_MAX)
+            steps = plan.num_steps
             t = time.perf_counter()
-            base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
-            e_base, score_base = ode_error(base, reference), score(base)
+            base = prob.base(plan)
+            e_base, score_base = prob.error(base), score(base)
             r = dict(solver=solver, nfe=plan.nfe, steps=steps, score_base=score_base[0],
                      score_base_std=score_base[1], median_base=e_base.median, rmse_base=e_base.rmse)
-            judged = iia_row(denoiser, plan, x_fit, x_eval, reference, base, args.fine_steps, digits_check)
-            plain = (iia_row(denoiser, plan, x_fit, x_eval, reference, base, args.fine_steps, None)
+            judged = iia_row(prob, plan, base, args.fine_steps, digits_check)
+            plain = (iia_row(prob, plan, base, args.fine_steps, None)
                      if judged.get("dropped") else dict(judged, fit_s=0.0))
             r.update({k: v for k, v in judged.items()})
             r.update({f"{k}_plain": v for k, v in plain.items()})
@@ -136,21 +103,21 @@ def benchmark(args):
                   f"dropped {r.get('dropped')}   {time.perf_counter() - t:5.1f}s"
                   + (f"   FIT FAILED: {r['failed']}" if r["failed"] else ""), flush=True)
     return dict(rows=rows, real=real, score_ref=ref_score[0], score_ref_std=ref_score[1], revision=args.revision,
-                ref_nfe=ref_plan.nfe, timings=timings)
+                ref_nfe=2 * args.ref_steps - 1, timings=timings)
 
 
-def iia_row(denoiser, plan, x_fit, x_eval, reference, base, fine_steps, quality) -> dict:
+def iia_row(prob, plan, base, fine_steps, quality) -> dict:
     """Fit (with the ``quality`` judge or without), sample the evaluation noise and measure."""
     t = time.perf_counter()
     try:
-        res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, quality=quality, progress=False)
+        res = prob.fit(plan, fine_steps=fine_steps, quality=quality)
     except ValueError as e:  # a failed fit is a result too; keep the rest of the table
         nan = float("nan")
         return dict(score_iia=nan, score_iia_std=nan, median_iia=nan, rmse_iia=nan, diff=nan, diff_se=nan,
                     kept=0, dropped=[], fit_s=time.perf_counter() - t, failed=str(e))
     fit_s = time.perf_counter() - t
-    iia = run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval)
-    e_iia, score_iia = ode_error(iia, reference), score(iia)
+    iia = prob.iia(plan, res.coeffs)
+    e_iia, score_iia = prob.error(iia), score(iia)
     diff = score_difference(iia, base, paired=True)
     return dict(score_iia=score_iia[0], score_iia_std=score_iia[1], median_iia=e_iia.median,
                 rmse_iia=e_iia.rmse, diff=diff[0], diff_se=diff[1], kept=int(np.sum(res.report.kept)),
@@ -253,10 +220,8 @@ def markdown(result, args, command, total_s):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="NFE 5 9 15, n 300, fit batch 128, reference heun 64 steps; out: a temp dir")
+    ap = harness.parser(__doc__, "euler NFE 5, n 60, fit batch 64, reference heun 8 steps; out: a temp dir",
+                        quick="NFE 5 9 15, n 300, fit batch 128, reference heun 64 steps; out: a temp dir")
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--nfe", nargs="+", type=int, default=None, help="default: 5 9 15 25")
     ap.add_argument("--n", type=int, default=None, help="evaluation samples (default 1000)")
@@ -279,20 +244,21 @@ def main(argv=None):
         args = argparse.Namespace(**saved["args"])
         args.interpretation = interpretation
     else:
-        quick = args.quick
+        quick = args.quick or args.smoke
+        if args.smoke:
+            args.solvers, args.nfe, args.n, args.fit_batch, args.ref_steps = ["euler"], [5], 60, 64, 8
         args.nfe = args.nfe or ([5, 9, 15] if quick else [5, 9, 15, 25])
         args.n = args.n or (300 if quick else 1000)
         args.fit_batch = args.fit_batch or (128 if quick else 1024)
         out = args.out or (Path(tempfile.mkdtemp(prefix="iia-digits-")) if quick else DOCS)
-        command = " ".join(["python", "benchmarks/digits.py"] + (sys.argv[1:] if argv is None else list(argv)))
+        command = command_line("benchmarks/digits.py", argv)
         args.revision = git_revision()
         start = time.perf_counter()
         result = benchmark(args)
         total = time.perf_counter() - start
         if args.json:
             saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-            args.json.write_text(json.dumps(dict(result=result, args=saved_args, total_s=total,
-                                                 command=command), indent=2, default=float))
+            save_json(args.json, dict(result=result, args=saved_args, total_s=total, command=command), command)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, args, out / "digits_score_vs_nfe.png")
     (out / "digits.md").write_text(markdown(result, args, command, total))

@@ -33,10 +33,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
+from iia_jax.bench import harness  # noqa: E402
 from iia_jax.iia import DEFAULT_TARGET  # noqa: E402
 from iia_jax.metrics import digits_score, ode_error, score_difference  # noqa: E402
-from metric_ladders import (REF_STEPS, SIGMA_MAX, SIGMA_MIN, SHAPE, _noise, _run_batched,  # noqa: E402
-                            heun_samples, nfe9_samples)
+import metric_ladders  # noqa: E402
+from metric_ladders import (BATCH, REF_STEPS, SIGMA_MAX, SIGMA_MIN, SHAPE, heun_samples,  # noqa: E402
+                            nfe9_samples, noise)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 N, SEED, N_SELECT = 1000, 0, 500
@@ -78,12 +80,19 @@ def shrinkage(y, x):
     return slope, y - error.mean(0) - slope * centred
 
 
-def main():
+def main(argv=None):
+    ap = harness.parser(__doc__, "heun only, n 50, 20 selection draws, fit batch 64")
+    ap.add_argument("--out", type=Path, default=DOCS)
+    args = ap.parse_args(argv)
+    n, n_select, fit_batch, solvers = N, N_SELECT, 256, SOLVERS
+    if args.smoke:
+        n, n_select, fit_batch, solvers = 50, 20, 64, {"heun": 5}
+        metric_ladders.CACHE = args.out / "cache"
     start = time.perf_counter()
     denoiser = pretrained.digits()
-    reference = heun_samples(REF_STEPS, N, SEED)
-    x_fit, x_eval = _noise(N, 256, SEED)
-    x_select = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(SEED + 100), (N_SELECT,) + SHAPE)
+    reference = heun_samples(REF_STEPS, n, SEED)
+    x_fit, x_eval = noise(n, fit_batch, SEED)
+    x_select = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(SEED + 100), (n_select,) + SHAPE)
     lines = ["# Digits: where IIA loses sample quality at NFE 9, and what would keep it", "",
              "Produced by `python benchmarks/digits_shrinkage.py` (setting in its docstring). Score: "
              "`digits_score` (1000 KID, lower is better; the fine reference scores about 4.5 and real "
@@ -100,22 +109,24 @@ def main():
         print(line, flush=True)
         return line
 
-    for solver, steps in SOLVERS.items():
+    for solver, steps in solvers.items():
         plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-        base, iia = nfe9_samples(solver, N, SEED)
+        base, iia = nfe9_samples(solver, n, SEED, fit_batch)
         lines += [row(f"{solver} base", base, base), row(f"{solver} IIA (default fit)", iia, base)]
         if solver == "euler":  # IIA already wins clearly here
             continue
         res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=8, progress=False)
-        sample = jax.jit(lambda c, x: iia_jax.iia_sample(denoiser, plan, c, x))
+
+        def sample(coeffs, x):
+            return harness.iia_samples(denoiser, plan, coeffs, x, batch=BATCH)
         masked = lambda keep: dataclasses.replace(res.coeffs, values=res.coeffs.values * keep[:, None])  # noqa: E731
         kept = np.asarray(res.coeffs.kept).astype(bool)
         for i in np.flatnonzero(kept):
             keep = kept & (np.arange(steps) != i)
-            lines.append(row(f"{solver} IIA without step {i}", _run_batched(lambda x: sample(masked(keep), x), x_eval),
+            lines.append(row(f"{solver} IIA without step {i}", sample(masked(keep), x_eval),
                              base))
         # never worse on the distribution: greedy removal judged on the selection draws only
-        select_score = lambda keep: digits_score(_run_batched(lambda x: sample(masked(keep), x), x_select))  # noqa: E731
+        select_score = lambda keep: digits_score(sample(masked(keep), x_select))  # noqa: E731
         keep, best = kept.copy(), select_score(kept)
         improved = True
         while improved and keep.any():
@@ -125,17 +136,17 @@ def main():
             if s < best:
                 keep[i], best, improved = False, s, True
         lines.append(row(f"{solver} IIA, steps {np.flatnonzero(keep).tolist()} (chosen on selection draws)",
-                         _run_batched(lambda x: sample(masked(keep), x), x_eval), base))
+                         sample(masked(keep), x_eval), base))
         other = "local" if DEFAULT_TARGET[solver] == "trajectory" else "trajectory"
         for label, kwargs in ((f"target {other}", dict(target=other)), ("teacher-forced", dict(mode="teacher_forced")),
                               ("fine_steps 16", dict(fine_steps=16))):
             kwargs = {"fine_steps": 8, **kwargs}
             coeffs = iia_jax.fit(denoiser, plan, x_fit, progress=False, **kwargs).coeffs
-            lines.append(row(f"{solver} IIA, {label}", _run_batched(lambda x: sample(coeffs, x), x_eval), base))
+            lines.append(row(f"{solver} IIA, {label}", sample(coeffs, x_eval), base))
     lines += ["", f"Run time {(time.perf_counter() - start) / 60:.0f} min on 2 shared CPU cores.", FINDINGS]
-    DOCS.mkdir(exist_ok=True)
-    (DOCS / "digits_shrinkage.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {DOCS / 'digits_shrinkage.md'}")
+    args.out.mkdir(exist_ok=True, parents=True)
+    (args.out / "digits_shrinkage.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'digits_shrinkage.md'}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ search from Karras).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -57,9 +56,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
-from iia_jax import schedules  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
+from iia_jax.bench.grids import steps_for  # noqa: E402
+from iia_jax.bench.provenance import command_line, provenance  # noqa: E402
 from iia_jax.iia.grid import family_grid, fit_plan  # noqa: E402
-from iia_jax.metrics import digits_quality, ode_error, score_difference  # noqa: E402
+from iia_jax.metrics import score_difference  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -67,27 +68,13 @@ SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
 NOTES = "## Notes"
 
 
-def mixture():
-    """An image-shaped exact mixture: 10 well-separated 8x8 'prototypes', std 0.2 (as benchmarks/iia.py)."""
-    means = jax.random.uniform(jax.random.PRNGKey(7), (10, 8, 8, 1), minval=-1.0, maxval=1.0)
-    return iia_jax.models.gmm(means, 0.2)
-
-
 def model(name):
-    return mixture() if name == "mixture" else iia_jax.pretrained.digits()
-
-
-def steps_for(solver, nfe):
-    """The most steps whose NFE is at most ``nfe`` (None below 2 steps)."""
-    s = iia_jax.solvers.get(solver)
-    steps = (nfe - 1) // s.evals_per_step + 1
-    return steps if steps >= 2 else None
+    return models.prototypes() if name == "mixture" else iia_jax.pretrained.digits()
 
 
 def quality(x):
-    """``(score, se)``: the validated digits judge (lower is better)."""
-    q = digits_quality(np.clip(np.asarray(x), -1.0, 1.0))
-    return q["score"], q["score_se"]
+    """``(score, se)``: the validated digits judge on the samples clipped to [-1, 1] (lower is better)."""
+    return harness.score(x, clip=True)
 
 
 def _load():
@@ -98,28 +85,24 @@ def _sample_path(args, solver, nfe, name):
     return args.samples / f"{args.model}_{solver}_{nfe}_{name}.npy"
 
 
-def _sample_both(denoiser, solver, sigmas, coeffs, x_eval):
+def _sample_both(prob, solver, sigmas, coeffs):
     p = iia_jax.plan(solver, sigmas)
-    base = jax.jit(lambda x: iia_jax.sample(denoiser, p, x))(x_eval)
-    iia = jax.jit(lambda x: iia_jax.iia_sample(denoiser, p, coeffs, x))(x_eval)
-    return np.asarray(base), np.asarray(iia)
+    return prob.base(p), prob.iia(p, coeffs)
 
 
-def run_fixed(args, denoiser, solver, nfe, x_eval, reference):
+def run_fixed(args, prob, solver, nfe):
     """The cheap part: ordinary fits on each fixed family, base and IIA on the evaluation noise."""
-    steps = steps_for(solver, nfe)
-    x_fit = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(1), (args.fit_batch, 8, 8, 1))
+    steps = steps_for(nfe, solver)
     row = dict(kind="fixed", model=args.model, solver=solver, nfe=nfe, steps=steps, load=_load(),
                grids={}, eval={})
     samples = {}
     for name in args.families:
         sigmas = family_grid(name, steps, SIGMA_MIN, SIGMA_MAX)
         t0 = time.perf_counter()
-        fitted = iia_jax.fit(denoiser, iia_jax.plan(solver, sigmas), x_fit, key=jax.random.PRNGKey(0),
-                             fine_steps=args.fine_steps, progress=False)
+        fitted = prob.fit(iia_jax.plan(solver, sigmas), key=jax.random.PRNGKey(0), fine_steps=args.fine_steps)
         fit_s = time.perf_counter() - t0
-        samples[name] = _sample_both(denoiser, solver, sigmas, fitted.coeffs, x_eval)
-        eb, ei = (ode_error(x, reference) for x in samples[name])
+        samples[name] = _sample_both(prob, solver, sigmas, fitted.coeffs)
+        eb, ei = (prob.error(x) for x in samples[name])
         row["grids"][name] = np.asarray(sigmas).tolist()
         row["eval"][name] = dict(base=eb.median, base_rmse=eb.rmse, iia=ei.median, iia_rmse=ei.rmse,
                                  fit_s=fit_s, kept=int(np.sum(np.asarray(fitted.coeffs.kept))))
@@ -136,13 +119,12 @@ def run_fixed(args, denoiser, solver, nfe, x_eval, reference):
     return row
 
 
-def run(args, denoiser, solver, nfe, x_eval, reference):
+def run(args, prob, solver, nfe):
     """The fitted grid: one fit_plan, every candidate grid measured on the evaluation noise."""
-    steps = steps_for(solver, nfe)
-    x_fit = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(1), (args.fit_batch, 8, 8, 1))
+    steps = steps_for(nfe, solver)
     load = _load()
     t0 = time.perf_counter()
-    result = fit_plan(denoiser, solver, steps, x_fit, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+    result = fit_plan(prob.denoiser, solver, steps, prob.draws.fit, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
                       init=args.init, key=jax.random.PRNGKey(0), fine_steps=args.fine_steps,
                       search_steps=args.search_steps, search_rows=args.search_rows, progress=False,
                       families=args.plan_families, match_spread=args.match_spread)
@@ -155,8 +137,8 @@ def run(args, denoiser, solver, nfe, x_eval, reference):
                seconds=rep.seconds, search_median=rep.search_median.tolist(), grids={}, eval={})
     samples = {}
     for name, sigmas in rep.grids.items():
-        samples[name] = _sample_both(denoiser, solver, sigmas, rep.coeffs[name], x_eval)
-        eb, ei = (ode_error(x, reference) for x in samples[name])
+        samples[name] = _sample_both(prob, solver, sigmas, rep.coeffs[name])
+        eb, ei = (prob.error(x) for x in samples[name])
         row["grids"][name] = np.asarray(sigmas).tolist()
         row["eval"][name] = dict(base=eb.median, base_rmse=eb.rmse, iia=ei.median, iia_rmse=ei.rmse,
                                  judge=rep.median[name], kept=int(np.sum(np.asarray(rep.coeffs[name].kept))))
@@ -450,9 +432,10 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=Path("/tmp/fitted_grid.json"))
     ap.add_argument("--samples", type=Path, default=Path("/tmp/fitted_grid_samples"))
     ap.add_argument("--write", action="store_true", help="only rewrite the doc from --json")
+    ap.add_argument("--out", type=Path, default=DOCS, help="folder for fitted_grid.md and the PNG")
     args = ap.parse_args(argv)
-    args.match_spread = (inspect.signature(iia_jax.fit).parameters["match_spread"].default
-                         if args.spread is None else args.spread == "match")
+    args.match_spread = (iia_jax.FitConfig().match_spread if args.spread is None
+                         else args.spread == "match")
     if not args.write:
         if args.model is None:
             ap.error("--model is required unless --write")
@@ -460,13 +443,13 @@ def main(argv=None):
         solvers = args.solvers or list(SOLVERS)
         meta = dict(machine=f"{platform.machine()}, {jax.devices()[0].platform}", jax=jax.__version__,
                     fit_batch=args.fit_batch, eval_batch=args.eval_batch, fine_steps=args.fine_steps,
-                    search_steps=args.search_steps, search_rows=args.search_rows)
-        x_eval = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(2), (args.eval_batch, 8, 8, 1))
-        ref_plan = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
-        reference = jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x))(x_eval)
+                    search_steps=args.search_steps, search_rows=args.search_rows,
+                    provenance=provenance(command_line("benchmarks/fitted_grid.py", argv)))
+        noise = harness.draws(1, (8, 8, 1), args.eval_batch, args.fit_batch, SIGMA_MAX, keys="consecutive")
+        prob = harness.problem(denoiser, noise, 64, SIGMA_MIN, SIGMA_MAX)
         for nfe in args.nfes:
             for solver in solvers:
-                steps = steps_for(solver, nfe)
+                steps = steps_for(nfe, solver)
                 if steps is None:
                     continue
                 actual = iia_jax.solvers.get(solver).nfe(steps)
@@ -478,13 +461,14 @@ def main(argv=None):
                 results = json.loads(args.json.read_text()) if args.json.exists() else {}
                 if key in results:
                     continue   # heun's odd NFE: 4 -> 3 was done at 3
-                row = (run_fixed if args.fixed else run)(args, denoiser, solver, actual, x_eval, reference)
+                row = (run_fixed if args.fixed else run)(args, prob, solver, actual)
                 row["meta"] = meta
                 results[key] = row
                 args.json.write_text(json.dumps(results, indent=1))
         return
-    write(json.loads(args.json.read_text()), DOCS / "fitted_grid.md", DOCS / "fitted_grid.png")
-    print(f"wrote {DOCS / 'fitted_grid.md'} and {DOCS / 'fitted_grid.png'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write(json.loads(args.json.read_text()), args.out / "fitted_grid.md", args.out / "fitted_grid.png")
+    print(f"wrote {args.out / 'fitted_grid.md'} and {args.out / 'fitted_grid.png'}")
 
 
 if __name__ == "__main__":

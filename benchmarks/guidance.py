@@ -14,8 +14,6 @@ The fine references are cached under checkpoints/guidance/ (untracked).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -25,24 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import iia_jax
-from iia_jax import pretrained, schedules
-from iia_jax.metrics import digits_quality, ode_error
+from iia_jax import pretrained
+from iia_jax.bench import harness
+from iia_jax.bench.provenance import command_line, save_json
 from iia_jax.models import guided
 from iia_jax.plots import sample_grid
 
 SIGMA_MIN, SIGMA_MAX, NULL = 0.002, 80.0, 10
 REF_STEPS = 48
+BATCH = 250   # evaluation rows per call
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "checkpoints" / "guidance"
-
-
-def plan_for(solver: str, nfe: int):
-    steps = (nfe + 1) // 2 if solver == "heun" else nfe
-    return iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-
-
-def batched(fn, x, c, batch=250):
-    return np.concatenate([np.asarray(fn(x[i:i + batch], c[i:i + batch])) for i in range(0, len(x), batch)])
 
 
 def accuracy(samples, labels) -> float:
@@ -50,51 +41,46 @@ def accuracy(samples, labels) -> float:
     return float(np.mean(logits.argmax(-1) == np.asarray(labels)))
 
 
-def reference(denoiser, scale, x, c):
-    path = CACHE / f"ref_s{scale}_n{len(x)}_steps{REF_STEPS}.npz"
+def problem(denoiser, scale, noise, cond, cache=CACHE) -> harness.Problem:
+    """The noise with its fine reference at this scale (cached)."""
+    path = cache / f"ref_s{scale}_n{len(noise.eval)}_steps{REF_STEPS}.npz"
     if path.exists():
-        return np.load(path)["x0"]
-    fine = iia_jax.plan("heun", schedules.karras(REF_STEPS, SIGMA_MIN, SIGMA_MAX))
-    x0 = batched(jax.jit(lambda x, c: iia_jax.sample(denoiser, fine, x, cond=c)), x, c)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x0=x0)
-    return x0
+        return harness.Problem(denoiser, noise, np.load(path)["x0"], SIGMA_MIN, SIGMA_MAX, *cond, BATCH)
+    prob = harness.problem(denoiser, noise, REF_STEPS, SIGMA_MIN, SIGMA_MAX, cond=cond, batch=BATCH)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x0=prob.reference)
+    return prob
 
 
-def run(scales, nfes, solvers, n, fit_batch, fine_steps, seed=0):
+def run(scales, nfes, solvers, n, fit_batch, fine_steps, seed=0, cache=CACHE):
     cond_model = pretrained.digits_cond()
-    k_fit, k_eval = jax.random.split(jax.random.PRNGKey(seed))
-    x_fit = SIGMA_MAX * jax.random.normal(k_fit, (fit_batch, 8, 8, 1))
-    x_eval = SIGMA_MAX * jax.random.normal(k_eval, (n, 8, 8, 1))
+    noise = harness.draws(seed, (8, 8, 1), n, fit_batch, SIGMA_MAX)
     c_fit = jnp.arange(fit_batch, dtype=jnp.int32) % 10
     c_eval = jnp.arange(n, dtype=jnp.int32) % 10
     rows, grids = [], {}
     for scale in scales:
         d = guided(cond_model, scale, NULL)
         start = time.perf_counter()
-        ref = reference(d, scale, x_eval, c_eval)
-        q_ref = digits_quality(ref, boot=10)
+        prob = problem(d, scale, noise, (c_fit, c_eval), cache)
+        ref = prob.reference
+        q_ref, q_ref_se = harness.score(ref)
         rows.append(dict(scale=scale, solver="reference", nfe=2 * REF_STEPS - 1, median_base=0.0,
-                         median_iia=0.0, score_base=q_ref["score"], score_iia=q_ref["score"],
-                         score_se=q_ref["score_se"], acc_base=accuracy(ref, c_eval), acc_iia=accuracy(ref, c_eval),
+                         median_iia=0.0, score_base=q_ref, score_iia=q_ref,
+                         score_se=q_ref_se, acc_base=accuracy(ref, c_eval), acc_iia=accuracy(ref, c_eval),
                          kept="", fit_s=0.0))
-        print(f"s={scale}: reference in {time.perf_counter() - start:.0f} s, score {q_ref['score']:.2f}, "
+        print(f"s={scale}: reference in {time.perf_counter() - start:.0f} s, score {q_ref:.2f}, "
               f"accuracy {rows[-1]['acc_base']:.3f}", flush=True)
         for solver in solvers:
             for nfe in nfes:
-                plan = plan_for(solver, nfe)
-                res = iia_jax.fit(d, plan, x_fit, cond=c_fit, fine_steps=fine_steps, progress=False)
-                base = batched(jax.jit(lambda x, c: iia_jax.sample(d, plan, x, cond=c)), x_eval, c_eval)
-                iia = batched(jax.jit(lambda x, c: iia_jax.iia_sample(d, plan, res.coeffs, x, cond=c)),
-                              x_eval, c_eval)
-                qb, qi = digits_quality(base, boot=10), digits_quality(iia, boot=10)
+                plan = harness.plan_for(solver, nfe, SIGMA_MIN, SIGMA_MAX)
+                c = harness.compare(prob, plan, fine_steps=fine_steps)
+                base, iia = c.base, c.iia
+                (qb, qb_se), (qi, qi_se) = harness.score(base), harness.score(iia)
                 row = dict(scale=scale, solver=solver, nfe=plan.nfe,
-                           median_base=ode_error(base, ref).median, median_iia=ode_error(iia, ref).median,
-                           score_base=qb["score"], score_iia=qi["score"],
-                           score_se=max(qb["score_se"], qi["score_se"]),
+                           median_base=c.base_error.median, median_iia=c.iia_error.median,
+                           score_base=qb, score_iia=qi, score_se=max(qb_se, qi_se),
                            acc_base=accuracy(base, c_eval), acc_iia=accuracy(iia, c_eval),
-                           kept=f"{int(res.report.kept.sum())}/{plan.num_steps}",
-                           fit_s=res.report.fit_seconds)
+                           kept=c.kept, fit_s=c.result.report.fit_seconds)
                 rows.append(row)
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
@@ -121,11 +107,12 @@ def write(rows, grids, args, seconds, out: Path):
                      f"{r['fit_s']:.0f} |")
     env = (f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform} jax {jax.__version__}, "
            f"iia_jax {iia_jax.__version__}")
-    text = TEMPLATE.format(table="\n".join(lines), command=" ".join(["python benchmarks/guidance.py"] + args.argv),
+    command = command_line("benchmarks/guidance.py", args.argv)
+    text = TEMPLATE.format(table="\n".join(lines), command=command,
                            seconds=seconds, n=args.n, fit_batch=args.fit_batch, fine_steps=args.fine_steps,
                            ref_steps=REF_STEPS, ref_nfe=2 * REF_STEPS - 1, env=env)
     (out / "guidance_results.md").write_text(text)
-    (out / "guidance_results.json").write_text(json.dumps(rows, indent=1))
+    save_json(out / "guidance_results.json", dict(rows=rows), command)
     print(text)
 
 
@@ -146,8 +133,7 @@ the shipped digits classifier reads the requested digit.
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="two scales, one NFE, 200 samples")
+    ap = harness.parser(__doc__, "scale 2, euler NFE 5, 50 samples", quick="two scales, one NFE, 200 samples")
     ap.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0, 7.5])
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10])
     ap.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "euler", "heun"])
@@ -159,8 +145,12 @@ def main(argv=None):
     args.argv = [] if argv is None else list(argv)
     if args.quick:
         args.scales, args.nfe, args.n, args.fit_batch = [1.0, 3.0], [10], 200, 128
+    cache = CACHE
+    if args.smoke:
+        args.scales, args.nfe, args.solvers, args.n, args.fit_batch, args.fine_steps = [2.0], [5], ["euler"], 50, 32, 2
+        cache = Path(args.out) / "cache"
     start = time.perf_counter()
-    rows, grids = run(args.scales, args.nfe, args.solvers, args.n, args.fit_batch, args.fine_steps)
+    rows, grids = run(args.scales, args.nfe, args.solvers, args.n, args.fit_batch, args.fine_steps, cache=cache)
     write(rows, grids, args, time.perf_counter() - start, Path(args.out))
 
 

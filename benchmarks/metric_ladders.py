@@ -27,11 +27,9 @@ fine_steps 8, fit batch 256) with the headline and the independent judges side b
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -45,6 +43,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax
 from iia_jax import pretrained, schedules
+from iia_jax.bench import harness
+from iia_jax.bench.provenance import command_line
 from iia_jax.data import digits
 from iia_jax.iia import DEFAULT_TARGET
 from iia_jax.metrics import ode_error
@@ -61,16 +61,12 @@ REF_STEPS = 64
 HEUN_LADDER = (4, 5, 6, 8, 12, 18, 32)
 NFE9_SOLVERS = ("heun", "euler", "dpmpp_2m")
 NFE9_FIT_BATCH = 1024   # the digits judge in fit's never-worse check needs about 1,000 rows
+BATCH = 500             # evaluation rows per call
 
 
-def _noise(n: int, fit_batch: int, seed: int):
-    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(seed))
-    return (SIGMA_MAX * jax.random.normal(key_fit, (fit_batch,) + SHAPE),
-            SIGMA_MAX * jax.random.normal(key_eval, (n,) + SHAPE))
-
-
-def _run_batched(fn, x, batch: int = 500) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+def noise(n: int, fit_batch: int, seed: int) -> harness.Draws:
+    """Fit and evaluation noise of the demo's key."""
+    return harness.draws(seed, SHAPE, n, fit_batch, SIGMA_MAX)
 
 
 def _cached(name: str, make):
@@ -88,11 +84,9 @@ def _cached(name: str, make):
 
 def heun_samples(steps: int, n: int, seed: int) -> np.ndarray:
     """heun with ``steps`` Karras steps from the evaluation noise (cached)."""
-    denoiser = pretrained.digits()
     plan = iia_jax.plan("heun", schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-    _, x_eval = _noise(n, 256, seed)
-    return _cached(f"heun{steps}_n{n}_seed{seed}",
-                   lambda: _run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval))
+    return _cached(f"heun{steps}_n{n}_seed{seed}", lambda: harness.base_samples(
+        pretrained.digits(), plan, noise(n, 256, seed).eval, batch=BATCH))
 
 
 def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_steps: int = 8,
@@ -101,17 +95,15 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
     fitted with the library defaults on the fit noise, with ``judged`` the digits judge in its
     never-worse check (``quality=digits_check``, as ``iia-jax fit --model digits``)."""
     denoiser = pretrained.digits()
-    steps = 5 if solver == "heun" else 9
-    plan = iia_jax.plan(solver, schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
-    x_fit, x_eval = _noise(n, fit_batch, seed)
-    tag = f"{solver}{steps}_n{n}_seed{seed}"
-    base = _cached(f"base_{tag}", lambda: _run_batched(
-        jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval))
+    plan = harness.plan_for(solver, 9, SIGMA_MIN, SIGMA_MAX)
+    draws = noise(n, fit_batch, seed)
+    tag = f"{solver}{plan.num_steps}_n{n}_seed{seed}"
+    base = _cached(f"base_{tag}", lambda: harness.base_samples(denoiser, plan, draws.eval, batch=BATCH))
 
     def make_iia():
-        coeffs = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, progress=False,
+        coeffs = iia_jax.fit(denoiser, plan, draws.fit, fine_steps=fine_steps, progress=False,
                              quality=q.digits_check if judged else None).coeffs
-        return _run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval)
+        return harness.iia_samples(denoiser, plan, coeffs, draws.eval, batch=BATCH)
 
     # the cache name carries the target (heun's default changed from local to trajectory) and the
     # spread-matched least squares (the default since session 5)
@@ -120,13 +112,13 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
     return base, iia
 
 
-def all_samples(n: int, seed: int) -> dict:
+def all_samples(n: int, seed: int, fit_batch: int = NFE9_FIT_BATCH) -> dict:
     out = {"reference": heun_samples(REF_STEPS, n, seed),
            "reference, other noise": heun_samples(REF_STEPS, n, seed + 1)}
     for steps in HEUN_LADDER:
         out[f"heun{steps}"] = heun_samples(steps, n, seed)
     for solver in NFE9_SOLVERS:
-        out[f"{solver} base"], out[f"{solver} IIA"] = nfe9_samples(solver, n, seed, NFE9_FIT_BATCH,
+        out[f"{solver} base"], out[f"{solver} IIA"] = nfe9_samples(solver, n, seed, fit_batch,
                                                                    judged=True)
     return out
 
@@ -626,7 +618,7 @@ judge prefers IIA for heun and euler and prefers it or ties for dpmpp_2m.
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__, "n 50, fit batch 64, samples only, cache under --out")
     ap.add_argument("--n", type=int, default=1000, help="evaluation samples (fresh noise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples-only", action="store_true", help="only fill the sample cache")
@@ -639,10 +631,13 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=DOCS)
     ap.add_argument("--cpu-note", default="2 shared CPU cores", help="hardware note for the markdown")
     args = ap.parse_args(argv)
-    samples = all_samples(args.n, args.seed)
+    if args.smoke:
+        global CACHE
+        args.n, args.samples_only, CACHE = 50, True, args.out / "cache"
+    samples = all_samples(args.n, args.seed, 64 if args.smoke else NFE9_FIT_BATCH)
     if args.samples_only:
         return
-    command = " ".join(["python", "benchmarks/metric_ladders.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = command_line("benchmarks/metric_ladders.py", argv)
     saved = CACHE / f"scores_n{args.n}_seed{args.seed}.json"
     if args.replot:
         results, verdict, rows, total, command = json.loads(saved.read_text())

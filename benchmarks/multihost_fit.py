@@ -59,10 +59,8 @@ def parse(argv=None):
 
 def model(name):
     import iia_jax
-    if name == "digits":
-        return iia_jax.pretrained.digits()
-    means = jax.random.uniform(jax.random.PRNGKey(7), (10,) + SHAPE, minval=-1.0, maxval=1.0)
-    return iia_jax.models.gmm(means, 0.2)
+    from iia_jax.bench import models
+    return iia_jax.pretrained.digits() if name == "digits" else models.prototypes()
 
 
 def plan():

@@ -25,10 +25,8 @@ benchmarks/solvers.py's) and docs/multistep_error_vs_nfe.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
 import jax
@@ -41,6 +39,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
+from iia_jax.bench.provenance import command_line, save_json  # noqa: E402
+from iia_jax.bench.report import table as table_lines  # noqa: E402
 from iia_jax.solvers import dpm_solver  # noqa: E402
 from iia_jax.metrics import ode_error  # noqa: E402
 
@@ -52,16 +53,6 @@ HISTORIES = (0, 1, 2, 3)
 NFES = (3, 5, 8, 10)
 REF_STEPS = 1000
 FINE_STEPS = 16
-
-
-def mixture_4d():
-    means = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
-    return iia_jax.models.gmm(2.0 * means, 0.25)
-
-
-def mixture_image():
-    means = jax.random.uniform(jax.random.PRNGKey(7), (10, 8, 8, 1), minval=-1.0, maxval=1.0)
-    return iia_jax.models.gmm(means, 0.2)
 
 
 def karras(solver, n):
@@ -105,14 +96,10 @@ def base_errors(name, denoiser, shape, seed):
 
 
 def base_table(store):
-    lines = ["### Base solvers (no IIA): median ODE error, same set-up, 512 samples", "",
-             "| problem | solver | " + " | ".join(f"NFE {n}" for n in BASE_NFES) + " |",
-             "| --- | --- |" + " ---: |" * len(BASE_NFES)]
-    for name, table in store["bases"].items():
-        for label in BASES:
-            lines.append(f"| {name} | {label} | "
-                         + " | ".join(f"{table[f'{label} @ {n}']:.2e}" for n in BASE_NFES) + " |")
-    return lines
+    cells = [[name, label] + [f"{errors[f'{label} @ {n}']:.2e}" for n in BASE_NFES]
+             for name, errors in store["bases"].items() for label in BASES]
+    return (["### Base solvers (no IIA): median ODE error, same set-up, 512 samples", ""]
+            + table_lines(["problem", "solver"] + [f"NFE {n}" for n in BASE_NFES], cells, "ll" + "r" * len(BASE_NFES)))
 
 
 def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed, store, save):
@@ -122,15 +109,10 @@ def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed,
     done = {(row["problem"], row["solver"], row["nfe"]) for row in store["rows"]}
     if all((name, solver, nfe) in done for solver in SOLVERS for nfe in nfes):
         return
-    k_fit, k_eval = jax.random.split(jax.random.PRNGKey(seed))
-    x_fit = SIGMA_MAX * jax.random.normal(k_fit, (fit_batch,) + shape)
-    x_eval = SIGMA_MAX * jax.random.normal(k_eval, (eval_batch,) + shape)
-    sample = jax.jit(lambda plan, x: iia_jax.sample(denoiser, plan, x))
-    iia_sample = jax.jit(lambda plan, c, x: iia_jax.iia_sample(denoiser, plan, c, x))
-    ref = sample(karras("heun", REF_STEPS), x_eval)
-    half = sample(karras("heun", REF_STEPS // 2), x_eval)
+    noise = harness.draws(seed, shape, eval_batch, fit_batch, SIGMA_MAX)
+    prob = harness.problem(denoiser, noise, REF_STEPS, SIGMA_MIN, SIGMA_MAX, check_reference=True)
     note = (f"{name}: heun {REF_STEPS // 2} vs {REF_STEPS} steps differ by median "
-            f"{ode_error(half, ref).median:.1e}")
+            f"{prob.reference_error:.1e}")
     print(note, flush=True)
     store["notes"][name] = note
     for solver in SOLVERS:
@@ -138,16 +120,15 @@ def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed,
             if (name, solver, nfe) in done:
                 continue
             plan = karras(solver, nfe)
+            base = prob.base(plan)
             row = dict(problem=name, solver=solver, nfe=nfe, iia={}, kept={}, fit_s={},
-                       base=float(ode_error(sample(plan, x_eval), ref).median))
+                       base=float(prob.error(base).median))
             settings = [(r, "trajectory") for r in histories] + [(1, "local")]
             for r, target in settings:
-                res = iia_jax.fit(denoiser, plan, x_fit, history=r, target=target,
-                                  fine_steps=FINE_STEPS, progress=False)
-                err = ode_error(iia_sample(plan, res.coeffs, x_eval), ref).median
-                row["iia"][_key(r, target)] = float(err)
-                row["kept"][_key(r, target)] = f"{int(res.report.kept.sum())}/{nfe}"
-                row["fit_s"][_key(r, target)] = float(res.report.fit_seconds)
+                c = harness.compare(prob, plan, base, history=r, target=target, fine_steps=FINE_STEPS)
+                row["iia"][_key(r, target)] = float(c.iia_error.median)
+                row["kept"][_key(r, target)] = c.kept
+                row["fit_s"][_key(r, target)] = float(c.result.report.fit_seconds)
             store["rows"].append(row)
             save()
             print(f"  {solver:9s} NFE {nfe:2d} base {row['base']:.4f} " + " ".join(
@@ -157,25 +138,20 @@ def measure(name, denoiser, shape, nfes, fit_batch, eval_batch, histories, seed,
 def table(name, rows, histories):
     head = (["solver", "NFE", "base"] + [f"IIA r={r}" for r in histories]
             + ["IIA r=1 local", "best / base"])
-    lines = [f"### {name}: median ODE error", "", "| " + " | ".join(head) + " |",
-             "| --- | ---: |" + " ---: |" * (len(head) - 2)]
+    cells = []
     for row in rows:
         iia = [row["iia"][_key(r, "trajectory")] for r in histories] + [row["iia"][_key(1, "local")]]
         best = min(iia)
-        cells = [f"**{e:.4f}**" if e == best else f"{e:.4f}" for e in iia]
-        lines.append(f"| {row['solver']} | {row['nfe']} | {row['base']:.4f} | " + " | ".join(cells)
-                     + f" | {row['base'] / best:.1f}x |")
-    return lines
+        cells.append([row["solver"], row["nfe"], f"{row['base']:.4f}"]
+                     + [f"**{e:.4f}**" if e == best else f"{e:.4f}" for e in iia] + [f"{row['base'] / best:.1f}x"])
+    return [f"### {name}: median ODE error", ""] + table_lines(head, cells, "l" + "r" * (len(head) - 1))
 
 
 def summary(rows, histories):
     """Per solver: geometric-mean error ratio of each setting to r = 1 trajectory, over all
     problems and NFE (< 1: that setting is better), and how often each setting is best."""
-    lines = ["### Which setting wins (all problems, all NFE)", "",
-             "Geometric mean of (error / error at r = 1 trajectory); how often the setting is the best.",
-             "", "| solver | " + " | ".join(f"r={r}" for r in histories) + " | r=1 local |",
-             "| --- |" + " ---: |" * (len(histories) + 1)]
     settings = [_key(r, "trajectory") for r in histories] + [_key(1, "local")]
+    cells = []
     for solver in SOLVERS:
         sel = [row for row in rows if row["solver"] == solver]
         if not sel:
@@ -183,8 +159,11 @@ def summary(rows, histories):
         ratios = {s: np.exp(np.mean([np.log(row["iia"][s] / row["iia"][_key(1, "trajectory")])
                                      for row in sel])) for s in settings}
         wins = {s: sum(min(row["iia"], key=row["iia"].get) == s for row in sel) for s in settings}
-        lines.append(f"| {solver} | " + " | ".join(f"{ratios[s]:.2f} ({wins[s]})" for s in settings) + " |")
-    return lines
+        cells.append([solver] + [f"{ratios[s]:.2f} ({wins[s]})" for s in settings])
+    head = ["solver"] + [f"r={r}" for r in histories] + ["r=1 local"]
+    return (["### Which setting wins (all problems, all NFE)", "",
+             "Geometric mean of (error / error at r = 1 trajectory); how often the setting is the best.", ""]
+            + table_lines(head, cells, "l" + "r" * len(settings)))
 
 
 def plot(problems, rows, path):
@@ -282,8 +261,7 @@ def write_docs(args, store, histories, command):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="NFE 4 and 8, r = 0 and 1, small batches")
+    ap = harness.parser(__doc__, "NFE 5, r = 1, 32 samples", quick="NFE 4 and 8, r = 0 and 1, small batches")
     ap.add_argument("--fit-batch", type=int, default=256)
     ap.add_argument("--eval-batch", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
@@ -293,14 +271,16 @@ def main(argv=None):
     nfes, histories = ((4, 8), (0, 1)) if args.quick else (NFES, HISTORIES)
     if args.quick:
         args.fit_batch, args.eval_batch = min(args.fit_batch, 128), min(args.eval_batch, 128)
-    problems = {"4-D, 6 modes": (mixture_4d, (4,)), "image [8, 8, 1], 10 modes": (mixture_image, (8, 8, 1))}
+    if args.smoke:
+        nfes, histories, args.fit_batch, args.eval_batch, args.quick = (5,), (1,), 32, 32, True
+    problems = {"4-D, 6 modes": (models.modes_4d, (4,)), "image [8, 8, 1], 10 modes": (models.prototypes, (8, 8, 1))}
     args.json = args.json or args.out / "multistep.json"
     store = json.loads(args.json.read_text()) if args.json.exists() else dict(rows=[], notes={})
-    def save():
-        args.json.write_text(json.dumps(store, indent=1))
+    command = command_line("benchmarks/multistep.py", argv)
 
-    command = ("python benchmarks/multistep.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])).strip()
+    def save():
+        save_json(args.json, store, command)
+
     for name, (make, shape) in problems.items():
         denoiser = make()
         measure(name, denoiser, shape, nfes, args.fit_batch, args.eval_batch, histories, args.seed, store, save)

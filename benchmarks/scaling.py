@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
 from iia_jax.rows import Sharding, make_layout  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -72,14 +73,8 @@ def plan():
     return iia_jax.plan(SOLVER, schedules.karras(STEPS, SIGMA_MIN, SIGMA_MAX))
 
 
-def mixture():
-    """An image-shaped exact mixture: 10 prototypes uniform in [-1, 1]^64, std 0.2."""
-    means = jax.random.uniform(jax.random.PRNGKey(7), (10,) + SHAPE, minval=-1.0, maxval=1.0)
-    return iia_jax.models.gmm(means, 0.2)
-
-
 def model(name):
-    return iia_jax.pretrained.digits() if name == "digits" else mixture()
+    return iia_jax.pretrained.digits() if name == "digits" else models.prototypes()
 
 
 def target_of(mode):
@@ -124,7 +119,7 @@ def fit_evaluations(layout, plan, fine_steps: int, mode: str, target: str) -> di
 def count_check(quick: bool):
     """The formula against a denoiser that counts its rows, on a small mixture (one device):
     every mode and target, euler chunked with padding (200 rows by 64), heun unchunked."""
-    gmm = mixture()
+    gmm = models.prototypes()
     cases = [("euler", mode, target, 64) for mode, target in MODES]
     cases += [("heun", mode, target, None) for mode, target in MODES]
     results = []
@@ -330,14 +325,17 @@ def write_report(results, checks, args, elapsed):
                       f"(least squares over the measured sizes); at 100,000 rows that is "
                       f"{(a + b * 1e5) / 60:.1f} min on this machine.", ""]
     lines += ["![memory and throughput](scaling.png)", ""]
-    (DOCS / "scaling_results.md").write_text("\n".join(lines))
-    plot(results, DOCS / "scaling.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scaling_results.md").write_text("\n".join(lines))
+    plot(results, args.out / "scaling.png")
 
 
 # ----------------------------------------------------------------------------- main
 
-def sweep(quick: bool):
+def sweep(quick: bool, smoke: bool = False):
     """The configurations, cheapest first; sized for 2 CPU cores shared with other jobs."""
+    if smoke:
+        return [Config("gmm", 256, None), Config("gmm", 512, 128, 2)]
     if quick:
         return [Config("gmm", 1024, None), Config("gmm", 4096, 1024), Config("gmm", 4096, 1024, 8),
                 Config("digits", 128, None), Config("digits", 256, 128),
@@ -353,21 +351,21 @@ def sweep(quick: bool):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run (small batches)")
+    parser = harness.parser(__doc__, "two small mixture fits", quick="a smoke run (small batches)")
+    parser.add_argument("--out", type=Path, default=DOCS, help="folder for scaling_results.md and the PNG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(measure(Config(**json.loads(args.worker)))), flush=True)
         return
     start = time.perf_counter()
-    checks = count_check(args.quick)
+    checks = count_check(args.quick or args.smoke)
     bad = [c for c in checks if c["counted"] != c["formula"]]
     print(f"evaluation-count check: {len(checks) - len(bad)}/{len(checks)} equal", flush=True)
     for c in bad:
         print("  mismatch", c, flush=True)
     results = []
-    for cfg in sweep(args.quick):
+    for cfg in sweep(args.quick, args.smoke):
         r = run_config(cfg)
         results.append(r)
         rate = r["evals"]["total"] / max(r["wall"] - r["compile"], 1e-9)

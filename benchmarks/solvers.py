@@ -20,8 +20,6 @@ step counts cost no recompilation.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
-from iia_jax.models import gmm  # noqa: E402
+from iia_jax.bench import harness, models  # noqa: E402
+from iia_jax.bench.grids import steps_for  # noqa: E402
+from iia_jax.bench.provenance import command_line  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SOLVERS = ["euler", "heun", "dpmpp_2m", "spndm", "ipndm"]
@@ -46,20 +46,7 @@ SIGMA_MAX = 80.0
 REF_STEPS = 1000
 
 
-# ----------------------------------------------------------------------------- problems
-
-def ring_2d():
-    angles = 2 * np.pi * np.arange(8) / 8
-    return gmm(np.stack([np.cos(angles), np.sin(angles)], 1), 0.1)
-
-
-def image_8x8():
-    """8 smooth patterns: 4x4 uniform noise, bilinearly upsampled to 8x8, in [-1, 1]."""
-    coarse = jax.random.uniform(jax.random.PRNGKey(11), (8, 4, 4, 1), minval=-1.0, maxval=1.0)
-    return gmm(jax.image.resize(coarse, (8, 8, 8, 1), "bilinear"), 0.1)
-
-
-PROBLEMS = {"2-D ring, 8 modes": ring_2d, "image [8, 8, 1], 8 modes": image_8x8}
+PROBLEMS = {"2-D ring, 8 modes": models.ring_2d, "image [8, 8, 1], 8 modes": models.smooth_patterns}
 
 
 # ----------------------------------------------------------------------------- integration
@@ -101,9 +88,10 @@ def run(solver_name, mixture, sigmas, x_T):
 
 
 def num_steps(solver_name, nfe):
-    per = solvers.get(solver_name).evals_per_step
-    n = (nfe - 1) // per + 1
-    assert solvers.get(solver_name).nfe(n) == nfe
+    """Steps of exactly ``nfe`` evaluations (every NFE here is odd, so heun has them too)."""
+    n = steps_for(nfe, solver_name, exact=True)
+    if n is None:
+        raise ValueError(f"{solver_name} has no plan of exactly {nfe} evaluations")
     return n
 
 
@@ -152,7 +140,7 @@ def benchmark(batch_2d, batch_image, nfes, seed):
 
 def check_against_sample(nfe=9):
     """The step loop gives what ``iia_jax.sample`` gives (same noise, Karras grid)."""
-    mixture = ring_2d()
+    mixture = models.ring_2d()
     x_T = jax.random.normal(jax.random.PRNGKey(0), (256, 2)) * SIGMA_MAX
     worst = 0.0
     for name in SOLVERS:
@@ -242,22 +230,22 @@ def plot(results, nfes, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small batches, few NFE")
+    parser = harness.parser(__doc__, "NFE 9, 64 and 32 samples", quick="small batches, few NFE")
     parser.add_argument("--batch-2d", type=int, default=4096)
     parser.add_argument("--batch-image", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for solvers.md and the PNG")
     args = parser.parse_args(argv)
-    nfes = QUICK_NFES if args.quick else NFES
+    nfes = [9] if args.smoke else QUICK_NFES if args.quick else NFES
     if args.quick:
         args.batch_2d, args.batch_image = 512, 128
+    if args.smoke:
+        args.batch_2d, args.batch_image = 64, 32
     t0 = time.perf_counter()
     sample_check = check_against_sample()
     results, notes = benchmark(args.batch_2d, args.batch_image, nfes, args.seed)
     seconds = time.perf_counter() - t0
-    command = "python benchmarks/solvers.py" + ("" if argv is None and len(sys.argv) == 1
-                                                 else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = command_line("benchmarks/solvers.py", argv)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results, notes, nfes, command, seconds, sample_check)
     path = args.out / "solvers.md"

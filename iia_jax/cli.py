@@ -145,16 +145,19 @@ JUDGED_BATCH = 1024
 
 
 def _quality(model, choice):
-    """``--quality``: the sample judge of fit's never-worse check.  ``auto`` is the digits judge on
+    """``--quality``: the sample judge of the fit's quality guard.  ``auto`` is the digits judge on
     the unconditional digits model, the only model we ship a validated judge for (docs/metrics.md;
-    it does not measure strongly guided samples, docs/guidance.md), and none elsewhere."""
+    it does not measure strongly guided samples, docs/guidance.md), and the library's default,
+    model-agnostic reference judge elsewhere (samples against the fit's own fine reference,
+    docs/iia.md); ``none`` switches the quality guard off (the error check alone)."""
+    import iia_jax
     from .metrics import digits_check
     if choice == "digits" or (choice == "auto" and model.name == "digits"):
         if model.shape != (8, 8, 1):
             raise SystemExit("error: --quality digits judges 8x8 digits; this model makes "
                              f"{model.shape} samples")
         return digits_check
-    return None
+    return None if choice == "none" else iia_jax.iia.REFERENCE_JUDGE
 
 
 # ----------------------------------------------------------------------------- reports
@@ -403,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "iia_jax.iia.DEFAULT_TARGET: trajectory for every solver)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="rows per model pass, to bound memory (default: all rows in one pass)")
-    p.add_argument("--quality", default="auto", choices=["auto", "digits", "none"],
-                   help="sample judge in the never-worse check (auto: digits on --model digits, none elsewhere)")
+    p.add_argument("--quality", default="auto", choices=["auto", "digits", "reference", "none"],
+                   help="sample judge of the fit's quality guard (auto: digits on --model digits, the "
+                        "model-agnostic reference judge elsewhere; none: the error check alone)")
     p.add_argument("--spread", default="match", choices=["match", "free"],
                    help="match: least squares that keeps the target's spread across samples "
                         "(fit(match_spread=True)); free: plain least squares")

@@ -137,3 +137,94 @@ def test_bad_arguments_are_named():
         main(["--solvers", "no_such_solver", "--sections", "accuracy"])
     with pytest.raises(ValueError, match="grid must be one of"):
         grids.grid("cosine", 5, 0.002, 80.0)
+
+
+# ----------------------------------------------------------------------------- the harness
+
+from iia_jax.bench import harness, provenance  # noqa: E402
+from iia_jax.metrics import ode_error  # noqa: E402
+
+
+@pytest.mark.parametrize("solver", sorted(iia_jax.solvers.SOLVERS))
+def test_steps_for_inverts_the_solvers_nfe(solver):
+    """Against brute force over ``solvers.get(name).nfe``: the most steps (>= 2) not above the
+    NFE, and with ``exact`` only an NFE the solver really takes."""
+    nfe_of = iia_jax.solvers.get(solver).nfe
+    for nfe in range(1, 40):
+        fits = [n for n in range(2, 60) if nfe_of(n) <= nfe]
+        assert grids.steps_for(nfe, solver) == (max(fits) if fits else None), nfe
+        exact = [n for n in range(2, 60) if nfe_of(n) == nfe]
+        assert grids.steps_for(nfe, solver, exact=True) == (exact[0] if exact else None), nfe
+
+
+def test_steps_for_a_peers_count():
+    """diffrax Bosh3 makes 3 calls a step, 1 before the first and 1 for the last jump: 3N - 1
+    (counted by a callback in test_diffrax_nfe_claims_match_counted_calls)."""
+    def bosh3(n):
+        return peers.diffrax_nfe("diffrax Bosh3", n)
+    assert [bosh3(n) for n in (2, 3, 4)] == [5, 8, 11]
+    assert grids.steps_for(11, bosh3, exact=True) == 4
+    assert grids.steps_for(12, bosh3, exact=True) is None
+    assert grids.steps_for(12, bosh3) == 4
+
+
+def test_run_batched_equals_one_call(setup):
+    m, x_T, _ = setup
+    p = iia_jax.plan("dpmpp_2m", grids.grid("karras", 4, m.sigma_min, m.sigma_max))
+    whole = np.asarray(iia_jax.sample(m.denoiser, p, jnp.asarray(x_T)))
+    np.testing.assert_allclose(harness.base_samples(m.denoiser, p, x_T, batch=5), whole, rtol=1e-6, atol=1e-6)
+    labels = np.arange(len(x_T))
+    np.testing.assert_array_equal(harness.run_batched(lambda x, c: x[:, 0] * c, x_T, labels, batch=3),
+                                  x_T[:, 0] * labels)
+    with pytest.raises(ValueError, match="same number of rows"):
+        harness.run_batched(lambda x, c: x, x_T, labels[:3])
+    with pytest.raises(ValueError, match="batch must be"):
+        harness.run_batched(lambda x: x, x_T, batch=0)
+
+
+def test_draws_use_the_stated_keys():
+    d = harness.draws(3, (2,), 5, 4, 80.0)
+    k_fit, k_eval = jax.random.split(jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(d.fit, 80.0 * jax.random.normal(k_fit, (4, 2)))
+    np.testing.assert_array_equal(d.eval, 80.0 * jax.random.normal(k_eval, (5, 2)))
+    c = harness.draws(3, (2,), 5, 4, 80.0, keys="consecutive")
+    np.testing.assert_array_equal(c.fit, 80.0 * jax.random.normal(jax.random.PRNGKey(3), (4, 2)))
+    np.testing.assert_array_equal(c.eval, 80.0 * jax.random.normal(jax.random.PRNGKey(4), (5, 2)))
+    with pytest.raises(ValueError, match="keys must be"):
+        harness.draws(3, (2,), 5, 4, 80.0, keys="random")
+
+
+def test_compare_is_fit_sample_and_ode_error():
+    """Reference, base, fit and IIA of the harness against the library called directly."""
+    m = models.separated_mixture()
+    noise = harness.draws(0, m.shape, 32, 64, m.sigma_max)
+    prob = harness.problem(m.denoiser, noise, 16, m.sigma_min, m.sigma_max, check_reference=True)
+    fine = [iia_jax.sample(m.denoiser, iia_jax.plan("heun", grids.grid("karras", n, m.sigma_min, m.sigma_max)),
+                           noise.eval) for n in (8, 16)]
+    np.testing.assert_allclose(prob.reference, np.asarray(fine[1]), rtol=1e-6, atol=1e-6)
+    assert prob.reference_error == pytest.approx(ode_error(fine[0], fine[1]).median, rel=1e-4)
+    p = harness.plan_for("euler", 4, m.sigma_min, m.sigma_max)
+    c = harness.compare(prob, p, fine_steps=2, history=0)
+    direct = iia_jax.fit(m.denoiser, p, noise.fit, fine_steps=2, history=0, progress=False)
+    np.testing.assert_array_equal(np.asarray(c.result.coeffs.values), np.asarray(direct.coeffs.values))
+    iia = np.asarray(iia_jax.iia_sample(m.denoiser, p, direct.coeffs, noise.eval))
+    base = np.asarray(iia_jax.sample(m.denoiser, p, noise.eval))
+    assert c.iia_error.median == pytest.approx(ode_error(iia, fine[1]).median, rel=1e-4)
+    assert c.base_error.median == pytest.approx(ode_error(base, fine[1]).median, rel=1e-4)
+    assert c.kept == f"{int(np.sum(direct.report.kept))}/4"
+
+
+def test_save_json_carries_provenance(tmp_path):
+    path = tmp_path / "r.json"
+    provenance.save_json(path, {"rows": [1.5]}, "python benchmarks/x.py --smoke")
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == [1.5]
+    meta = saved["provenance"]
+    assert meta["command"] == "python benchmarks/x.py --smoke"
+    assert "jax " in meta["versions"] and "CPU" in meta["machine"] and meta["revision"]
+
+
+def test_table_aligns_columns():
+    assert report.table(["solver", "NFE"], [["euler", 5]], "lr") == ["| solver | NFE |", "|---|---:|", "| euler | 5 |"]
+    with pytest.raises(ValueError, match="align has 3 columns"):
+        report.table(["solver", "NFE"], [], "lrr")

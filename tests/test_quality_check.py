@@ -117,12 +117,17 @@ def test_bad_quality_refused():
         fitted(lambda candidate, base: (float("nan"), 1.0))
 
 
-@pytest.mark.parametrize("model, judged", [("digits", True), ("digits-cond", False)])
-def test_cli_judges_the_digits_model_by_default(tmp_path, capsys, model, judged):
+@pytest.mark.parametrize("model, judge", [("digits", "digits"), ("digits-cond", "reference")])
+def test_cli_judges_the_digits_model_by_default(tmp_path, capsys, model, judge):
     """`iia-jax fit --quality auto`: the validated digits judge on the unconditional digits model
-    only (it is not a measure of guided samples, docs/guidance.md)."""
+    only (it is not a measure of guided samples, docs/guidance.md); elsewhere the library's
+    default, the model-agnostic reference judge.  `--quality none`: no judge."""
     from iia_jax import cli
+    from iia_jax.metrics import digits_check
+    loaded = cli.load_model(model)
+    want = digits_check if judge == "digits" else iia_jax.iia.REFERENCE_JUDGE
+    assert cli._quality(loaded, "auto") is want and cli._quality(loaded, "none") is None
     argv = ["fit", "--model", model, "--solver", "euler", "--steps", "3", "--batch", "32",
             "--fine-steps", "2", "--out", str(tmp_path / "c")]
     assert cli.main(argv) == 0
-    assert ("quality judge, IIA - base" in capsys.readouterr().out) == judged
+    assert "quality judge, IIA - base" in capsys.readouterr().out

@@ -5,10 +5,11 @@ fit) and is compared with the reference: heun on a fine Karras grid from the sam
 (``iia_jax.metrics.ode_error``: median per-sample RMS and RMSE).  The reference's own error is
 estimated against the same heun with half the steps.  For digits, sample quality is
 ``iia_jax.metrics.quality.digits_score`` (1000 x KID against real digits in the features of the
-judge classifier; lower is better) when that module is present.
+judge classifier; lower is better, :func:`.harness.score`).  The loop itself is :mod:`.harness`'s.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple
 
@@ -16,15 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..iia import fit, iia_sample
-from ..metrics import ode_error
-from ..sampling import plan, sample
-from ..solvers import SOLVERS
-from . import peers
+from . import harness, peers
 from .grids import grid, steps_for
 
-SAMPLE = jax.jit(sample, static_argnums=0)
-IIA_SAMPLE = jax.jit(iia_sample, static_argnums=0)
 DIFFRAX_FIXED = jax.jit(peers.diffrax_fixed, static_argnums=(0, 1))   # compiled once per solver and N
 DEFAULTS = "defaults"
 
@@ -47,17 +42,8 @@ class Row(NamedTuple):
 
 
 def quality_judge():
-    """``(name, judge(images) -> (score, standard error))`` for digits, or None when the judge
-    (``iia_jax.metrics.quality``) is not installed."""
-    try:
-        from ..metrics.quality import digits_quality
-    except ImportError:
-        return None
-
-    def judge(images):
-        q = digits_quality(images, boot=2)   # the bootstrap is for the FD, which is not used here
-        return q["score"], q["score_se"]
-    return "digits_score (1000 x KID, judge features)", judge
+    """``(name, judge(images) -> (score, standard error))``: the digits judge."""
+    return "digits_score (1000 x KID, judge features)", harness.score
 
 
 def variants(solver: str, only=()) -> list:
@@ -76,19 +62,16 @@ def variants(solver: str, only=()) -> list:
 
 
 class Bench(NamedTuple):
-    """One model with its noise, reference and judge."""
+    """One model with its problem (noise, reference), judge and fit shuffling key."""
 
     model: object
-    x_eval: jax.Array
-    x_fit: jax.Array
-    reference: np.ndarray
-    reference_error: float
+    problem: harness.Problem
     judge: object
     fit_key: jax.Array
 
     def score(self, family, method, variant, grid_name, nfe, x0, kept="", fit_s=float("nan")) -> Row:
         x0 = np.asarray(x0, np.float32)
-        err = ode_error(x0, self.reference)
+        err = self.problem.error(x0)
         q, se = self.judge[1](x0) if self.judge else (float("nan"), float("nan"))
         return Row(self.model.name, family, method, variant, grid_name, float(nfe), err.median, err.rmse,
                    float(q), kept, fit_s, float(se))
@@ -96,38 +79,34 @@ class Bench(NamedTuple):
 
 def setup(model, eval_batch: int, fit_batch: int, ref_steps: int, seed: int = 0) -> Bench:
     """Noise (evaluation: ``seed + 1``, fit: ``seed``, fit shuffling key ``seed + 2``) and the reference."""
-    shape = (eval_batch,) + model.shape
-    x_eval = model.sigma_max * jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
-    x_fit = model.sigma_max * jax.random.normal(jax.random.PRNGKey(seed), (fit_batch,) + model.shape)
-    ref = [np.asarray(SAMPLE(model.denoiser, plan("heun", grid("karras", n, model.sigma_min, model.sigma_max)),
-                             x_eval)) for n in (ref_steps // 2, ref_steps)]
+    noise = harness.draws(seed, model.shape, eval_batch, fit_batch, model.sigma_max, keys="consecutive")
+    prob = harness.problem(model.denoiser, noise, ref_steps, model.sigma_min, model.sigma_max,
+                           check_reference=True)
     judge = quality_judge() if model.name == "digits" else None
-    return Bench(model, x_eval, x_fit, ref[1], ode_error(ref[0], ref[1]).median, judge,
-                 jax.random.PRNGKey(seed + 2))
+    return Bench(model, prob, judge, jax.random.PRNGKey(seed + 2))
 
 
 def ours(bench: Bench, solver: str, grid_name: str, nfe: int, iia_variants=((DEFAULTS, {}),)) -> list:
     """Base and IIA rows of one of our solvers (nothing if it has no plan at this NFE); no IIA
     rows for an empty ``iia_variants``."""
-    m = bench.model
-    n = steps_for(nfe, SOLVERS[solver].evals_per_step)
-    if n is None:
+    m, prob = bench.model, bench.problem
+    p = harness.plan_for(solver, nfe, m.sigma_min, m.sigma_max, grid_name, exact=True)
+    if p is None:
         return []
-    p = plan(solver, grid(grid_name, n, m.sigma_min, m.sigma_max))
-    rows = [bench.score("ours", solver, "base", grid_name, p.nfe, SAMPLE(m.denoiser, p, bench.x_eval))]
+    base = prob.base(p)
+    rows = [bench.score("ours", solver, "base", grid_name, p.nfe, base)]
     for label, kwargs in iia_variants:
-        res = fit(m.denoiser, p, bench.x_fit, key=bench.fit_key, progress=False, **kwargs)
-        x0 = IIA_SAMPLE(m.denoiser, p, res.coeffs, bench.x_eval)
-        rows.append(bench.score("IIA", solver, label, grid_name, p.nfe, x0,
-                                f"{int(res.report.kept.sum())}/{n}", res.report.fit_seconds))
+        c = harness.compare(prob, p, base, key=bench.fit_key, **kwargs)
+        rows.append(bench.score("IIA", solver, label, grid_name, p.nfe, c.iia, c.kept,
+                                c.result.report.fit_seconds))
     return rows
 
 
 def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int, names) -> list:
     m, rows = bench.model, []
-    x_T = np.asarray(bench.x_eval)
+    x_T = np.asarray(bench.problem.draws.eval)
     for peer in (p for p in peers.DIFFUSERS_PEERS if p.name in names):
-        n = steps_for(nfe, 2 if peer.name == "Heun" else 1)
+        n = steps_for(nfe, "heun" if peer.name == "Heun" else "euler", exact=True)   # as our twins count
         if n is None:
             continue
         x0, counted = peers.run_diffusers(peer, eps, grid(grid_name, n, m.sigma_min, m.sigma_max), x_T)
@@ -139,14 +118,14 @@ def diffusers_rows(bench: Bench, eps, grid_name: str, nfe: int, names) -> list:
 
 def diffrax_rows(bench: Bench, grid_name: str, nfe: int, names) -> list:
     m, rows = bench.model, []
-    for name, (_, per_step, first) in peers.DIFFRAX_FIXED.items():
+    for name in peers.DIFFRAX_FIXED:
         if name not in names:
             continue
-        n = steps_for(nfe - first, per_step)
+        n = steps_for(nfe, functools.partial(peers.diffrax_nfe, name), exact=True)
         if n is None:
             continue
         sigmas = jnp.asarray(grid(grid_name, n, m.sigma_min, m.sigma_max))
-        x0, counted = DIFFRAX_FIXED(name, m.denoiser, sigmas, bench.x_eval)
+        x0, counted = DIFFRAX_FIXED(name, m.denoiser, sigmas, bench.problem.draws.eval)
         rows.append(bench.score("diffrax", name, "", grid_name, int(counted), x0))
     return rows
 
@@ -155,7 +134,7 @@ def adaptive_rows(bench: Bench, tolerances) -> list:
     m, rows = bench.model, []
     run = jax.jit(lambda x, tol: peers.diffrax_adaptive(m.denoiser, m.sigma_min, m.sigma_max, x, tol))
     for tol in tolerances:
-        x0, nfe = run(bench.x_eval, jnp.float32(tol))
+        x0, nfe = run(bench.problem.draws.eval, jnp.float32(tol))
         rows.append(bench.score("diffrax", peers.DIFFRAX_ADAPTIVE, f"tol={tol:g}", "adaptive",
                                 float(np.mean(nfe)), x0))
     return rows
@@ -168,11 +147,12 @@ def run_model(model, cfg, emit, log=print) -> None:
     start = time.perf_counter()
     settings = cfg.per_model[model.name]
     bench = setup(model, settings.eval_batch, settings.fit_batch, settings.ref_steps)
+    prob = bench.problem
     log(f"[{model.name}] reference ready ({time.perf_counter() - start:.0f} s), its own median error "
-        f"{bench.reference_error:.2e}")
-    extra = {"reference_error": bench.reference_error, "seconds": time.perf_counter() - start,
+        f"{prob.reference_error:.2e}")
+    extra = {"reference_error": prob.reference_error, "seconds": time.perf_counter() - start,
              "judge": bench.judge[0] if bench.judge else None,
-             "reference_quality": bench.judge[1](bench.reference) if bench.judge else (float("nan"),) * 2}
+             "reference_quality": bench.judge[1](prob.reference) if bench.judge else (float("nan"),) * 2}
     emit([], extra)
     eps = peers.eps_function(model.denoiser)
     for grid_name in settings.grids:

@@ -28,8 +28,8 @@ import numpy as np
 
 from ..iia import fit
 from ..sampling import plan, sample
-from ..solvers import SOLVERS
-from .grids import grid, steps_for
+from .grids import grid
+from .harness import plan_for
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
@@ -54,7 +54,7 @@ def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: i
         lambda event, secs, **_: compile_s.__setitem__(event, compile_s[event] + secs))
     from .models import MODELS
     m = MODELS[model_name]()
-    p = plan(solver, grid("karras", steps_for(nfe, SOLVERS[solver].evals_per_step), m.sigma_min, m.sigma_max))
+    p = plan_for(solver, nfe, m.sigma_min, m.sigma_max, exact=True)
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(7), (batch,) + m.shape)
     evals = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr_uniform", fine_steps * p.nfe, m.sigma_min,
                                                                      m.sigma_max)), y))
@@ -103,7 +103,7 @@ def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int,
     so ``peak_mb - before_mb`` is what the fit itself added at its peak."""
     from .models import MODELS
     m = MODELS[model_name]()
-    p = plan(solver, grid("karras", steps_for(nfe, SOLVERS[solver].evals_per_step), m.sigma_min, m.sigma_max))
+    p = plan_for(solver, nfe, m.sigma_min, m.sigma_max, exact=True)
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(8), (batch,) + m.shape)
     jax.block_until_ready(m.denoiser(x[:2], 1.0))
     with open("/proc/self/clear_refs", "w") as f:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import schedules
+from .. import schedules, solvers
 
 GRIDS = ("karras", "logsnr_uniform", "vp_time_uniform", "vp_quadratic")
 OLD_NAMES = {"logsnr": "logsnr_uniform", "time_uniform": "vp_time_uniform", "quadratic": "vp_quadratic"}
@@ -40,8 +40,18 @@ def grid(name: str, num_steps: int, sigma_min: float, sigma_max: float) -> np.nd
     raise ValueError(f"grid must be one of {GRIDS}, got {name!r}")
 
 
-def steps_for(nfe: int, evals_per_step: int) -> int | None:
-    """Steps N whose NFE ``evals_per_step (N - 1) + 1`` equals ``nfe``; None if there is none
-    (heun, 2N - 1, only has odd NFE) or fewer than 2 steps."""
-    n, rest = divmod(nfe - 1, evals_per_step)
-    return n + 1 if rest == 0 and n + 1 >= 2 else None
+def steps_for(nfe: int, cost, exact: bool = False) -> int | None:
+    """The most steps ``N >= 2`` whose NFE is at most ``nfe``; None if even 2 steps cost more.
+
+    ``cost``: a solver name (its NFE is ``iia_jax.solvers.get(name).nfe(N)``, e.g. heun's
+    ``2N - 1``) or any increasing ``N -> NFE`` (a peer's count).  With ``exact``, None unless that
+    ``N`` costs exactly ``nfe`` (heun has no even NFE).  The one rule for every benchmark: a
+    requested NFE is never exceeded.
+    """
+    nfe_of = solvers.get(cost).nfe if isinstance(cost, str) else cost
+    if nfe_of(2) > nfe:
+        return None
+    n = 2
+    while nfe_of(n + 1) <= nfe:
+        n += 1
+    return n if not exact or nfe_of(n) == nfe else None

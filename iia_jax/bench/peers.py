@@ -139,21 +139,28 @@ def _vector_field(denoiser):
     return field
 
 
+def diffrax_nfe(name: str, num_steps: int) -> int:
+    """Model calls of a fixed-step diffrax peer on a grid of ``num_steps`` intervals: its
+    evaluations before the first step, per step over the ``num_steps - 1`` steps to the last
+    non-zero sigma, and one for the jump to 0."""
+    _, per_step, first = DIFFRAX_FIXED[name]
+    return first + per_step * (num_steps - 1) + 1
+
+
 def diffrax_fixed(name: str, denoiser, sigmas, x_T):
     """A fixed-step diffrax solver on the grid, then ``x_0 = D(x, sigma_{N-1})``: ``(x_0, nfe)``.
 
     Jittable; the whole batch is one ODE state (steps are fixed, so this changes nothing)."""
     import diffrax
 
-    cls, per_step, first = DIFFRAX_FIXED[name]
+    cls = DIFFRAX_FIXED[name][0]
     ts = sigmas[:-1]
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_vector_field(denoiser)), getattr(diffrax, cls)(), ts[0], ts[-1], None, x_T,
         stepsize_controller=diffrax.StepTo(ts), saveat=diffrax.SaveAt(t1=True),
         max_steps=int(ts.shape[0]))
     x = sol.ys[-1]
-    nfe = first + per_step * (int(ts.shape[0]) - 1) + 1
-    return denoiser(x, ts[-1]), nfe
+    return denoiser(x, ts[-1]), diffrax_nfe(name, int(ts.shape[0]))
 
 
 def diffrax_adaptive(denoiser, sigma_min: float, sigma_max: float, x_T, tol: float, max_steps: int = 512):

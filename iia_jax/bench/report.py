@@ -19,8 +19,12 @@ def fmt(v, digits=3):
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
 
 
-def table(header, rows) -> list:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+def table(header, rows, align: str = "") -> list:
+    """Markdown lines of a table; ``align``: ``"l"`` or ``"r"`` per column (default all left)."""
+    if len(align) > len(header):
+        raise ValueError(f"align has {len(align)} columns but header {len(header)}")
+    return ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|"
+                                                             for a in align.ljust(len(header), "l"))] + \
            ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 

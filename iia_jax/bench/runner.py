@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ from .markdown import markdown
 from .grids import GRIDS, OLD_NAMES
 from .models import MODELS
 from .peers import PEERS
+from .provenance import git_revision, machine, machine_short, versions, versions_short
 
 # Relative to where the command runs, never inside the installed package or the repository's
 # docs/ (which `--out docs` rewrites on purpose).
@@ -153,60 +151,6 @@ def config(args) -> Config:
         memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
         memory_modes=("sequential",),
         out=Path(args.out) if args.out else DEFAULT_OUT)
-
-
-def versions() -> str:
-    names = ["jax", "jaxlib", "flax", "torch", "diffusers", "diffrax", "numpy", "iia_jax"]
-    out = []
-    for n in names:
-        try:
-            out.append(f"{n} {importlib.metadata.version(n)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(f"{n} (not installed)")
-    return ", ".join(out)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    import jax
-    return (f"{platform.system()} {platform.release()}, {cpu_name()}, {os.cpu_count()} CPU cores visible, "
-            f"jax backend {jax.default_backend()} ({jax.devices()[0].device_kind}), Python {platform.python_version()}")
-
-
-def machine_short() -> str:
-    """For the line under each table, e.g. ``2-core AMD EPYC, jax on cpu``."""
-    import jax
-    return f"{os.cpu_count()}-core {cpu_name()}, jax on {jax.default_backend()}"
-
-
-def versions_short() -> str:
-    def v(name):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "none"
-    return ", ".join(f"{n} {v(n)}" for n in ("jax", "diffusers", "diffrax", "torch"))
-
-
-def git_revision() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "iia_jax"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run(cfg: Config, log=print, save=lambda results: None) -> dict:

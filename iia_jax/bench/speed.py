@@ -16,10 +16,9 @@ import jax
 import numpy as np
 
 from ..iia import fit, iia_sample
-from ..sampling import plan, sample
-from ..solvers import SOLVERS
+from ..sampling import sample
 from . import peers
-from .grids import grid, steps_for
+from .harness import plan_for
 
 
 def _timed(fn, *args):
@@ -39,11 +38,6 @@ def paired_ratio(fn_base, fn_other, args_base, args_other, repeats: int) -> tupl
     return float(q50), float(q25), float(q75), tb
 
 
-def _plan(model, solver, nfe):
-    n = steps_for(nfe, SOLVERS[solver].evals_per_step) or steps_for(nfe - 1, SOLVERS[solver].evals_per_step)
-    return plan(solver, grid("karras", n, model.sigma_min, model.sigma_max))
-
-
 def _compiled(fn, x):
     """``(compiled fn, seconds to lower and compile it)``."""
     t = time.perf_counter()
@@ -57,7 +51,7 @@ def iia_overhead(model, solvers, nfe: int, batch: int, repeats: int) -> list:
     x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(3), (batch,) + model.shape)
     out = []
     for solver in solvers:
-        p = _plan(model, solver, nfe)
+        p = plan_for(solver, nfe, model.sigma_min, model.sigma_max)
         coeffs = fit(model.denoiser, p, x[:16], fine_steps=2, holdout=0.0, progress=False).coeffs
         base, base_compile = _compiled(lambda y, p=p: sample(model.denoiser, p, y), x)
         iia, iia_compile = _compiled(lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y), x)
@@ -74,7 +68,7 @@ def peer_loop(model, pairs, nfe: int, batch: int, repeats: int) -> list:
     eps = peers.eps_function(model.denoiser)
     out = []
     for solver, peer_name in pairs:
-        p = _plan(model, solver, nfe)
+        p = plan_for(solver, nfe, model.sigma_min, model.sigma_max)
         peer = peers.DIFFUSERS_BY_NAME[peer_name]
         ours = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
         theirs = lambda y, peer=peer, s=np.asarray(p.sigmas): peers.run_diffusers(peer, eps, s, y)[0]  # noqa: E731
@@ -87,7 +81,7 @@ def scaling(model, solver, batches, nfes, repeats: int) -> list:
     """Compile time and warm wall time (median of ``repeats``) of ``sample`` over batch and NFE."""
     out = []
     for nfe in nfes:
-        p = _plan(model, solver, nfe)
+        p = plan_for(solver, nfe, model.sigma_min, model.sigma_max)
         for b in batches:
             x = model.sigma_max * jax.random.normal(jax.random.PRNGKey(6), (b,) + model.shape)
             fn, compile_s = _compiled(lambda y, p=p: sample(model.denoiser, p, y), x)

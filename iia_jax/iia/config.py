@@ -19,6 +19,7 @@ import numpy as np
 from .. import validate
 from .coefficients import FIT_MODES, TARGETS
 from .features import DEFAULT_TARGET, PRESET_SOLVERS
+from .guard import reference_mmd
 from .solve import SOLVES, MatchedSolve, PlainSolve
 
 # How many standard errors of the judge's paired difference count as "worse than the base".
@@ -32,15 +33,20 @@ class Judge(NamedTuple):
 
     ``compare(candidate, base) -> (difference, se)``: row i of both arrays comes from the same
     noise; ``difference < 0`` means the candidate is better, ``se`` is the standard error of the
-    paired difference (e.g. :func:`iia_jax.metrics.digits_check`).  Samples count as worse when
-    ``difference > z * se``.
+    paired difference (e.g. :func:`iia_jax.metrics.digits_check`).  With ``reference=True`` the
+    judge also sees the fit's own fine-reference samples of the same rows,
+    ``compare(candidate, base, reference)`` (e.g. :func:`iia_jax.iia.guard.reference_mmd`).
+    Samples count as worse when ``difference > z * se``.
     """
 
     compare: Callable
     z: float = QUALITY_Z
+    reference: bool = False
 
-    def __call__(self, candidate, base) -> tuple[float, float]:
-        diff, se = (float(v) for v in self.compare(candidate, base))
+    def __call__(self, candidate, base, reference=None) -> tuple[float, float]:
+        verdict = (self.compare(candidate, base, reference) if self.reference else
+                   self.compare(candidate, base))
+        diff, se = (float(v) for v in verdict)
         if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
             raise ValueError(f"quality must return a finite (difference, se >= 0), got ({diff}, {se})")
         return diff, se
@@ -48,6 +54,11 @@ class Judge(NamedTuple):
     def worse(self, judged: tuple[float, float]) -> bool:
         """Whether a ``(difference, se)`` verdict says the candidate is worse than the base."""
         return judged[0] > self.z * judged[1]
+
+
+# The default judge: model-agnostic, the samples against the fit's own fine reference
+# (docs/iia.md, "Why IIA can cost sample quality"; iia/guard.py).
+REFERENCE_JUDGE = Judge(reference_mmd, QUALITY_Z, reference=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +78,11 @@ class FitConfig:
     - ``chunk_size``: at most about this many rows per model pass (memory); None: one pass.
     - ``solve``: :class:`~iia_jax.iia.solve.MatchedSolve` (default) or
       :class:`~iia_jax.iia.solve.PlainSolve`; carries the ridge.
-    - ``judge``: an optional :class:`Judge` of sample quality for the quality guard.
+    - ``judge``: the :class:`Judge` of sample quality for the quality guard; by default
+      :data:`REFERENCE_JUDGE`, which needs no model-specific judge: it compares the candidate's
+      and the base sampler's samples with the fit's fine-reference samples of the same rows.
+      None: no quality guard (the error check alone).  With ``holdout=0`` (no held-out rows, so
+      neither check runs) the default judge is dropped; a judge passed explicitly is refused.
     """
 
     preset: str | None = None
@@ -78,7 +93,7 @@ class FitConfig:
     holdout: float = 0.25
     chunk_size: int | None = None
     solve: PlainSolve | MatchedSolve = MatchedSolve()
-    judge: Judge | None = None
+    judge: Judge | None = REFERENCE_JUDGE
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -92,6 +107,8 @@ class FitConfig:
             raise ValueError(f"mode must be one of {FIT_MODES}, got {self.mode!r}")
         if self.target is not None and self.target not in TARGETS:
             raise ValueError(f"target must be None or one of {TARGETS}, got {self.target!r}")
+        if self.holdout == 0 and self.judge == REFERENCE_JUDGE:
+            fix("judge", None)   # holdout=0 switches the never-worse checks off knowingly
         validate.fit_options(self.holdout, self.judge)
         if not isinstance(self.solve, SOLVES):
             raise TypeError(f"solve must be one of {[s.__name__ for s in SOLVES]}, got "
@@ -166,4 +183,4 @@ def _solve(match_spread, ridge, current):
     return PlainSolve(ridge)
 
 
-__all__ = ["FitConfig", "Judge", "QUALITY_Z"]
+__all__ = ["FitConfig", "Judge", "QUALITY_Z", "REFERENCE_JUDGE"]

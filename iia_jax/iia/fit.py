@@ -335,25 +335,28 @@ def _solve_steps(stats, sums, rows, *, solve):
 
 def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
-    ``[N, 2]`` (training, held-out rows) and the fine reference at sigma = 0 of the held-out rows
-    ``[C, h, ...]`` (None without held-out rows)."""
-    layout = rows.layout
-    exact = layout.chunks == 1 and layout.sharding is None   # the solve may see the rows themselves
-    hold_end = lambda ends: layout.holdout_of_chunks(ends, rows.positions, 1)  # noqa: E731  [C, b, ...]
+    ``[N, 2]`` (training, held-out rows), and the fine reference at sigma = 0 of every row
+    ``[C, b, ...]`` where the fit integrated it (None for the local target, whose reference pass
+    runs over the held-out rows only: :func:`_holdout_reference`)."""
+    exact = rows.layout.chunks == 1 and rows.layout.sharding is None   # the solve may see the rows
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
         values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
-        return values, stats, hold_end(states[-1][None])
+        return values, stats, states[-1][None]
     if mode == "teacher_forced":
         (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
-        return _solve_steps(stats, sums, None, solve=solve), stats, hold_end(ends)
+        return _solve_steps(stats, sums, None, solve=solve), stats, ends
     values, stats, fine_end = passes.sequential(rows, target, solve, exact)
-    if target == "trajectory":   # the pass integrated every row's fine reference alongside
-        return values, stats, hold_end(fine_end)
-    # local: only the held-out rows' reference end points are needed
+    return values, stats, fine_end   # trajectory: integrated alongside; local: None
+
+
+def _holdout_reference(passes: _Passes, rows: FitRows, ends):
+    """The fine reference at sigma = 0 of the held-out rows ``[C, h, ...]``: taken from every
+    row's ``ends`` when the fit has them, else integrated for those rows alone."""
+    if ends is not None:
+        return rows.layout.holdout_of_chunks(ends, rows.positions, 1)
     held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
-    end = passes.reference(rows.hold_x, rows.hold_cond, held)[1] if layout.hold_rows else None
-    return values, stats, end
+    return passes.reference(rows.hold_x, rows.hold_cond, held)[1]
 
 
 def _first(tree):
@@ -384,14 +387,15 @@ def _guidance_scale(denoiser):
 class _EndToEnd:
     """The IIA sampler for given coefficient values ``[N, K]`` (all steps on; zero rows are the
     base step), chunk by chunk: per-sample errors at sigma = 0 of the held-out rows against the
-    fine reference (one scalar a row comes to the host) or, for a quality judge, the samples of
-    every real row."""
+    fine reference (one scalar a row comes to the host) and, for a quality judge, samples.
+    ``ends``: the fine reference at sigma = 0 of every row ``[C, b, ...]``, or None."""
 
-    def __init__(self, passes: _Passes, rows: FitRows, reference):
-        self.rows, self.reference = rows, reference
+    def __init__(self, passes: _Passes, rows: FitRows, ends):
+        self.rows, self.hold_reference = rows, _holdout_reference(passes, rows, ends)
         # which rows are real (not padding), in the order _over_chunks concatenates them
         self._real_held = _host(rows.hold_weights).reshape(-1) > 0
         self._real_all = _host(rows.weights.sum(axis=1)).reshape(-1) > 0
+        self._ends = ends
         static = dict(solver=passes.static["solver"], spec=passes.static["spec"])
         self._samples = lambda vals, x, c: _SAMPLES(passes.denoiser, passes.sigmas, vals, x, c, **static)  # noqa: E731
         self._errors = lambda vals, x, c, ref: _ERRORS(passes.denoiser, passes.sigmas, vals, x, c, ref,  # noqa: E731
@@ -405,11 +409,24 @@ class _EndToEnd:
     def errors(self, vals):
         rows = self.rows
         return self._over_chunks(lambda x, c, ref: self._errors(vals, x, c, ref), rows.hold_x,
-                                 rows.hold_cond, self._real_held, self.reference)
+                                 rows.hold_cond, self._real_held, self.hold_reference)
 
     def samples(self, vals):
+        """Samples at sigma = 0 of every real row."""
         rows = self.rows
         return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond, self._real_all)
+
+    def judged_rows(self):
+        """``(samples(vals), reference)`` for a judge that compares with the fine reference: every
+        real row where the fit has every row's reference, else the held-out rows."""
+        rows = self.rows
+        if self._ends is not None:
+            return self.samples, self._over_chunks(lambda x, c, e: e, rows.x, rows.cond, self._real_all,
+                                                   self._ends)
+        held = lambda vals: self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.hold_x,  # noqa: E731
+                                              rows.hold_cond, self._real_held)
+        return held, self._over_chunks(lambda x, c, e: e, rows.hold_x, rows.hold_cond, self._real_held,
+                                       self.hold_reference)
 
 
 class _Selection(NamedTuple):
@@ -447,31 +464,38 @@ def _never_worse(runs: _EndToEnd, values, pbar) -> _Selection:
 def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
     """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``):
     each round removes the step whose removal gives the lowest difference, if that is lower than
-    the current one.  If the steps left then no longer lower the held-out median error, all are
-    dropped (the base sampler)."""
+    the current one; if the samples are still worse then, and the base sampler's own verdict is
+    lower, every step goes.  If the steps left no longer lower the held-out median error, all
+    are dropped too (the base sampler)."""
     values, kept = chosen.values, chosen.kept
-    base = runs.samples(np.zeros_like(values))
-    judged, dropped = judge(runs.samples(values), base), []
+    if judge.reference:
+        samples, reference = runs.judged_rows()
+    else:
+        samples, reference = runs.samples, None
+    base = samples(np.zeros_like(values))
+    verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
+    judged, dropped = verdict(values), []
     while judge.worse(judged) and kept.any():
-        trials = {}
-        for i in np.flatnonzero(kept):
-            trial = values.copy()
-            trial[i] = 0
-            trials[int(i)] = (judge(runs.samples(trial), base), trial)
-        step = min(trials, key=lambda i: trials[i][0][0])
-        if trials[step][0][0] >= judged[0]:
+        trials = {int(i): np.where(np.arange(len(kept))[:, None] == i, 0, values) for i in np.flatnonzero(kept)}
+        verdicts = {i: verdict(trial) for i, trial in trials.items()}
+        step = min(verdicts, key=lambda i: verdicts[i][0])
+        if verdicts[step][0] >= judged[0]:
             break
-        judged, values = trials[step]
+        judged, values = verdicts[step], trials[step]
         kept = kept.copy()
         kept[step] = False
         dropped.append(step)
+    if judge.worse(judged) and kept.any():      # no single removal helps: is the base better?
+        alone = verdict(np.zeros_like(values))
+        if alone[0] < judged[0]:
+            dropped += [int(i) for i in np.flatnonzero(kept)]
+            values, kept, judged = np.zeros_like(values), np.zeros_like(kept), alone
     if not dropped:
         return chosen._replace(judged=judged)
     errors = runs.errors(values)
     if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
         dropped += [int(i) for i in np.flatnonzero(kept)]
-        return _Selection(np.zeros_like(values), np.zeros_like(kept), chosen.base_errors,
-                          chosen.base_errors, (0.0, 0.0), tuple(dropped))
+        values, kept, judged, errors = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0), chosen.base_errors
     return _Selection(values, kept, chosen.base_errors, errors, judged, tuple(dropped))
 
 
@@ -531,7 +555,7 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
                 disable=None if progress is None else not progress)
 
     passes = _Passes(denoiser, solver, spec, sigmas, config.fine_steps)
-    values, stats, hold_end = _fit_steps(passes, rows, config.mode, target, config.solve)
+    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve)
     pbar.update(1)
     values = _host(values)
     _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
@@ -539,7 +563,7 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
 
     chosen = _Selection(values, np.ones(plan.num_steps, bool), None, None)
     if rows.layout.hold_rows:
-        runs = _EndToEnd(passes, rows, hold_end)
+        runs = _EndToEnd(passes, rows, ends)
         chosen = _never_worse(runs, values, pbar)
         if config.judge is not None:
             chosen = _quality_guard(runs, chosen, config.judge)

@@ -30,22 +30,18 @@ the noise draw is the unit), closed form from the row sums of the ``[n, n]`` mat
 h_B``.  The kernel matrices are built in blocks of rows (``block``), so memory is ``O(block n)``
 and the result does not depend on the block size beyond round-off.
 
-Hook in ``iia_jax.fit``: after the greedy error check, call :func:`guard_steps` with
-``samples(values)`` = the IIA samples at sigma = 0 of the held-out rows (real rows only, in the
-order of ``reference``) and ``reference`` = the fit's fine reference of those rows at sigma = 0
-(what the error check already compares with); then keep the existing rule that what is left must
-still lower the held-out median error, else every step is switched off.  As a judge piece:
-:class:`ReferenceJudge` carries ``compare(candidate, base, reference) -> (difference, se)`` and
-its threshold ``z``.
+In the fit: :data:`iia_jax.iia.config.REFERENCE_JUDGE` is ``Judge(reference_mmd, reference=True)``,
+the default judge of :class:`~iia_jax.FitConfig`; the fit's quality guard
+(``iia_jax.iia.fit._quality_guard``) hands it the samples of every row whose fine reference the fit
+integrated (the trajectory target and teacher-forced fits; the held-out rows for the local
+target) and drops steps while it finds IIA worse than the base sampler.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-__all__ = ["ReferenceJudge", "Guarded", "guard_steps", "reference_mmd", "median_bandwidth_of", "paired_mmd_difference",
-           "clip_to_reference", "CLIP_TAIL", "BANDWIDTH_SCALE"]
+__all__ = ["reference_mmd", "median_bandwidth_of", "paired_mmd_difference", "clip_to_reference", "CLIP_TAIL",
+           "BANDWIDTH_SCALE"]
 
 CLIP_TAIL = 1e-3        # samples are judged clipped to the reference's 0.1 %..99.9 % value range
 BANDWIDTH_SCALE = 0.5   # kernel bandwidth: half the median distance between reference samples
@@ -143,69 +139,3 @@ def reference_mmd(candidate, base, reference, tail: float = CLIP_TAIL,
         raise ValueError(f"bandwidth_scale must be > 0, got {bandwidth_scale!r}")
     d, se = paired_mmd_difference(c, b, r, bandwidth_scale * median_bandwidth_of(r))
     return 1000.0 * d, 1000.0 * se
-
-
-class ReferenceJudge(NamedTuple):
-    """A quality judge that also sees the fit's fine reference, with its threshold (the
-    reference-taking counterpart of :class:`iia_jax.iia.config.Judge`):
-    ``compare(candidate, base, reference) -> (difference, se)`` (default :func:`reference_mmd`);
-    the candidate counts as worse when ``difference > z * se``."""
-
-    compare: object = reference_mmd
-    z: float = 1.0
-
-    def __call__(self, candidate, base, reference) -> tuple[float, float]:
-        diff, se = (float(v) for v in self.compare(candidate, base, reference))
-        if not (np.isfinite(diff) and np.isfinite(se) and se >= 0):
-            raise ValueError(f"the judge must return a finite (difference, se >= 0), got ({diff}, {se})")
-        return diff, se
-
-    def worse(self, judged: tuple[float, float]) -> bool:
-        """Whether a ``(difference, se)`` verdict says the candidate is worse than the base."""
-        return judged[0] > self.z * judged[1]
-
-
-class Guarded(NamedTuple):
-    """What :func:`guard_steps` did: the coefficient values ``[N, K]`` and kept mask ``[N]`` after
-    it, the judge's final ``(difference, se)`` and the steps switched off, in order."""
-
-    values: np.ndarray
-    kept: np.ndarray
-    judged: tuple
-    dropped: tuple
-
-
-def guard_steps(values, kept, samples, reference, judge: ReferenceJudge = ReferenceJudge()) -> Guarded:
-    """The fit's quality guard with a reference judge: while ``judge`` finds the samples of the
-    coefficients ``values [N, K]`` worse than the base sampler's (``difference > z se``), switch
-    off the kept step whose removal gives the lowest difference, as long as that lowers it; if the
-    samples are still worse when no single removal helps, switch every step off (the base sampler).
-
-    ``samples(values) -> [n, ...]``: the held-out rows' samples at sigma = 0 with those
-    coefficients (all zero: the base sampler); ``reference [n, ...]``: the fit's fine reference of
-    the same rows.  A step is removed only when that lowers the current difference, so judge noise
-    alone does not pick which steps go.
-    """
-    values = np.array(values, copy=True)
-    kept = np.array(kept, bool, copy=True)
-    if values.ndim != 2 or kept.shape != values.shape[:1]:
-        raise ValueError(f"values must be [N, K] and kept [N]; got {values.shape} and {kept.shape}")
-    base = samples(np.zeros_like(values))
-    judged_of = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
-    judged, dropped = judged_of(values), []
-    while judge.worse(judged) and kept.any():
-        trials = {}
-        for i in np.flatnonzero(kept):
-            trial = values.copy()
-            trial[i] = 0
-            trials[int(i)] = (judged_of(trial), trial)
-        step = min(trials, key=lambda i: trials[i][0][0])
-        if trials[step][0][0] >= judged[0]:
-            break
-        judged, values = trials[step]
-        kept[step] = False
-        dropped.append(step)
-    if judge.worse(judged):     # no removal of one step helps: the base sampler, never worse
-        dropped += [int(i) for i in np.flatnonzero(kept)]
-        values, kept, judged = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0)
-    return Guarded(values, kept, judged, tuple(dropped))
