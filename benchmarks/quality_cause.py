@@ -121,7 +121,7 @@ def evaluate(x0, base, ref) -> dict:
 def study(denoiser, solver, nfe, args, x_fit, x_eval, ref) -> dict:
     plan = iia_jax.plan(solver, schedules.karras(nfe, SIGMA_MIN, SIGMA_MAX))
     t = time.perf_counter()
-    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, progress=False)
+    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, judge=None, progress=False)
     fit_s = time.perf_counter() - t
     coeffs = res.coeffs
     values = np.asarray(coeffs.values)

@@ -10,13 +10,11 @@ evaluation keys split from ``--seed``), grids over sigma 80 -> 0.002 (Karras, rh
 ``iia_jax.schedules.vp_quadratic``).  Per cell (solver, grid, NFE; heun takes N = (NFE + 1) / 2
 steps, NFE 2N - 1):
 
-* one ``iia_jax.fit`` with the library defaults, ``--fit-batch`` rows, ``--fine-steps``, and
-  ``quality=iia_jax.iia.guard.reference_mmd``: the model-agnostic judge, which compares the
-  held-out rows' IIA and base samples with the fit's own fine-reference samples of those rows
-  (paired pixel RBF MMD, docs/iia.md).  Until ``fit`` calls a three-argument judge itself, the
-  hook is installed here (:func:`install_hook`: the quality guard of ``iia_jax.iia.fit`` sees the
-  held-out rows and their fine reference).  The coefficients before the check are kept too: they
-  are the "no judge" fit (the fit is otherwise identical);
+* one ``iia_jax.fit`` with the library defaults (``--fit-batch`` rows, ``--fine-steps``), whose
+  quality guard is the model-agnostic judge (``iia_jax.iia.guard.reference_mmd``: the IIA and
+  base samples against the fit's own fine-reference samples of the same rows, paired pixel RBF
+  MMD, docs/iia.md).  The coefficients the guard is handed are kept too (:func:`install_hook`):
+  they are the "no judge" fit (the fit is otherwise identical);
 * evaluation on ``--n`` fresh draws: ``digits_score`` paired difference against the base sampler
   (jackknife se), median per-sample ODE error against heun with 64 Karras steps from the same
   noise, and the judge itself at that n (against the 64-step samples), for both the unguarded
@@ -40,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
-from iia_jax.iia.guard import ReferenceJudge, guard_steps, reference_mmd  # noqa: E402
+from iia_jax.iia.guard import reference_mmd  # noqa: E402
 
 fit_module = sys.modules["iia_jax.iia.fit"]   # the module (the package exports the function as ``fit``)
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
@@ -55,51 +53,18 @@ SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
 GRIDS = {"karras": lambda n: schedules.karras(n, SIGMA_MIN, SIGMA_MAX),
          "vp_quadratic": lambda n: schedules.vp_quadratic(n, SIGMA_MIN, SIGMA_MAX)}
 UNGUARDED = {}   # the coefficients the quality check was handed, by the hook
-FULL_REFERENCE = {}   # the fine trajectory's end state of every row, by the shape of the rows
 
 
-def install_hook(all_rows: bool = True):
-    """Make ``fit``'s quality guard call ``quality(candidate, base, reference)`` on the held-out
-    rows (their IIA and base samples at sigma = 0 and the fit's fine reference of the same rows)
-    through :func:`iia_jax.iia.guard.guard_steps`, then keep the fit's rule that what is left must
-    still lower the held-out median error.  ``all_rows``: where the fit computed the fine reference
-    trajectory of every row (the default sequential fit with the trajectory target), judge all
-    rows instead (4x the rows of a 25 % hold-out: half the standard error)."""
-    def held(runs, vals):
-        rows = runs.rows
-        return runs._over_chunks(lambda x, c: runs._samples(vals, x, c), rows.hold_x, rows.hold_cond,
-                                 runs._real_held)
+def install_hook():
+    """Keep the coefficients ``fit``'s quality guard is handed (the "no judge" fit: the fit is
+    otherwise identical), then let the guard run as it does."""
+    original = fit_module._quality_guard
 
     def guard(runs, chosen, judge):
         UNGUARDED["values"], UNGUARDED["kept"] = chosen.values.copy(), chosen.kept.copy()
-        full = FULL_REFERENCE.get(tuple(runs.rows.x.shape)) if all_rows else None
-        if full is not None:   # every row: the fine reference trajectory was computed for all of them
-            ref = np.asarray(full).reshape((-1,) + full.shape[2:])[runs._real_all]
-            samples = runs.samples
-        else:
-            ref = np.concatenate([fit_module._host(runs.reference[c]) for c in range(runs.reference.shape[0])])
-            ref, samples = ref[runs._real_held], lambda vals: held(runs, vals)
-        out = guard_steps(chosen.values, chosen.kept, samples, ref, ReferenceJudge(compare=judge.compare, z=judge.z))
-        if not out.dropped:
-            return chosen._replace(judged=out.judged)
-        errors = runs.errors(out.values)
-        if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
-            dropped = out.dropped + tuple(int(i) for i in np.flatnonzero(out.kept))
-            return fit_module._Selection(np.zeros_like(out.values), np.zeros_like(out.kept), chosen.base_errors,
-                                         chosen.base_errors, (0.0, 0.0), dropped)
-        return fit_module._Selection(out.values, out.kept, chosen.base_errors, errors, out.judged, out.dropped)
+        return original(runs, chosen, judge)
 
     fit_module._quality_guard = guard
-    sequential = fit_module._Passes.sequential
-
-    def keep_end(self, rows, target, solve, exact):
-        values, stats, fine_end = sequential(self, rows, target, solve, exact)
-        FULL_REFERENCE.clear()
-        if fine_end is not None:
-            FULL_REFERENCE[tuple(rows.x.shape)] = fine_end
-        return values, stats, fine_end
-
-    fit_module._Passes.sequential = keep_end
 
 
 def steps_for(solver: str, nfe: int) -> int:
@@ -123,7 +88,7 @@ def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
     plan = iia_jax.plan(solver, GRIDS[grid](steps))
     base = batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
     t = time.perf_counter()
-    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=reference_mmd, progress=False)
+    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, progress=False)   # default judge
     fit_s = time.perf_counter() - t
     out = dict(solver=solver, grid=grid, nfe=plan.nfe, steps=steps, fit_s=fit_s,
                median_base=ode_error(base, ref).median, dropped=list(res.report.quality_dropped),
@@ -217,7 +182,6 @@ def main(argv=None):
     ap.add_argument("--fine-steps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "quality_guard" / "cells.jsonl")
-    ap.add_argument("--held-out-only", action="store_true", help="judge the held-out rows only, not all rows")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
@@ -236,7 +200,7 @@ def main(argv=None):
     done = set()
     if args.out.exists():
         done = {(r["solver"], r["grid"], r["nfe"]) for r in map(json.loads, args.out.read_text().splitlines())}
-    install_hook(all_rows=not args.held_out_only)
+    install_hook()
     denoiser = pretrained.digits()
     key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
     x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
@@ -258,7 +222,7 @@ def main(argv=None):
                     continue
                 t = time.perf_counter()
                 r = cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref)
-                r["command"], r["judge_rows"] = command, "held-out" if args.held_out_only else "all"
+                r["command"] = command
                 with args.out.open("a") as f:
                     f.write(json.dumps(r, default=float) + "\n")
                 done.add((solver, grid, r["nfe"]))
