@@ -13,8 +13,8 @@ steps, NFE 2N - 1):
 * one ``iia_jax.fit`` with the library defaults (``--fit-batch`` rows, ``--fine-steps``), whose
   quality guard is the model-agnostic judge (``iia_jax.iia.guard.reference_mmd``: the IIA and
   base samples against the fit's own fine-reference samples of the same rows, paired pixel RBF
-  MMD, docs/iia.md).  The coefficients the guard is handed are kept too (:func:`install_hook`):
-  they are the "no judge" fit (the fit is otherwise identical);
+  MMD, docs/iia.md), and the same fit with ``quality=None``: the coefficients the guard is
+  handed (the "no judge" fit; the fit is deterministic and the guard runs last);
 * evaluation on ``--n`` fresh draws: ``digits_score`` paired difference against the base sampler
   (jackknife se), median per-sample ODE error against heun with 64 Karras steps from the same
   noise, and the judge itself at that n (against the 64-step samples), for both the unguarded
@@ -40,7 +40,6 @@ import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.iia.guard import reference_mmd  # noqa: E402
 
-fit_module = sys.modules["iia_jax.iia.fit"]   # the module (the package exports the function as ``fit``)
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,19 +51,6 @@ SHAPE = (8, 8, 1)
 SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
 GRIDS = {"karras": lambda n: schedules.karras(n, SIGMA_MIN, SIGMA_MAX),
          "vp_quadratic": lambda n: schedules.vp_quadratic(n, SIGMA_MIN, SIGMA_MAX)}
-UNGUARDED = {}   # the coefficients the quality check was handed, by the hook
-
-
-def install_hook():
-    """Keep the coefficients ``fit``'s quality guard is handed (the "no judge" fit: the fit is
-    otherwise identical), then let the guard run as it does."""
-    original = fit_module._quality_guard
-
-    def guard(runs, chosen, judge):
-        UNGUARDED["values"], UNGUARDED["kept"] = chosen.values.copy(), chosen.kept.copy()
-        return original(runs, chosen, judge)
-
-    fit_module._quality_guard = guard
 
 
 def steps_for(solver: str, nfe: int) -> int:
@@ -94,12 +80,10 @@ def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
                median_base=ode_error(base, ref).median, dropped=list(res.report.quality_dropped),
                fit_judge=list(res.report.quality_difference))
     coeffs = res.coeffs
+    plain = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=None, progress=False).coeffs
     saved = {}
-    variants = {"guarded": (np.asarray(coeffs.values), np.asarray(coeffs.kept))}
-    if "values" in UNGUARDED:
-        variants["plain"] = (UNGUARDED.pop("values"), UNGUARDED.pop("kept"))
-    else:   # no held-out check ran the hook: nothing kept, both are the same
-        variants["plain"] = variants["guarded"]
+    variants = {"guarded": (np.asarray(coeffs.values), np.asarray(coeffs.kept)),
+                "plain": (np.asarray(plain.values), np.asarray(plain.kept))}
     for name, (vals, kept) in variants.items():
         c = iia_jax.Coefficients(**{**coeffs.__dict__, "values": jnp.asarray(vals, coeffs.values.dtype),
                                     "kept": jnp.asarray(kept)})
@@ -200,7 +184,6 @@ def main(argv=None):
     done = set()
     if args.out.exists():
         done = {(r["solver"], r["grid"], r["nfe"]) for r in map(json.loads, args.out.read_text().splitlines())}
-    install_hook()
     denoiser = pretrained.digits()
     key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
     x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
