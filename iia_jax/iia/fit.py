@@ -30,16 +30,17 @@ split verdict (judges disagreeing about IIA vs base) into agreement and lowered 
 
 Never worse: on held-out samples, steps are switched on greedily in order and kept only if
 they lower the median per-sample error at sigma = 0 against the fine reference.  A least-squares
-correction can lower that error and still cost sample quality: the part of the step error its
-features cannot predict is shrunk toward the mean (docs/digits_shrinkage.md).  So with a
-``quality`` judge, kept steps are then dropped one at a time, the one whose removal helps most
-first, while the samples are worse than the base sampler's by more than the judge's ``z`` standard
-errors of the judge's paired difference and a removal still lowers it.  The judge sees every row
-of the batch, not only the held-out ones: it needs no reference, the coefficients never saw a
-quality signal, and a distribution judge needs many rows (``digits_check``: se about 11 at 1,000
-rows, for a loss of about 20 that dpmpp_2m at NFE 9 shows).  If the steps left after that no
-longer lower the held-out median error, the base sampler is returned (all steps off): never
-worse in either measure.
+correction can lower that error and still cost sample quality: it aims at the conditional mean of
+what its features cannot predict, which blurs the samples (docs/iia.md, "Why IIA can cost sample
+quality").  So a quality guard follows, with the config's judge: kept steps are dropped one at a
+time, the one whose removal helps most first, while the samples are worse than the base
+sampler's by more than the judge's ``z`` standard errors of its paired difference and a removal
+still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  The
+default judge (:data:`~iia_jax.iia.config.REFERENCE_JUDGE`) needs nothing model-specific: it
+compares IIA's and the base's samples with the fit's own fine-reference samples of the same rows
+(every row whose reference the fit integrated).  A judge without a reference (e.g.
+``digits_check``) sees every row of the batch.  If the steps left no longer lower the held-out
+median error, the base sampler is returned (all steps off): never worse in either measure.
 
 Rows: the batch ``(x_T, cond)`` is split into training and held-out rows, chunks and padding by
 one helper, :mod:`iia_jax.rows`, so conditions and a sharding of the rows cannot disagree about
