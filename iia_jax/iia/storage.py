@@ -152,11 +152,7 @@ def migrate(meta: dict, arrays: dict) -> dict:
     if type(version) is not int or version != 1:
         raise Invalid(f"format_version {version!r} is not supported (this library reads 1 and "
                       f"{FORMAT_VERSION})")
-    keys = set(meta)
-    if not V1_REQUIRED <= keys:
-        raise Invalid(f"metadata.json lacks fields {sorted(V1_REQUIRED - keys)}")
-    if not keys <= V1_REQUIRED | V1_OPTIONAL:
-        raise Invalid(f"metadata.json has unknown fields {sorted(keys - V1_REQUIRED - V1_OPTIONAL)}")
+    _check_keys(meta, V1_REQUIRED, V1_OPTIONAL)
     if set(arrays) != set(V1_ARRAYS):
         raise Invalid(f"arrays {sorted(arrays)} are not format 1's {sorted(V1_ARRAYS)}")
     shapes, dtypes = _layout(arrays)
@@ -172,6 +168,15 @@ def migrate(meta: dict, arrays: dict) -> dict:
     return dict(new, sha256=checksum(new, arrays))
 
 
+def _check_keys(meta: dict, required, optional=frozenset()) -> None:
+    """Every ``required`` metadata field present, and none but those and ``optional``."""
+    keys = set(meta)
+    if not set(required) <= keys:
+        raise Invalid(f"metadata.json lacks fields {sorted(set(required) - keys)}")
+    if not keys <= set(required) | set(optional):
+        raise Invalid(f"metadata.json has unknown fields {sorted(keys - set(required) - set(optional))}")
+
+
 def _metadata(coeffs: Coefficients, arrays: dict) -> dict:
     shapes, dtypes = _layout(arrays)
     meta = dict(coeffs.metadata(), format=FORMAT, format_version=FORMAT_VERSION, shapes=shapes,
@@ -181,11 +186,7 @@ def _metadata(coeffs: Coefficients, arrays: dict) -> dict:
 
 def _verify(meta: dict, arrays: dict) -> None:
     """The current format's checks of a directory's metadata against its arrays."""
-    keys, expected = set(meta), set(STATIC) | set(HEADER)
-    if not expected <= keys:
-        raise Invalid(f"metadata.json lacks fields {sorted(expected - keys)}")
-    if not keys <= expected:
-        raise Invalid(f"metadata.json has unknown fields {sorted(keys - expected)}")
+    _check_keys(meta, set(STATIC) | set(HEADER))
     if set(arrays) != set(ARRAYS):
         raise Invalid(f"the arrays are {sorted(arrays)}, expected {sorted(ARRAYS)}")
     shapes, dtypes = _layout(arrays)
