@@ -88,7 +88,8 @@ def fit_mode(mode):
 # ----------------------------------------------------------------------------- cost
 
 def fit_evaluations(layout, plan, fine_steps: int, mode: str, target: str) -> dict:
-    """Model evaluations (rows times calls) of one ``iia_jax.fit``, from its passes.
+    """Model evaluations (rows times calls) of one ``iia_jax.fit`` without a quality judge, from
+    its passes.
 
     With ``e`` evaluations per step, ``N`` steps and ``M = fine_steps``, one row costs
     ``NFE = e (N - 1) + 1`` on the coarse grid and ``e M N + 1`` on the fine grid (M sub-steps per
@@ -96,22 +97,24 @@ def fit_evaluations(layout, plan, fine_steps: int, mode: str, target: str) -> di
     ``layout.padded`` rows (padding included), held-out rows included:
 
     - teacher-forced: one pass, coarse + fine, per row;
-    - sequential, trajectory target: the fine reference (coarse + fine) and the IIA sampler (NFE);
-    - sequential, local target: the sampler with its own fine target (coarse + fine) per row, and
-      the fine reference of the held-out rows;
+    - sequential: the IIA sampler with its fine targets alongside (coarse + fine) per row; chunked,
+      each step's coarse part once more to apply the correction (NFE per row); the local target
+      also integrates the fine reference of the held-out rows (coarse + fine);
     - never-worse check: the IIA sampler (NFE) on the held-out rows, ``N + 1`` times.
+
+    A quality judge adds ``NFE`` per judged row for each verdict (at least two: the base and the
+    candidate).
     """
     e = solvers.get(plan.solver).evals_per_step
     n, coarse = plan.num_steps, plan.nfe
     fine = e * fine_steps * n + 1
     rows = layout.padded
     held = layout.chunks * layout.chunk_hold if layout.hold_rows else 0
-    if mode == "teacher_forced":
-        passes = rows * (coarse + fine)
-    elif target == "trajectory":
-        passes = rows * (coarse + fine) + rows * coarse
-    else:
-        passes = rows * (coarse + fine) + held * (coarse + fine)
+    passes = rows * (coarse + fine)
+    if mode == "sequential" and layout.chunks > 1:
+        passes += rows * coarse
+    if mode == "sequential" and target == "local":
+        passes += held * (coarse + fine)
     check = (n + 1) * coarse * held
     return dict(fit=passes, check=check, total=passes + check)
 
@@ -134,7 +137,7 @@ def count_check(quick: bool):
 
         x = 20.0 * jax.random.normal(jax.random.PRNGKey(3), (200,) + SHAPE)
         iia_jax.fit(counted, p, x, fine_steps=3, mode=mode, target=target, chunk_size=chunk,
-                    key=jax.random.PRNGKey(FIT_KEY), progress=False)
+                    key=jax.random.PRNGKey(FIT_KEY), progress=False, quality=None)
         expected = fit_evaluations(make_layout(200, HOLDOUT, chunk), p, 3, mode, target)["total"]
         results.append(dict(solver=solver, mode=mode, target=target, chunk=chunk,
                             counted=counter[0], formula=expected))
