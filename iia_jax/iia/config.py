@@ -88,6 +88,11 @@ class FitConfig:
       and the base sampler's samples with the fit's fine-reference samples of the same rows.
       None: no quality guard (the error check alone).  With ``holdout=0`` (no held-out rows, so
       neither check runs) the default judge is dropped; a judge passed explicitly is refused.
+    - ``refit``: after the never-worse check, fit the sequential pass again with the steps it
+      switched off held at zero, until the kept steps stop changing (each round drops at least one
+      step, so at most ``N`` more fits).  The later steps are then fitted on the states the
+      sampler will really see, not on states shaped by corrections that were switched off (docs/
+      iia.md, "Most of the loss is stale coefficients").  Sequential mode with held-out rows only.
     """
 
     preset: str | None = None
@@ -99,6 +104,7 @@ class FitConfig:
     chunk_size: int | None = None
     solve: PlainSolve | MatchedSolve = MatchedSolve()
     judge: Judge | None = REFERENCE_JUDGE
+    refit: bool = False
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -115,6 +121,11 @@ class FitConfig:
         if self.holdout == 0 and self.judge == REFERENCE_JUDGE:
             fix("judge", None)   # holdout=0 switches the never-worse checks off knowingly
         validate.fit_options(self.holdout, self.judge)
+        if not isinstance(self.refit, (bool, np.bool_)):
+            raise TypeError(f"refit must be True or False, got {self.refit!r}")
+        if self.refit and (self.mode != "sequential" or self.holdout == 0):
+            raise ValueError(f"refit=True needs mode='sequential' and holdout > 0 (it refits what the "
+                             f"never-worse check switched off), got mode={self.mode!r}, holdout={self.holdout!r}")
         if not isinstance(self.solve, SOLVES):
             raise TypeError(f"solve must be one of {[s.__name__ for s in SOLVES]}, got "
                             f"{type(self.solve).__name__}")
@@ -167,7 +178,7 @@ class FitConfig:
 
 
 _KEYWORDS = ("preset", "history", "fine_steps", "mode", "target", "holdout", "chunk_size", "solve",
-             "judge", "ridge", "match_spread", "quality")
+             "judge", "refit", "ridge", "match_spread", "quality")
 
 
 def _keyword_value(config: FitConfig, name: str):

@@ -236,7 +236,7 @@ class _Passes:
         self.check(ok)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, target, solve, exact):
+    def sequential(self, rows: FitRows, target, solve, exact, on=None):
         """The sequential fit: the IIA sampler over the rows, step by step, each step's
         coefficients solved on the training rows before the next step runs.  Returns the
         coefficients ``[N, K]``, the statistics (leading ``[N, 2]``) and, for the trajectory
@@ -247,7 +247,8 @@ class _Passes:
         one fine state; a step's features are recomputed for the correction (one more coarse step,
         ``1 / fine_steps`` of the step's evaluations) instead of being kept for every row, except
         with a single chunk, whose features are kept.  ``exact`` (one chunk, one device): the solve
-        sees the rows themselves, not only their sums."""
+        sees the rows themselves, not only their sums.  ``on [N]`` (bool, default all): steps
+        whose coefficients are fitted; the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
         chunks = rows.layout.chunks
         part = lambda c: jax.tree_util.tree_map(lambda a: a[c], rows.cond)  # noqa: E731
@@ -271,6 +272,8 @@ class _Passes:
                 _raise_at(i, self.sigmas, "non-finite model output or reference")
             exact_rows = (kept_rows[1], kept_rows[2], rows.weights[0, 0]) if exact else None
             c_i = _solve_step(stats, sums, exact_rows, solve=solve)
+            if on is not None and not on[i]:
+                c_i = jnp.zeros_like(c_i)
             for c in range(chunks):
                 carries[c] = (_apply_kept(kept_rows[0], kept_rows[1], c_i) if keep else
                               _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], part(c), c_i,
@@ -367,11 +370,12 @@ def _solve_steps(stats, sums, rows, *, solve):
     return jax.vmap(solve)(_train_stats(stats), sums, rows)
 
 
-def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
+def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, on=None):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
     ``[N, 2]`` (training, held-out rows), and the fine reference at sigma = 0 of every row
     ``[C, b, ...]`` where the fit integrated it (None for the local target, whose reference pass
-    runs over the held-out rows only: :func:`_holdout_reference`)."""
+    runs over the held-out rows only: :func:`_holdout_reference`).  ``on``: the sequential
+    steps to fit (the others held at zero)."""
     exact = rows.layout.chunks == 1 and rows.layout.sharding is None   # the solve may see the rows
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
@@ -380,7 +384,7 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     if mode == "teacher_forced":
         (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
         return _solve_steps(stats, sums, None, solve=solve), stats, ends
-    values, stats, fine_end = passes.sequential(rows, target, solve, exact)
+    values, stats, fine_end = passes.sequential(rows, target, solve, exact, on)
     return values, stats, fine_end   # trajectory: integrated alongside; local: None
 
 
@@ -505,7 +509,7 @@ def _never_worse(runs: _EndToEnd, values, pbar) -> _Selection:
     return _Selection(current, kept, base, best_err)
 
 
-def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
+def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge, pbar) -> _Selection:
     """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``):
     each round removes the step whose removal gives the lowest difference, if that is lower than
     the current one; if the samples are still worse then, and the base sampler's own verdict is
@@ -517,7 +521,13 @@ def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Select
     else:
         samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
     base = samples(np.zeros_like(values))
-    verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
+
+    def verdict(vals):    # one sampler run and one judgement, each a tick of the progress bar
+        pbar.total += 1
+        out = judge(samples(vals), base, reference)
+        pbar.update(1)
+        return out
+
     judged, dropped = verdict(values), []
     while judge.worse(judged) and kept.any():
         trials = {int(i): np.where(np.arange(len(kept))[:, None] == i, 0, values) for i in np.flatnonzero(kept)}
@@ -603,18 +613,18 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
                 disable=None if progress is None else not progress)
 
     passes = _Passes(denoiser, solver, spec, sigmas, config.fine_steps)
-    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve)
-    pbar.update(1)
-    values = _host(values)
-    _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
-    local = _local_errors(stats, values, rows.layout, int(np.prod(x_T.shape[1:])))
-
-    chosen = _Selection(values, np.ones(plan.num_steps, bool), None, None)
-    if rows.layout.hold_rows:
-        runs = _EndToEnd(passes, rows, ends)
-        chosen = _never_worse(runs, values, pbar)
-        if config.judge is not None:
-            chosen = _quality_guard(runs, chosen, config.judge)
+    fitted = _fit_checked(passes, rows, config, target, pbar)
+    while config.refit and fitted.chosen.kept.any() and not fitted.chosen.kept.all():
+        pbar.total += 2 + plan.num_steps
+        again = _fit_checked(passes, rows, config, target, pbar, on=fitted.chosen.kept)
+        done = (again.chosen.kept == fitted.chosen.kept).all()
+        fitted = again
+        if done:
+            break
+    chosen = fitted.chosen
+    if config.judge is not None and fitted.runs is not None:
+        chosen = _quality_guard(fitted.runs, chosen, config.judge, pbar)
+    local = _local_errors(fitted.stats, fitted.values, rows.layout, int(np.prod(x_T.shape[1:])))
     pbar.close()
     coeffs = Coefficients(
         values=jnp.asarray(chosen.values), sigmas=plan.sigmas, kept=jnp.asarray(chosen.kept),
@@ -623,6 +633,25 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
         guidance_scale=_guidance_scale(denoiser), version=__version__,
         plan_fingerprint=plan.fingerprint, match_spread=config.match_spread)
     return FitResult(coeffs, _report(local, chosen, rows, time.perf_counter() - start))
+
+
+class _Checked(NamedTuple):
+    values: np.ndarray          # every step's fitted coefficients [N, K]
+    stats: tuple                # their Gram statistics, leading [N, 2]
+    runs: "_EndToEnd | None"    # the end-to-end runs (None without held-out rows)
+    chosen: _Selection          # what the never-worse check kept
+
+
+def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, pbar, on=None) -> _Checked:
+    """Fit every step (``on``: only those, the rest held at zero) and run the never-worse check."""
+    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, on)
+    pbar.update(1)
+    values = _host(values)
+    _raise_if_bad(np.all(np.isfinite(values), axis=1), passes.sigmas, "non-finite coefficients")
+    if not rows.layout.hold_rows:
+        return _Checked(values, stats, None, _Selection(values, np.ones(len(values), bool), None, None))
+    runs = _EndToEnd(passes, rows, ends)
+    return _Checked(values, stats, runs, _never_worse(runs, values, pbar))
 
 
 def _report(local: dict, chosen: _Selection, rows: FitRows, seconds: float) -> FitReport:
