@@ -7,18 +7,21 @@ final step (to sigma = 0) is corrected too: its target integrates down to
 ``1e-3 sigma_{N-1}`` and then takes the final step.
 
 ``fit`` is a short pipeline: check the options (:class:`~iia_jax.iia.config.FitConfig`), split
-the rows (:func:`iia_jax.rows.split_batch`), fit every step (:func:`_fit_steps`, with the config's
-least-squares solve from :mod:`iia_jax.iia.solve`), the never-worse check (:func:`_never_worse`),
-the quality guard (:func:`_quality_guard`, with the config's judge), and build the result.
+the rows (:func:`iia_jax.rows.split_batch`), fit every step and check it (:func:`_fit_checked`:
+:func:`_fit_steps` with the config's least-squares solve from :mod:`iia_jax.iia.solve`, then the
+never-worse check :func:`_never_worse`; again while ``refit`` changes the kept steps), the
+quality guard (:func:`_quality_guard`, with the config's judge), and build the result.
 Numerics: columns are scaled to unit norm and a small ridge is added; with ``chunk_size`` the
 Gram statistics are summed chunk by chunk (memory bounded by the chunk) and the same normal
 equations are solved (:mod:`iia_jax.iia.solve`).
 
 Modes: ``teacher_forced`` (states from the fine trajectory; all steps independent, solved at
 once) and ``sequential`` (states from the IIA sampler with the earlier coefficients; one solve
-per step in a scan) with target ``local`` (the paper's: the fine solution of the interval from
-the current state) or ``trajectory`` (ours: the fine reference trajectory's state at
-``sigma_{i+1}``, so a correction also removes the error accumulated so far).
+per step, chunk by chunk: :meth:`_Passes.sequential`) with target ``local`` (the paper's: the fine
+solution of the interval from the current state) or ``trajectory`` (ours: the fine reference
+trajectory's state at ``sigma_{i+1}``, so a correction also removes the error accumulated so far).
+With ``refit`` the sequential pass is fitted again with the steps the never-worse check switched
+off held at zero, until the kept steps stop changing (:func:`_fit_checked` in a loop).
 
 Shrinkage: least squares predicts the conditional mean of the target given the features, whose
 spread across samples is smaller than the target's by the part the features cannot predict; over
