@@ -1,9 +1,10 @@
-"""What a fit costs against its floor: wall time over its unavoidable model evaluations, and
-peak memory from 1k to 100k rows (docs/fit_cost.md).
+"""What IIA costs: a fit's wall time against its unavoidable model evaluations, its peak memory
+from 1k to 100k rows, and sampling with IIA against the base sampler (docs/fit_cost.md).
 
-    python benchmarks/fit_cost.py                 # both tables (about an hour on 2 CPU cores)
-    python benchmarks/fit_cost.py --time          # the time table only
+    python benchmarks/fit_cost.py                 # every table (about an hour on 2 CPU cores)
+    python benchmarks/fit_cost.py --time          # the time table only (others kept from fit_cost.json)
     python benchmarks/fit_cost.py --memory        # the memory table only
+    python benchmarks/fit_cost.py --sampling      # the sampling table only
     python benchmarks/fit_cost.py --smoke         # seconds: tiny batches, nothing written
 
 **Time** (:func:`iia_jax.bench.fitcost.fit_time`): the shipped digits model, heun on the Karras
@@ -15,20 +16,28 @@ first fit (compiling) and a second fit of the same shapes, and the fit's own eva
 denoiser, so the model's own memory is nil and what grows is the fit's), dpmpp_2m NFE 9, chunks
 of 1,024 rows, 1,024 to 102,400 rows, each fit in a fresh process: peak resident set during the
 fit minus the resident set before it.
+
+**Sampling** (:func:`iia_jax.bench.speed.iia_overhead`): the digits model, batch 128, every
+solver at NFE 5 and 10 (heun 5 and 9): the median and quartiles of ``iia_sample`` / ``sample``
+wall time over interleaved warm pairs of compiled programs.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
-from iia_jax.bench import fitcost, harness, provenance  # noqa: E402
+from iia_jax.bench import fitcost, harness, provenance, speed  # noqa: E402
+from iia_jax.bench.models import MODELS  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODES = (("sequential", None), ("teacher_forced", None))
 TIME = dict(model="digits", solver="heun", nfes=(5, 9), batch=1024, fine_steps=16)
 MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024)
+SAMPLING = dict(solvers=("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"), nfes=(5, 10), batch=128,
+                repeats=15)
 
 
 def time_rows(smoke: bool) -> list:
@@ -49,13 +58,32 @@ def memory_rows(smoke: bool) -> list:
     return out
 
 
-def page(times: list, memory: list, command: str) -> str:
-    meta = provenance.provenance(command)
-    setup = f"*{provenance.machine_short()}; {provenance.versions_short()}; revision {meta['revision']}.*"
-    lines = ["# What a fit costs", "",
-             f"Written by `{command}` ({meta['date']}). The floor of a fit is the fine reference it must "
-             "integrate: `batch x fine_steps x NFE` model evaluations (docs/scaling.md, \"What a fit costs\", "
-             "counts every pass).", ""]
+def sampling_rows(smoke: bool) -> list:
+    model = MODELS["overlapping" if smoke else "digits"]()
+    solvers, nfes = (("euler",), (3,)) if smoke else (SAMPLING["solvers"], SAMPLING["nfes"])
+    out = []
+    for nfe in nfes:
+        for r in speed.iia_overhead(model, solvers, nfe, 16 if smoke else SAMPLING["batch"],
+                                    3 if smoke else SAMPLING["repeats"]):
+            out.append(r)
+            print(f"iia_sample / sample {r['solver']} NFE {r['nfe']}: {r['ratio']:.3f} "
+                  f"({r['q25']:.3f}-{r['q75']:.3f})", flush=True)
+    return out
+
+
+def page(sections: dict) -> str:
+    """The markdown of ``sections`` (``time``/``memory``/``sampling``: ``{"rows", "provenance"}``)."""
+    def setup(name):
+        meta = sections[name]["provenance"]
+        return (f"*Made by `{meta['command']}` ({meta['date']}); {provenance.machine_short()}; "
+                f"{provenance.versions_short()}; revision {meta['revision']}.*")
+
+    times, memory, sampling = (sections.get(k, {}).get("rows", []) for k in ("time", "memory", "sampling"))
+    lines = ["# What IIA costs", "",
+             "The floor of a fit is the fine reference it must integrate: `batch x fine_steps x NFE` model "
+             "evaluations ([scaling.md](scaling.md#what-a-fit-costs) counts every pass). Sampling with IIA makes "
+             "the same model evaluations as the base sampler. Written by `python benchmarks/fit_cost.py` (each "
+             "table's own command below it).", ""]
     if times:
         lines += ["## Time against the floor", "",
                   f"The shipped digits model, {TIME['solver']} on the Karras grid, {TIME['batch']:,} rows, the "
@@ -75,7 +103,7 @@ def page(times: list, memory: list, command: str) -> str:
             lines.append(f"| {r['nfe']} | {r['mode']} | {r['evals_s']:.1f} | {r['fit_s']:.1f} ({r['compile_s']:.1f}) | "
                          f"{r['ratio']:.2f} | {r['fit_warm_s']:.1f} | {r['ratio_warm']:.2f} | {r['eval_ratio']:.2f} | "
                          f"{r['beyond_evals']:.2f} | {met} |")
-        lines += ["", setup + " Noise `80 N(0, I)`, `PRNGKey(7)`.", ""]
+        lines += ["", setup("time") + " Noise `80 N(0, I)`, `PRNGKey(7)`.", ""]
     if memory:
         lines += ["## Peak memory from 1k to 100k rows", "",
                   f"The 8x8 overlapping mixture (exact denoiser), {MEMORY['solver']} NFE {MEMORY['nfe']}, "
@@ -90,7 +118,20 @@ def page(times: list, memory: list, command: str) -> str:
                        if r["rows"] > first["rows"] else float("nan"))
             lines.append(f"| {r['mode']} | {r['rows']:,} | {r['fit_mb']:.0f} | {r['fit_mb'] / first['fit_mb']:.2f} | "
                          + ("" if per_row != per_row else f"{per_row / 1024:.1f} KiB") + f" | {r['fit_s']:.1f} |")
-        lines += ["", setup + " Noise `PRNGKey(8)`; a row is 64 float32 (256 B).", ""]
+        lines += ["", setup("memory") + " Noise `PRNGKey(8)`; a row is 64 float32 (256 B).", ""]
+    if sampling:
+        lines += ["## Sampling with IIA", "",
+                  f"The shipped digits model, batch {SAMPLING['batch']}, Karras grid: `iia_sample` over `sample` "
+                  "(both jitted and compiled first, same noise), the median and quartiles of the ratio over "
+                  f"{SAMPLING['repeats']} interleaved warm pairs. IIA adds no model evaluation, only the features "
+                  "and a weighted sum a step. Within 3 %: the upper quartile at most 1.03.", "",
+                  "| solver | NFE | `sample` s | `iia_sample` / `sample` | quartiles | within 3 % |",
+                  "|---|---:|---:|---:|---|---|"]
+        for r in sampling:
+            lines.append(f"| {r['solver']} | {r['nfe']} | {r['base_s']:.4f} | {r['ratio']:.3f} | "
+                         f"{r['q25']:.3f}-{r['q75']:.3f} | {'yes' if r['q75'] <= 1.03 else '**no**'} |")
+        lines += ["", setup("sampling") + " Noise `PRNGKey(3)`; coefficients from a 16-row fit (their values do not "
+                  "change the cost).", ""]
     return "\n".join(lines)
 
 
@@ -98,18 +139,31 @@ def main():
     ap = harness.parser(__doc__, "tiny batches, nothing written")
     ap.add_argument("--time", action="store_true", help="the time table only")
     ap.add_argument("--memory", action="store_true", help="the memory table only")
+    ap.add_argument("--sampling", action="store_true", help="the sampling table only")
     ap.add_argument("--out", type=Path, default=DOCS, help="folder for fit_cost.md and fit_cost.json")
     args = ap.parse_args()
-    both = not (args.time or args.memory)
+    every = not (args.time or args.memory or args.sampling)
     start = time.perf_counter()
-    times = time_rows(args.smoke) if both or args.time else []
-    memory = memory_rows(args.smoke) if both or args.memory else []
+    sections = _sections(args.out / "fit_cost.json") if not args.smoke else {}
     command = provenance.command_line("benchmarks/fit_cost.py")
-    print(page(times, memory, command))
+    for name, run, asked in (("time", time_rows, args.time), ("memory", memory_rows, args.memory),
+                             ("sampling", sampling_rows, args.sampling)):
+        if every or asked:
+            sections[name] = dict(rows=run(args.smoke), provenance=provenance.provenance(command))
+    print(page(sections))
     print(f"({(time.perf_counter() - start) / 60:.1f} min)")
     if not args.smoke:
-        provenance.save_json(args.out / "fit_cost.json", dict(time=times, memory=memory), command)
-        (args.out / "fit_cost.md").write_text(page(times, memory, command))
+        provenance.save_json(args.out / "fit_cost.json", sections, command)
+        (args.out / "fit_cost.md").write_text(page(sections))
+
+
+def _sections(path: Path) -> dict:
+    """The sections of an earlier write-up (each with its own provenance), to keep those not run."""
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return {k: v if isinstance(v, dict) else dict(rows=v, provenance=saved["provenance"])
+            for k, v in saved.items() if k in ("time", "memory", "sampling") and v}
 
 
 if __name__ == "__main__":
