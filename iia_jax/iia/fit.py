@@ -253,38 +253,43 @@ class _Passes:
         sees the rows themselves, not only their sums.  ``on [N]`` (bool, default all): steps
         whose coefficients are fitted; the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
-        chunks = rows.layout.chunks
-        part = lambda c: jax.tree_util.tree_map(lambda a: a[c], rows.cond)  # noqa: E731
-        carries = [(solver.init(rows.x[c]), rows.x[c], spec.init_history(rows.x[c])) for c in range(chunks)]
-        fines = [rows.x[c] if target == "trajectory" else None for c in range(chunks)]
-        keep = chunks == 1
+        chunks = [(rows.x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.cond), rows.weights[c])
+                  for c in range(rows.layout.chunks)]
+        carries = [(solver.init(x), x, spec.init_history(x)) for x, _, _ in chunks]
+        fines = [x if target == "trajectory" else None for x, _, _ in chunks]
         values, all_stats = [], []
         for i in range(self.sigmas.shape[0] - 1):
             final = i == self.sigmas.shape[0] - 2
-            stats = sums = kept_rows = None
-            oks = []
-            for c in range(chunks):
-                s, m, goal, ok, kept_rows = _SEQ_MEASURE(
-                    self.denoiser, self.sigmas, i, carries[c], fines[c], part(c), rows.weights[c],
-                    final=final, spread=solve.needs_spread, keep=keep, **self.static)
-                oks.append(ok)
-                stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
-                if target == "trajectory":
-                    fines[c] = goal
-            if not _host(jnp.stack(oks)).all():
-                _raise_at(i, self.sigmas, "non-finite model output or reference")
-            exact_rows = (kept_rows[1], kept_rows[2], rows.weights[0, 0]) if exact else None
+            stats, sums, kept = self._measure(i, final, chunks, carries, fines, solve)
+            exact_rows = (kept[1], kept[2], rows.weights[0, 0]) if exact else None
             c_i = _solve_step(stats, sums, exact_rows, solve=solve)
             if on is not None and not on[i]:
                 c_i = jnp.zeros_like(c_i)
-            for c in range(chunks):
-                carries[c] = (_apply_kept(kept_rows[0], kept_rows[1], c_i) if keep else
-                              _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], part(c), c_i,
-                                           final=final, solver=solver, spec=spec))
+            carries = [_apply_kept(kept[0], kept[1], c_i) if kept is not None else
+                       _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carry, cond, c_i, final=final, solver=solver,
+                                    spec=spec) for carry, (_, cond, _) in zip(carries, chunks)]
             values.append(c_i)
             all_stats.append(stats)
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *all_stats)
         return jnp.stack(values), stacked, (jnp.stack(fines) if target == "trajectory" else None)
+
+    def _measure(self, i, final, chunks, carries, fines, solve):
+        """Step ``i`` over every chunk before its coefficients exist: the summed statistics and
+        spread sums, and (one chunk) the chunk's base step, features and residuals, else None.
+        The trajectory target's fine states in ``fines`` move on to ``sigma_{i+1}``."""
+        stats = sums = kept = None
+        oks = []
+        for c, (carry, (_, cond, weights)) in enumerate(zip(carries, chunks)):
+            s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fines[c], cond, weights,
+                                                final=final, spread=solve.needs_spread, keep=len(chunks) == 1,
+                                                **self.static)
+            oks.append(ok)
+            stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
+            if fines[c] is not None:
+                fines[c] = goal
+        if not _host(jnp.stack(oks)).all():
+            _raise_at(i, self.sigmas, "non-finite model output or reference")
+        return stats, sums, kept
 
 
 def _compiled(fn, static: tuple):
