@@ -10,7 +10,7 @@
 ``DIGITS_CLASSIFIER`` / ``DIGITS_DENOISER``) on the ``"train"`` digits, checkpointing
 under ``checkpoints/<name>`` (rerun to resume after an interruption), then export the
 EMA weights and a JSON record with :func:`iia_jax.pretrained.save`. ``digits_cond`` trains ``DIGITS_COND_DENOISER`` on the
-train images and labels (10% label dropout, null label 10); ``eval_cond`` samples it with
+train images and labels (20% label dropout, null label 10); ``eval_cond`` samples it with
 classifier-free guidance at several scales and reports the shipped classifier's per-class
 accuracy on the samples (``--record`` stores it in ``weights/digits_cond.json``). ``eval`` samples the
 shipped denoiser with a deterministic Heun (EDM Algorithm 1) on a Karras grid and
