@@ -42,8 +42,10 @@ def accuracy(samples, labels) -> float:
 
 
 def problem(denoiser, scale, noise, cond, cache=CACHE) -> harness.Problem:
-    """The noise with its fine reference at this scale (cached)."""
-    path = cache / f"ref_s{scale}_n{len(noise.eval)}_steps{REF_STEPS}.npz"
+    """The noise with its fine reference at this scale (cached, per shipped weights: a retrained
+    model must not reuse the references of the old one)."""
+    weights = pretrained.load("digits_cond").record["weights_sha256"][:12]
+    path = cache / f"ref_{weights}_s{scale}_n{len(noise.eval)}_steps{REF_STEPS}.npz"
     if path.exists():
         return harness.Problem(denoiser, noise, np.load(path)["x0"], SIGMA_MIN, SIGMA_MAX, *cond, BATCH)
     prob = harness.problem(denoiser, noise, REF_STEPS, SIGMA_MIN, SIGMA_MAX, cond=cond, batch=BATCH)
