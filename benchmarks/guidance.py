@@ -8,7 +8,7 @@ noise and labels) by median ODE error, with the digits quality headline
 (``iia_jax.metrics.digits_score``, 1000 x KID against real digits, lower is better) and the class
 accuracy of the shipped digits classifier (trained separately; it reads the requested digit).
 
-    python benchmarks/guidance.py [--quick]     -> docs/guidance.md, docs/guidance_*.png
+    python benchmarks/guidance.py [--quick]     -> docs/guidance_results.md and .json, docs/guidance_samples.png
 
 The fine references are cached under checkpoints/guidance/ (untracked).
 """
