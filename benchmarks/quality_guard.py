@@ -55,6 +55,9 @@ from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.bench.grids import steps_for  # noqa: E402
 from iia_jax.bench.harness import run_batched  # noqa: E402
 from iia_jax.bench.models import overlapping_mixture  # noqa: E402
+from iia_jax.iia.config import FitConfig  # noqa: E402
+from iia_jax.iia.features import feature_spec  # noqa: E402
+from iia_jax.iia.fit import candidate_samples, fine_solution  # noqa: E402
 from iia_jax.iia.guard import reference_mmd  # noqa: E402
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
 from iia_jax.metrics.quality import jackknife_se, median_bandwidth, mmd2_jackknife, rbf_kernel  # noqa: E402
@@ -281,6 +284,53 @@ def ladder(setup: dict) -> str:
     return "\n".join(lines)
 
 
+def fit_reference(denoiser, solver: str, sigmas, x, fine_steps: int) -> np.ndarray:
+    """The fit's own fine reference from ``x`` (the trajectory target's): the same solver over
+    ``fine_steps`` sub-steps per interval, chained interval by interval."""
+    solver_ = iia_jax.solvers.get(solver)
+    n = len(sigmas) - 1
+
+    def run(x):
+        for i in range(n):
+            x = fine_solution(denoiser, solver_, x, sigmas[i], sigmas[i + 1], fine_steps, i == n - 1)
+        return x
+    return run_batched(jax.jit(run), x, batch=BATCH)
+
+
+def explain(setup: dict, solver: str, grid: str, nfe: int, args) -> str:
+    """Why a digits cell misses, from its saved samples: the unguarded IIA's loss per kept step
+    switched on alone, and the guard's judge against the 64-step reference and against the fit's
+    own kind of reference (``fit_reference``, ``--fine-steps`` and the library default 16) on the
+    evaluation draws, each reference's own ``digits_score`` against the 64-step one."""
+    denoiser, x_eval, ref = setup["denoiser"], setup["x_eval"], setup["ref"]
+    steps = steps_for(nfe, solver)
+    plan = iia_jax.plan(solver, GRIDS[grid](steps))
+    z = np.load(SAMPLES / f"{solver}_{grid}_{plan.nfe}.npz")
+    base, plain, values = z["base"], z["plain"], z["plain_values"]
+    cfg = FitConfig()
+    spec = feature_spec(solver, cfg.preset, cfg.history)
+    pm = lambda d: f"{d[0]:+.2f} +- {d[1]:.2f}"  # noqa: E731
+    lines = [f"{solver} {grid} NFE {plan.nfe}: unguarded IIA and each kept step alone against the base "
+             "(paired digits_score; the judge against the 64-step reference; ODE error; looks)",
+             "| what | digits_score IIA - base | judge | median ODE error | contrast | HF | dark |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    kept = [i for i in range(len(values)) if np.any(values[i])]
+    for name, x0 in [("base", base), ("unguarded IIA", plain)] + [
+            (f"step {i} alone", np.asarray(candidate_samples(denoiser, solver, spec, plan.sigmas,
+                                                             np.where(np.arange(len(values))[:, None] == i, values, 0),
+                                                             x_eval))) for i in kept]:
+        lk = look(x0, ref)
+        lines.append(f"| {name} | {pm(score_difference(x0, base, paired=True))} | {pm(reference_mmd(x0, base, ref))} | "
+                     f"{ode_error(x0, ref).median:.4f} | {lk['contrast']:.3f} | {lk['hf']:.3f} | {lk['dark']:.3f} |")
+    lines += ["", "| reference the judge sees | its digits_score - the 64-step one's | judge: unguarded IIA - base |",
+              "| --- | ---: | ---: |", f"| heun, 64 Karras steps | 0 | {pm(reference_mmd(plain, base, ref))} |"]
+    for fs in sorted({args.fine_steps, cfg.fine_steps}):
+        r = fit_reference(denoiser, solver, plan.sigmas, x_eval, fs)
+        lines.append(f"| {solver}, {fs} sub-steps per step (the fit's kind) | {pm(score_difference(r, ref, paired=True))} | "
+                     f"{pm(reference_mmd(plain, base, r))} |")
+    return "\n".join(lines)
+
+
 def setup_for(model: str, args) -> dict:
     """Denoiser, fit and evaluation noise, the ODE reference from the evaluation noise (cached),
     and for the mixture its exact samples and the kernel bandwidth."""
@@ -325,6 +375,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="results file (default docs/quality_guard_<model>.jsonl)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     ap.add_argument("--ladder", action="store_true", help="print the mixture distance's ladder check and stop")
+    ap.add_argument("--explain", metavar="SOLVER:GRID:NFE", help="why a measured digits cell misses "
+                    "(its saved samples, per kept step, the judge's references) and stop")
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
@@ -339,6 +391,10 @@ def main(argv=None):
         return
     if args.refit_variants:
         print(refit_variants(args.out))
+        return
+    if args.explain:
+        solver, grid, nfe = args.explain.split(":")
+        print(explain(setup_for(args.model, args), solver, grid, int(nfe), args))
         return
     if args.ladder:
         if args.model != "overlapping":
