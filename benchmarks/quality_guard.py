@@ -75,8 +75,6 @@ GRIDS = {"karras": lambda n: schedules.karras(n, SIGMA_MIN, SIGMA_MAX),
          "vp_quadratic": lambda n: schedules.vp_quadratic(n, SIGMA_MIN, SIGMA_MAX)}
 REFERENCE_STEPS = {"digits": 64, "overlapping": 512}   # heun, Karras: the ODE error's reference
 LADDER = (1.0, 0.98, 0.95, 0.9)                        # exact samples shrunk toward the mean
-
-
 BATCH = 500   # evaluation rows per jitted call: memory bounded, results as one call's
 
 
