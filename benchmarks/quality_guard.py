@@ -156,6 +156,13 @@ def verdict(diff: float, se: float) -> str:
     return "better" if diff < -BETTER_Z * se else "tie"
 
 
+def plus_minus(value: float, se: float, digits: bool) -> str:
+    """``value +- se``: digits_score to 0.1 (as every digits page); the mixture's MMD^2, whose
+    differences span six decades, to the se's second significant digit."""
+    places = 1 if digits or not se > 0 else max(0, 1 - int(np.floor(np.log10(se))))
+    return f"{value:+.{places}f} +- {se:.{places}f}"
+
+
 def load(path: Path) -> list:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return sorted(rows, key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"])))
@@ -169,8 +176,7 @@ def table(path: Path) -> str:
     them), not measured by this script's present version."""
     rows = load(path)
     what = "MMD^2 to exact x1000" if rows and rows[0].get("model") == "overlapping" else "digits_score"
-    places = 1 if what == "digits_score" else 2
-    pm = lambda m: f"{m['diff']:+.{places}f} +- {m['diff_se']:.{places}f}"  # noqa: E731
+    pm = lambda m: plus_minus(m["diff"], m["diff_se"], what == "digits_score")  # noqa: E731
     lines = [f"| solver | grid | NFE | median ODE error base -> IIA | IIA - base ({what}) | verdict | "
              "steps kept | dropped by the guard | no judge: IIA - base | fit s |",
              "| --- | --- | ---: | --- | ---: | --- | --- | --- | ---: | ---: |"]
@@ -200,7 +206,7 @@ def grid_summary(path: Path) -> str:
     and IIA - base; a column holds the cell of the most steps that do not exceed its NFE
     (``steps_for``: heun's NFE 3, 5, 7, 9 cells fill its columns 3-4, 5-6, 8, 10)."""
     rows = {(r["solver"], r["grid"], r["nfe"]): r for r in load(path)}
-    places = 1 if next(iter(rows.values()), {}).get("model", "digits") == "digits" else 2
+    digits = next(iter(rows.values()), {}).get("model", "digits") == "digits"
     lines = ["| solver | grid | " + " | ".join(f"NFE {c}" for c in COLUMNS) + " |",
              "| --- | --- |" + " --- |" * len(COLUMNS)]
     for grid in GRIDS:
@@ -214,7 +220,7 @@ def grid_summary(path: Path) -> str:
                     continue
                 g = r["guarded"]
                 note = "" if r["nfe"] == c else f" (NFE {r['nfe']})"
-                cells.append(f"{verdict(g['diff'], g['diff_se'])} {g['diff']:+.{places}f}{note}")
+                cells.append(f"{verdict(g['diff'], g['diff_se'])} {plus_minus(g['diff'], g['diff_se'], digits)}{note}")
             lines.append(f"| {solver} | {grid} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
