@@ -214,7 +214,7 @@ def cmd_fit(args):
     fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
                       mode=args.mode, target=args.target, chunk_size=args.chunk_size,
                       fingerprint=model.fingerprint, progress=not args.json, quality=quality,
-                      match_spread=args.spread == "match")
+                      match_spread=args.spread == "match", refit=args.refit)
     if args.grid == "fitted":
         res = _fit_grid(model, args, fit_kwargs)
         plan = res.plan
@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spread", default="match", choices=["match", "free"],
                    help="match: least squares that keeps the target's spread across samples "
                         "(fit(match_spread=True)); free: plain least squares")
+    p.add_argument("--refit", action="store_true",
+                   help="after the error check, fit again with the steps it switched off held at zero, "
+                        "until the kept steps stop changing (FitConfig(refit=True); sequential mode)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("sample", formatter_class=_Help,

@@ -91,6 +91,19 @@ def test_fit_json_then_sample_from_the_stored_plan(tmp_path, capsys):
                      "--out", str(tmp_path / "y")]) == 0
 
 
+def test_fit_options_reach_the_fit(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_fit(denoiser, plan, x_T, **options):
+        seen.update(options)
+        raise SystemExit("stop before fitting")
+
+    monkeypatch.setattr(iia_jax, "fit", fake_fit)
+    with pytest.raises(SystemExit, match="stop before fitting"):
+        cli.main([*FIT, "--refit", "--spread", "free", "--out", str(tmp_path / "c")])
+    assert seen["refit"] is True and seen["match_spread"] is False and seen["fine_steps"] == 2
+
+
 def test_bench_writes_outside_the_repository_by_default():
     from iia_jax.bench.runner import DEFAULT_OUT, config
     args = argparse.Namespace(quick=True, out=None, models=None, grids=None, nfe=None, solvers=None,

@@ -58,6 +58,8 @@ def test_bandwidth_is_the_median_distance():
     d = np.sqrt(((r[:, None] - r[None]) ** 2).sum(-1))[np.triu_indices(25, 1)]
     for block in (3, 25, 512):
         assert median_bandwidth_of(r, block=block) == pytest.approx(np.median(d), rel=1e-12)
+    head = np.sqrt(((r[:10, None] - r[None, :10]) ** 2).sum(-1))[np.triu_indices(10, 1)]
+    assert median_bandwidth_of(r, max_rows=10) == pytest.approx(np.median(head), rel=1e-12)
 
 
 def test_reference_itself_scores_zero_and_shrinkage_scores_worse():
@@ -180,6 +182,36 @@ def test_the_reference_judge_sees_the_fine_reference_of_its_rows():
             assert set(order) == set(res.report.holdout_rows)
         err = lambda x: np.median(np.linalg.norm(x - fine[order], axis=1))  # noqa: E731
         assert err(reference) < 0.2 * err(base), options
+
+
+def test_the_judge_sees_at_most_max_rows_rows():
+    """A judge with ``max_rows`` is handed ``max_rows`` distinct rows of the batch (chunked or
+    not; the chunks after them are not even sampled): the base samples are exactly those rows'
+    base-sampler samples, and the reference their fine reference.  ``max_rows`` is checked."""
+    denoiser = grid_mixture()
+    plan = iia_jax.plan("euler", schedules.karras(4, 0.01, 20.0))
+    x_fit = 20.0 * jax.random.normal(jax.random.PRNGKey(4), (96, 2))
+    full = np.asarray(iia_jax.sample(denoiser, plan, x_fit))
+    fine = np.asarray(iia_jax.sample(denoiser, iia_jax.plan("heun", schedules.karras(256, 0.01, 20.0)), x_fit))
+    for options in (dict(), dict(chunk_size=16), dict(mode="teacher_forced", chunk_size=32)):
+        seen = []
+
+        def compare(candidate, base, reference):
+            seen.append((candidate, base, reference))
+            return -1.0, 1.0
+
+        iia_jax.fit(denoiser, plan, x_fit, fine_steps=8, progress=False,
+                    quality=iia_jax.Judge(compare, reference=True, max_rows=40), **options)
+        candidate, base, reference = seen[0]
+        assert candidate.shape == base.shape == reference.shape == (40, 2)
+        order = np.argmin(np.linalg.norm(base[:, None] - full[None], axis=-1), axis=1)
+        assert len(set(order)) == 40
+        np.testing.assert_allclose(base, full[order], atol=1e-5)
+        err = lambda x: np.median(np.linalg.norm(x - fine[order], axis=1))  # noqa: E731
+        assert err(reference) < 0.2 * err(base), options
+    for bad in (3, 2.5, True):
+        with pytest.raises(ValueError, match="max_rows"):
+            iia_jax.FitConfig(judge=iia_jax.Judge(lambda a, b: (0.0, 1.0), max_rows=bad))
 
 
 def test_guard_rule_on_judges_with_known_verdicts():

@@ -2,7 +2,10 @@
 
 **Time.** A fit must at least integrate the fine reference: about ``batch x fine_steps x NFE``
 model evaluations.  We time exactly that many evaluations, warm, as the Euler sampler on a grid of
-``fine_steps x NFE`` steps over the same batch, and divide the fit's wall time by it.  Every fit
+``fine_steps x NFE`` steps over the same batch, and divide the fit's wall time by it.  The fit's
+own evaluations (coarse passes, the never-worse check and the quality guard's samplers on top of
+the fine reference) are counted too, by a denoiser that adds up the rows it is called on, so the
+ratio splits into evaluations the fit makes beyond the reference and time beyond its evaluations.  Every fit
 compiles its programs (a user pays that once per plan and shape), which dominates small fits; so
 each fit runs twice in a fresh process with JAX's persistent compilation cache in an empty
 directory: the first fit compiles (and fills the cache), the second, on the same shapes, loads
@@ -43,9 +46,23 @@ def _in_fresh_process(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def counting(denoiser):
+    """``(counted, count)``: ``denoiser`` that adds the rows of every call to ``count[0]`` (a
+    ``jax.debug.callback``, so it counts inside compiled scans, once per executed call)."""
+    count = [0]
+
+    def counted(x, sigma):
+        rows = x.shape[0]
+        jax.debug.callback(lambda: count.__setitem__(0, count[0] + rows))
+        return denoiser(x, sigma)
+
+    return counted, count
+
+
 def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, mode: str,
                target: str | None) -> None:
-    """Run in a fresh process: print the evaluation floor and two fits' times as JSON."""
+    """Run in a fresh process: print the evaluation floor, two fits' times and the fit's model
+    evaluations as JSON."""
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="iia_jax_bench_cache_"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
@@ -59,17 +76,21 @@ def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: i
     evals = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr_uniform", fine_steps * p.nfe, m.sigma_min,
                                                                      m.sigma_max)), y))
     times = []
-    for _ in range(4):
+    for _ in range(3):
         t = time.perf_counter()
         jax.block_until_ready(evals(x))
         times.append(time.perf_counter() - t)
+    counted, count = counting(m.denoiser)   # both fits count; the callback costs microseconds a call
     fits = []
     for _ in range(2):
         compile_s.clear()
-        res = fit(m.denoiser, p, x, mode=mode, target=target, fine_steps=fine_steps, progress=False)
+        count[0] = 0
+        res = fit(counted, p, x, mode=mode, target=target, fine_steps=fine_steps, progress=False)
         jax.block_until_ready(res.coeffs.values)
-        fits.append((res.report.fit_seconds, sum(compile_s[e] for e in COMPILE_EVENTS)))
+        jax.effects_barrier()
+        fits.append((res.report.fit_seconds, sum(compile_s[e] for e in COMPILE_EVENTS), count[0]))
     print(json.dumps(dict(nfe=p.nfe, evals_cold_s=times[0], evals_s=float(np.median(times[1:])),
+                          floor_evals=batch * fine_steps * p.nfe, fit_evals=fits[1][2],
                           fit_s=fits[0][0], compile_s=fits[0][1], fit_warm_s=fits[1][0], compile_warm_s=fits[1][1])))
 
 
@@ -81,10 +102,15 @@ def fit_time(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int
         r = _in_fresh_process(f"from iia_jax.bench.fitcost import time_probe; time_probe({model_name!r}, "
                               f"{solver!r}, {nfe}, {batch}, {fine_steps}, {mode!r}, {target!r})")
         label = mode if target is None else f"{mode}/{target}"
+        per_eval = r["evals_s"] / r["floor_evals"]
         out.append(dict(r, solver=solver, batch=batch, fine_steps=fine_steps, mode=label,
-                        ratio=r["fit_s"] / r["evals_s"], ratio_warm=r["fit_warm_s"] / r["evals_s"]))
-        log(f"fit time {solver} {label}: {r['fit_s']:.1f} s (compiling {r['compile_s']:.1f} s), second fit "
-            f"{r['fit_warm_s']:.1f} s, evaluations {r['evals_s']:.1f} s")
+                        ratio=r["fit_s"] / r["evals_s"], ratio_warm=r["fit_warm_s"] / r["evals_s"],
+                        eval_ratio=r["fit_evals"] / r["floor_evals"],
+                        beyond_evals=r["fit_warm_s"] / (per_eval * r["fit_evals"])))
+        log(f"fit time {solver} {label} NFE {r['nfe']}: {r['fit_s']:.1f} s (compiling {r['compile_s']:.1f} s), "
+            f"second fit {r['fit_warm_s']:.1f} s, floor evaluations {r['evals_s']:.1f} s; "
+            f"ratios {out[-1]['ratio']:.2f} / {out[-1]['ratio_warm']:.2f}; the fit's evaluations "
+            f"{out[-1]['eval_ratio']:.2f}x the floor's, its time {out[-1]['beyond_evals']:.2f}x theirs")
     return out
 
 
@@ -114,16 +140,20 @@ def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int,
     print(json.dumps(dict(before_mb=before, peak_mb=_status_mb("VmHWM"), fit_s=res.report.fit_seconds)))
 
 
+def fit_memory(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str) -> dict:
+    """``{"fit_mb", "before_mb", "fit_s"}``: one fit's own peak memory (MiB), in a fresh process."""
+    r = _in_fresh_process(f"from iia_jax.bench.fitcost import memory_probe; "
+                          f"memory_probe({model_name!r}, {solver!r}, {nfe}, {batch}, {chunk}, {mode!r})")
+    return dict(fit_mb=r["peak_mb"] - r["before_mb"], before_mb=r["before_mb"], fit_s=r["fit_s"])
+
+
 def peak_memory(model_name: str, solver: str, nfe: int, batches, chunk: int, modes, log=print) -> list:
     """The fit's own peak memory (MiB) per batch size, unchunked and with ``chunk_size=chunk``."""
     out = []
     for mode in modes:
         for b in batches:
             for c in (0, chunk):
-                r = _in_fresh_process(f"from iia_jax.bench.fitcost import memory_probe; "
-                                      f"memory_probe({model_name!r}, {solver!r}, {nfe}, {b}, {c}, {mode!r})")
-                out.append(dict(mode=mode, batch=b, chunk=c or None, fit_mb=r["peak_mb"] - r["before_mb"],
-                                before_mb=r["before_mb"], fit_s=r["fit_s"]))
+                out.append(dict(fit_memory(model_name, solver, nfe, b, c, mode), mode=mode, batch=b, chunk=c or None))
                 log(f"memory {mode} batch {b} chunk {c or None}: +{out[-1]['fit_mb']:.0f} MiB "
-                    f"({r['fit_s']:.1f} s)")
+                    f"({out[-1]['fit_s']:.1f} s)")
     return out

@@ -7,18 +7,21 @@ final step (to sigma = 0) is corrected too: its target integrates down to
 ``1e-3 sigma_{N-1}`` and then takes the final step.
 
 ``fit`` is a short pipeline: check the options (:class:`~iia_jax.iia.config.FitConfig`), split
-the rows (:func:`iia_jax.rows.split_batch`), fit every step (:func:`_fit_steps`, with the config's
-least-squares solve from :mod:`iia_jax.iia.solve`), the never-worse check (:func:`_never_worse`),
-the quality guard (:func:`_quality_guard`, with the config's judge), and build the result.
+the rows (:func:`iia_jax.rows.split_batch`), fit every step and check it (:func:`_fit_checked`:
+:func:`_fit_steps` with the config's least-squares solve from :mod:`iia_jax.iia.solve`, then the
+never-worse check :func:`_never_worse`; again while ``refit`` changes the kept steps), the
+quality guard (:func:`_quality_guard`, with the config's judge), and build the result.
 Numerics: columns are scaled to unit norm and a small ridge is added; with ``chunk_size`` the
 Gram statistics are summed chunk by chunk (memory bounded by the chunk) and the same normal
 equations are solved (:mod:`iia_jax.iia.solve`).
 
 Modes: ``teacher_forced`` (states from the fine trajectory; all steps independent, solved at
 once) and ``sequential`` (states from the IIA sampler with the earlier coefficients; one solve
-per step in a scan) with target ``local`` (the paper's: the fine solution of the interval from
-the current state) or ``trajectory`` (ours: the fine reference trajectory's state at
-``sigma_{i+1}``, so a correction also removes the error accumulated so far).
+per step, chunk by chunk: :meth:`_Passes.sequential`) with target ``local`` (the paper's: the fine
+solution of the interval from the current state) or ``trajectory`` (ours: the fine reference
+trajectory's state at ``sigma_{i+1}``, so a correction also removes the error accumulated so far).
+With ``refit`` the sequential pass is fitted again with the steps the never-worse check switched
+off held at zero, until the kept steps stop changing (:func:`_fit_checked` in a loop).
 
 Shrinkage: least squares predicts the conditional mean of the target given the features, whose
 spread across samples is smaller than the target's by the part the features cannot predict; over
@@ -160,43 +163,46 @@ def _teacher_forced_pass(denoiser, solver, spec, sigmas, fine_steps, x, weights,
     return fit_data, states, ok
 
 
-def _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target, solve,
-                     exact):
-    """The IIA sampler over chunks ``x [C, b, ...]`` (conditions ``cond`` alike), fitting each
-    step's coefficients on the training rows with ``solve`` before moving on.  ``weights
-    [C, 2, b]`` (training, held-out).  Target ``local``: the fine solution of each interval from
-    the current state; ``trajectory``: the fine reference trajectory from ``x``, integrated
-    alongside one interval a step (a row keeps one fine state, not the whole trajectory).
-    ``exact`` (one chunk, one device): the solve sees the rows themselves, not only their sums.
-    Returns the coefficients, the statistics, finiteness flags and (trajectory) the fine
-    reference at sigma = 0 ``[C, b, ...]``."""
+def _sequential_measure(denoiser, sigmas, index, carry, x_fine, cond, weights, *, solver, spec,
+                        fine_steps, final, spread, keep):
+    """Step ``index`` of the sequential fit on one chunk, before its coefficients exist: Gram
+    statistics for each row of ``weights [W, b]``, :class:`~iia_jax.iia.solve.SpreadSums` of the
+    first row (with ``spread``), the fine goal (the local target from the current state, or the
+    trajectory target from ``x_fine``), a finiteness flag and, with ``keep``, the chunk's base step
+    ``(carry, features, residual)`` (else None: :func:`_sequential_advance` recomputes it)."""
+    d = bind_condition(denoiser, cond)
+    sigma, sigma_next = sigmas[index], sigmas[index + 1]
+    new, feats, denoised = corrected_step(d, solver, spec, carry, sigma, sigma_next, final)
+    goal = fine_solution(d, solver, carry[1] if x_fine is None else x_fine, sigma, sigma_next,
+                         fine_steps, final)
+    residual = goal - new[1]
+    stats = jax.vmap(gram_stats, in_axes=(None, None, 0))(feats, residual, weights)
+    sums = spread_sums(feats, new[1], goal, weights[0]) if spread else None
+    ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(goal))
+    return stats, sums, goal, ok, ((new, feats, residual) if keep else None)
 
-    def body(carry, index, sigma, sigma_next, final):
-        def per_chunk(chunk):
-            (coarse, x_fine), c = chunk
-            d = bind_condition(denoiser, c)
-            new, feats, denoised = corrected_step(d, solver, spec, coarse, sigma, sigma_next, final)
-            goal = fine_solution(d, solver, coarse[1] if x_fine is None else x_fine, sigma, sigma_next,
-                                 fine_steps, final)
-            ok = jnp.all(jnp.isfinite(denoised)) & jnp.all(jnp.isfinite(goal))
-            return new, feats, ok, goal
 
-        coarse, feats, ok, goal = jax.lax.map(per_chunk, (carry, cond))
-        residual = goal - coarse[1]
-        stats = jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(
-            jax.vmap(gram_stats, in_axes=(None, None, 0)))(feats, residual, weights))
-        sums = (jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(spread_sums)(
-            feats, coarse[1], goal, weights[:, 0])) if solve.needs_spread else None)
-        rows = (feats[0], residual[0], weights[0, 0]) if exact else None
-        c = solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows)
-        x_next = jax.vmap(apply_correction, in_axes=(0, None, 0))(coarse[1], c, feats)
-        fine_next = goal if target == "trajectory" else None
-        return ((coarse[0], x_next, coarse[2]), fine_next), (c, stats, jnp.all(ok))
+def _sequential_advance(denoiser, sigmas, index, carry, cond, values, *, solver, spec, final):
+    """Step ``index`` of the IIA sampler on one chunk with its coefficients ``values [K]``."""
+    new, feats, _ = corrected_step(bind_condition(denoiser, cond), solver, spec, carry, sigmas[index],
+                                   sigmas[index + 1], final)
+    return new[0], apply_correction(new[1], values, feats), new[2]
 
-    coarse = (jax.vmap(solver.init)(x), x, jax.vmap(spec.init_history)(x))
-    (_, fine_end), (values, stats, ok) = run_steps(body, (coarse, x if target == "trajectory" else None),
-                                                   sigmas)
-    return values, stats, ok, fine_end
+
+@functools.partial(jax.jit, static_argnames="solve")
+def _solve_step(stats, sums, rows, *, solve):
+    """One step's coefficients from its training statistics (and its rows, when given)."""
+    return solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows)
+
+
+@jax.jit
+def _apply_kept(new, feats, values):
+    return new[0], apply_correction(new[1], values, feats), new[2]
+
+
+@jax.jit
+def _add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 class _Passes:
@@ -233,14 +239,52 @@ class _Passes:
         self.check(ok)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, target, solve, exact):
-        """Coefficients and statistics of the sequential fit, and (trajectory target) the fine
-        reference at sigma = 0 of every row ``[C, b, ...]``."""
-        values, stats, ok, fine_end = _SEQUENTIAL(self.denoiser, self.sigmas, rows.x, rows.cond,
-                                                  rows.weights, target=target, solve=solve, exact=exact,
-                                                  **self.static)
-        self.check(ok)
-        return values, stats, fine_end
+    def sequential(self, rows: FitRows, target, solve, exact, on=None):
+        """The sequential fit: the IIA sampler over the rows, step by step, each step's
+        coefficients solved on the training rows before the next step runs.  Returns the
+        coefficients ``[N, K]``, the statistics (leading ``[N, 2]``) and, for the trajectory
+        target, the fine reference at sigma = 0 of every row ``[C, b, ...]``.
+
+        Memory: every program sees one chunk.  Between steps a row keeps only what the sampler
+        carries (its state, the solver's and the features' history) and, for the trajectory target,
+        one fine state; a step's features are recomputed for the correction (one more coarse step,
+        ``1 / fine_steps`` of the step's evaluations) instead of being kept for every row, except
+        with a single chunk, whose features are kept.  ``exact`` (one chunk, one device): the solve
+        sees the rows themselves, not only their sums.  ``on [N]`` (bool, default all): steps
+        whose coefficients are fitted; the others stay zero (the base step)."""
+        solver, spec = self.static["solver"], self.static["spec"]
+        chunks = rows.layout.chunks
+        part = lambda c: jax.tree_util.tree_map(lambda a: a[c], rows.cond)  # noqa: E731
+        carries = [(solver.init(rows.x[c]), rows.x[c], spec.init_history(rows.x[c])) for c in range(chunks)]
+        fines = [rows.x[c] if target == "trajectory" else None for c in range(chunks)]
+        keep = chunks == 1
+        values, all_stats = [], []
+        for i in range(self.sigmas.shape[0] - 1):
+            final = i == self.sigmas.shape[0] - 2
+            stats = sums = kept_rows = None
+            oks = []
+            for c in range(chunks):
+                s, m, goal, ok, kept_rows = _SEQ_MEASURE(
+                    self.denoiser, self.sigmas, i, carries[c], fines[c], part(c), rows.weights[c],
+                    final=final, spread=solve.needs_spread, keep=keep, **self.static)
+                oks.append(ok)
+                stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
+                if target == "trajectory":
+                    fines[c] = goal
+            if not _host(jnp.stack(oks)).all():
+                _raise_at(i, self.sigmas, "non-finite model output or reference")
+            exact_rows = (kept_rows[1], kept_rows[2], rows.weights[0, 0]) if exact else None
+            c_i = _solve_step(stats, sums, exact_rows, solve=solve)
+            if on is not None and not on[i]:
+                c_i = jnp.zeros_like(c_i)
+            for c in range(chunks):
+                carries[c] = (_apply_kept(kept_rows[0], kept_rows[1], c_i) if keep else
+                              _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], part(c), c_i,
+                                           final=final, solver=solver, spec=spec))
+            values.append(c_i)
+            all_stats.append(stats)
+        stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *all_stats)
+        return jnp.stack(values), stacked, (jnp.stack(fines) if target == "trajectory" else None)
 
 
 def _compiled(fn, static: tuple):
@@ -268,12 +312,6 @@ def _teacher_forced(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_st
                     spread):
     return _teacher_forced_pass(bind_condition(denoiser, cond), solver, spec, sigmas, fine_steps, x,
                                 weights, keep_features, spread)
-
-
-def _sequential(denoiser, sigmas, x, cond, weights, *, solver, spec, fine_steps, target, solve,
-                exact):
-    return _sequential_pass(denoiser, solver, spec, sigmas, fine_steps, x, cond, weights, target,
-                            solve, exact)
 
 
 def _iia_run(denoiser, sigmas, values, x, cond, *, solver, spec):
@@ -305,7 +343,8 @@ def candidate_samples(denoiser, solver: str, spec, sigmas, values, x, cond=None)
 
 _MODEL_STATIC = ("solver", "spec", "fine_steps")
 _TEACHER = _compiled(_teacher_forced, _MODEL_STATIC + ("keep_features", "spread"))
-_SEQUENTIAL = _compiled(_sequential, _MODEL_STATIC + ("target", "solve", "exact"))
+_SEQ_MEASURE = _compiled(_sequential_measure, _MODEL_STATIC + ("final", "spread", "keep"))
+_SEQ_ADVANCE = _compiled(_sequential_advance, ("solver", "spec", "final"))
 _SAMPLES = _compiled(_iia_run, ("solver", "spec"))
 _ERRORS = _compiled(_iia_errors, ("solver", "spec"))
 
@@ -334,11 +373,12 @@ def _solve_steps(stats, sums, rows, *, solve):
     return jax.vmap(solve)(_train_stats(stats), sums, rows)
 
 
-def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
+def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, on=None):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
     ``[N, 2]`` (training, held-out rows), and the fine reference at sigma = 0 of every row
     ``[C, b, ...]`` where the fit integrated it (None for the local target, whose reference pass
-    runs over the held-out rows only: :func:`_holdout_reference`)."""
+    runs over the held-out rows only: :func:`_holdout_reference`).  ``on``: the sequential
+    steps to fit (the others held at zero)."""
     exact = rows.layout.chunks == 1 and rows.layout.sharding is None   # the solve may see the rows
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
@@ -347,7 +387,7 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve):
     if mode == "teacher_forced":
         (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
         return _solve_steps(stats, sums, None, solve=solve), stats, ends
-    values, stats, fine_end = passes.sequential(rows, target, solve, exact)
+    values, stats, fine_end = passes.sequential(rows, target, solve, exact, on)
     return values, stats, fine_end   # trajectory: integrated alongside; local: None
 
 
@@ -402,32 +442,42 @@ class _EndToEnd:
         self._errors = lambda vals, x, c, ref: _ERRORS(passes.denoiser, passes.sigmas, vals, x, c, ref,  # noqa: E731
                                                        **static)
 
-    def _over_chunks(self, fn, x, cond, real, *extra):
-        parts = [fn(x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], cond), *(e[c] for e in extra))
-                 for c in range(self.rows.layout.chunks)]
-        return np.concatenate([_host(p) for p in parts])[real]
+    def _over_chunks(self, fn, x, cond, real, *extra, limit=None):
+        """``fn`` chunk by chunk, in order, on the host: its real rows only, and with ``limit`` the
+        first ``limit`` of them (later chunks are not run)."""
+        real = real.reshape(self.rows.layout.chunks, -1)
+        parts, count = [], 0
+        for c in range(self.rows.layout.chunks):
+            if limit is not None and count >= limit:
+                break
+            out = _host(fn(x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], cond), *(e[c] for e in extra)))
+            parts.append(out[real[c]])
+            count += len(parts[-1])
+        return np.concatenate(parts)[:limit]
 
     def errors(self, vals):
         rows = self.rows
         return self._over_chunks(lambda x, c, ref: self._errors(vals, x, c, ref), rows.hold_x,
                                  rows.hold_cond, self._real_held, self.hold_reference)
 
-    def samples(self, vals):
-        """Samples at sigma = 0 of every real row."""
+    def samples(self, vals, limit=None):
+        """Samples at sigma = 0 of the real rows (the first ``limit``)."""
         rows = self.rows
-        return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond, self._real_all)
+        return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond, self._real_all,
+                                 limit=limit)
 
-    def judged_rows(self):
-        """``(samples(vals), reference)`` for a judge that compares with the fine reference: every
-        real row where the fit has every row's reference, else the held-out rows."""
+    def judged_rows(self, limit=None):
+        """``(samples(vals), reference)`` for a judge that compares with the fine reference: the
+        real rows (the first ``limit``) where the fit has every row's reference, else the held-out
+        rows."""
         rows = self.rows
         if self._ends is not None:
-            return self.samples, self._over_chunks(lambda x, c, e: e, rows.x, rows.cond, self._real_all,
-                                                   self._ends)
+            return (lambda vals: self.samples(vals, limit)), self._over_chunks(
+                lambda x, c, e: e, rows.x, rows.cond, self._real_all, self._ends, limit=limit)
         held = lambda vals: self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.hold_x,  # noqa: E731
-                                              rows.hold_cond, self._real_held)
+                                              rows.hold_cond, self._real_held, limit=limit)
         return held, self._over_chunks(lambda x, c, e: e, rows.hold_x, rows.hold_cond, self._real_held,
-                                       self.hold_reference)
+                                       self.hold_reference, limit=limit)
 
 
 class _Selection(NamedTuple):
@@ -462,7 +512,7 @@ def _never_worse(runs: _EndToEnd, values, pbar) -> _Selection:
     return _Selection(current, kept, base, best_err)
 
 
-def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
+def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge, pbar) -> _Selection:
     """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``):
     each round removes the step whose removal gives the lowest difference, if that is lower than
     the current one; if the samples are still worse then, and the base sampler's own verdict is
@@ -470,11 +520,17 @@ def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Select
     are dropped too (the base sampler)."""
     values, kept = chosen.values, chosen.kept
     if judge.reference:
-        samples, reference = runs.judged_rows()
+        samples, reference = runs.judged_rows(judge.max_rows)
     else:
-        samples, reference = runs.samples, None
+        samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
     base = samples(np.zeros_like(values))
-    verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
+
+    def verdict(vals):    # one sampler run and one judgement, each a tick of the progress bar
+        pbar.total += 1
+        out = judge(samples(vals), base, reference)
+        pbar.update(1)
+        return out
+
     judged, dropped = verdict(values), []
     while judge.worse(judged) and kept.any():
         trials = {int(i): np.where(np.arange(len(kept))[:, None] == i, 0, values) for i in np.flatnonzero(kept)}
@@ -509,10 +565,14 @@ def _error_summary(base, iia):
 # ----------------------------------------------------------------------------- helpers
 
 def _raise_if_bad(ok, sigmas, what):
+    """Raise at the first step whose flag in ``ok [N]`` is False."""
     ok = _host(ok)
     if not ok.all():
-        i = int(np.argmin(ok))
-        raise ValueError(f"IIA fit: {what} at step {i} (sigma={float(sigmas[i]):.6g}); the model "
+        _raise_at(int(np.argmin(ok)), sigmas, what)
+
+
+def _raise_at(i, sigmas, what):
+    raise ValueError(f"IIA fit: {what} at step {i} (sigma={float(sigmas[i]):.6g}); the model "
                          "returned NaN/Inf or the features are degenerate there")
 
 
@@ -556,18 +616,18 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
                 disable=None if progress is None else not progress)
 
     passes = _Passes(denoiser, solver, spec, sigmas, config.fine_steps)
-    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve)
-    pbar.update(1)
-    values = _host(values)
-    _raise_if_bad(np.all(np.isfinite(values), axis=1), sigmas, "non-finite coefficients")
-    local = _local_errors(stats, values, rows.layout, int(np.prod(x_T.shape[1:])))
-
-    chosen = _Selection(values, np.ones(plan.num_steps, bool), None, None)
-    if rows.layout.hold_rows:
-        runs = _EndToEnd(passes, rows, ends)
-        chosen = _never_worse(runs, values, pbar)
-        if config.judge is not None:
-            chosen = _quality_guard(runs, chosen, config.judge)
+    fitted = _fit_checked(passes, rows, config, target, pbar)
+    while config.refit and fitted.chosen.kept.any() and not fitted.chosen.kept.all():
+        pbar.total += 2 + plan.num_steps
+        again = _fit_checked(passes, rows, config, target, pbar, on=fitted.chosen.kept)
+        done = (again.chosen.kept == fitted.chosen.kept).all()
+        fitted = again
+        if done:
+            break
+    chosen = fitted.chosen
+    if config.judge is not None and fitted.runs is not None:
+        chosen = _quality_guard(fitted.runs, chosen, config.judge, pbar)
+    local = _local_errors(fitted.stats, fitted.values, rows.layout, int(np.prod(x_T.shape[1:])))
     pbar.close()
     coeffs = Coefficients(
         values=jnp.asarray(chosen.values), sigmas=plan.sigmas, kept=jnp.asarray(chosen.kept),
@@ -576,6 +636,25 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
         guidance_scale=_guidance_scale(denoiser), version=__version__,
         plan_fingerprint=plan.fingerprint, match_spread=config.match_spread)
     return FitResult(coeffs, _report(local, chosen, rows, time.perf_counter() - start))
+
+
+class _Checked(NamedTuple):
+    values: np.ndarray          # every step's fitted coefficients [N, K]
+    stats: tuple                # their Gram statistics, leading [N, 2]
+    runs: "_EndToEnd | None"    # the end-to-end runs (None without held-out rows)
+    chosen: _Selection          # what the never-worse check kept
+
+
+def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, pbar, on=None) -> _Checked:
+    """Fit every step (``on``: only those, the rest held at zero) and run the never-worse check."""
+    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, on)
+    pbar.update(1)
+    values = _host(values)
+    _raise_if_bad(np.all(np.isfinite(values), axis=1), passes.sigmas, "non-finite coefficients")
+    if not rows.layout.hold_rows:
+        return _Checked(values, stats, None, _Selection(values, np.ones(len(values), bool), None, None))
+    runs = _EndToEnd(passes, rows, ends)
+    return _Checked(values, stats, runs, _never_worse(runs, values, pbar))
 
 
 def _report(local: dict, chosen: _Selection, rows: FitRows, seconds: float) -> FitReport:

@@ -28,6 +28,7 @@ which never looks at a pair from the same noise:
 MMD^2.  Its standard error is the jackknife over rows (delete row ``i`` of all three sets at once:
 the noise draw is the unit), closed form from the row sums of the ``[n, n]`` matrix of ``h_C -
 h_B``.  The kernel matrices are built in blocks of rows (``block``), so memory is ``O(block n)``
+(a few MiB a matrix at the fit's cap of 4,096 judged rows, :class:`~iia_jax.iia.config.Judge`)
 and the result does not depend on the block size beyond round-off.
 
 In the fit: :data:`iia_jax.iia.config.REFERENCE_JUDGE` is ``Judge(reference_mmd, reference=True)``,
@@ -45,6 +46,7 @@ __all__ = ["reference_mmd", "median_bandwidth_of", "paired_mmd_difference", "cli
 
 CLIP_TAIL = 1e-3        # samples are judged clipped to the reference's 0.1 %..99.9 % value range
 BANDWIDTH_SCALE = 0.5   # kernel bandwidth: half the median distance between reference samples
+BANDWIDTH_ROWS = 2048   # ... among the first 2,048 reference rows
 
 
 def _flat(name: str, a) -> np.ndarray:
@@ -56,9 +58,12 @@ def _flat(name: str, a) -> np.ndarray:
     return a.reshape(a.shape[0], -1)
 
 
-def median_bandwidth_of(reference, block: int = 512) -> float:
-    """Median Euclidean distance between distinct rows of ``reference [n, ...]`` (> 0)."""
-    r = _flat("reference", reference)
+def median_bandwidth_of(reference, block: int = 128, max_rows: int = BANDWIDTH_ROWS) -> float:
+    """Median Euclidean distance between distinct rows among the first ``max_rows`` of
+    ``reference [n, ...]`` (> 0).  The cap bounds the ``max_rows^2 / 2`` distances held for the
+    median (16 MiB at 2,048 rows); the median of two million distances moves by far less than
+    the bandwidth matters."""
+    r = _flat("reference", reference)[:max_rows]
     n = r.shape[0]
     if n < 2:
         raise ValueError(f"reference needs at least 2 rows, got {n}")
@@ -79,7 +84,7 @@ def _gauss(a, b, sq_a, sq_b, h):
     return np.exp(-np.clip(d2, 0.0, None) / (2.0 * h * h))
 
 
-def paired_mmd_difference(candidate, base, reference, bandwidth: float, block: int = 512):
+def paired_mmd_difference(candidate, base, reference, bandwidth: float, block: int = 128):
     """``(MMD^2(C, R) - MMD^2(B, R), se)`` of three paired sample sets ``[n, ...]`` (row ``i`` of
     each from the same noise) with the Gaussian kernel of ``bandwidth`` (module docstring: the
     U-statistic over distinct rows and its closed-form row jackknife)."""

@@ -1,0 +1,170 @@
+"""What IIA costs: a fit's wall time against its unavoidable model evaluations, its peak memory
+from 1k to 100k rows, and sampling with IIA against the base sampler (docs/fit_cost.md).
+
+    python benchmarks/fit_cost.py                 # every table (about an hour on 2 CPU cores)
+    python benchmarks/fit_cost.py --time          # the time table only (others kept from fit_cost.json)
+    python benchmarks/fit_cost.py --memory        # the memory table only
+    python benchmarks/fit_cost.py --sampling      # the sampling table only
+    python benchmarks/fit_cost.py --smoke         # seconds: tiny batches, nothing written
+
+**Time** (:func:`iia_jax.bench.fitcost.fit_time`): the shipped digits model, heun on the Karras
+grid at NFE 5 and 9, 1,024 rows, the fit's defaults (``fine_steps`` 16, the quality guard), each
+mode in a fresh process: the warm time of exactly ``batch x 16 x NFE`` evaluations (the floor), a
+first fit (compiling) and a second fit of the same shapes, and the fit's own evaluations counted.
+
+**Memory** (:func:`iia_jax.bench.fitcost.memory_probe`): the 8x8 overlapping mixture (exact
+denoiser, so the model's own memory is nil and what grows is the fit's), dpmpp_2m NFE 9, chunks
+of 1,024 rows, 1,024 to 102,400 rows, each fit in a fresh process: peak resident set during the
+fit minus the resident set before it.
+
+**Sampling** (:func:`iia_jax.bench.speed.iia_overhead`): the digits model, batch 128, every
+solver at NFE 5 and 10 (heun 5 and 9): the median and quartiles of ``iia_sample`` / ``sample``
+wall time over interleaved warm pairs of compiled programs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
+from iia_jax.bench import fitcost, harness, provenance, speed  # noqa: E402
+from iia_jax.bench.models import MODELS  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+MODES = (("sequential", None), ("teacher_forced", None))
+TIME = dict(model="digits", solver="heun", nfes=(5, 9), batch=1024, fine_steps=16)
+MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024)
+SAMPLING = dict(solvers=("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"), nfes=(5, 10), batch=128,
+                repeats=15)
+
+
+def time_rows(smoke: bool) -> list:
+    if smoke:
+        return fitcost.fit_time("overlapping", "euler", 3, 64, 2, MODES[:1])
+    return [r for nfe in TIME["nfes"] for r in
+            fitcost.fit_time(TIME["model"], TIME["solver"], nfe, TIME["batch"], TIME["fine_steps"], MODES)]
+
+
+def memory_rows(smoke: bool) -> list:
+    rows, chunk = ((256, 1024), 128) if smoke else (MEMORY["rows"], MEMORY["chunk"])
+    out = []
+    for mode, _ in MODES:
+        for n in rows:
+            r = fitcost.fit_memory(MEMORY["model"], MEMORY["solver"], MEMORY["nfe"], n, chunk, mode)
+            out.append(dict(r, mode=mode, rows=n, chunk=chunk))
+            print(f"memory {mode} {n} rows: +{r['fit_mb']:.0f} MiB ({r['fit_s']:.1f} s)", flush=True)
+    return out
+
+
+def sampling_rows(smoke: bool) -> list:
+    model = MODELS["overlapping" if smoke else "digits"]()
+    solvers, nfes = (("euler",), (3,)) if smoke else (SAMPLING["solvers"], SAMPLING["nfes"])
+    out = []
+    for nfe in nfes:
+        for r in speed.iia_overhead(model, solvers, nfe, 16 if smoke else SAMPLING["batch"],
+                                    3 if smoke else SAMPLING["repeats"]):
+            out.append(r)
+            print(f"iia_sample / sample {r['solver']} NFE {r['nfe']}: {r['ratio']:.3f} "
+                  f"({r['q25']:.3f}-{r['q75']:.3f})", flush=True)
+    return out
+
+
+def page(sections: dict) -> str:
+    """The markdown of ``sections`` (``time``/``memory``/``sampling``: ``{"rows", "provenance"}``)."""
+    def setup(name):
+        meta = sections[name]["provenance"]
+        return (f"*Made by `{meta['command']}` ({meta['date']}); {provenance.machine_short()}; "
+                f"{provenance.versions_short()}; revision {meta['revision']}.*")
+
+    times, memory, sampling = (sections.get(k, {}).get("rows", []) for k in ("time", "memory", "sampling"))
+    lines = ["# What IIA costs", "",
+             "The floor of a fit is the fine reference it must integrate: `batch x fine_steps x NFE` model "
+             "evaluations ([scaling.md](scaling.md#what-a-fit-costs) counts every pass). Sampling with IIA makes "
+             "the same model evaluations as the base sampler. Written by `python benchmarks/fit_cost.py` (each "
+             "table's own command below it).", ""]
+    if times:
+        lines += ["## Time against the floor", "",
+                  f"The shipped digits model, {TIME['solver']} on the Karras grid, {TIME['batch']:,} rows, the "
+                  "fit's defaults (`fine_steps` 16, a quarter held out, the quality guard). `floor s`: the warm "
+                  "time of exactly `batch x 16 x NFE` evaluations (the Euler sampler on a grid of 16 x NFE "
+                  "steps). Each mode in a fresh process: the first fit compiles its programs, the second "
+                  "(same shapes) compiles nothing. `fit evals / floor`: the fit's own model evaluations "
+                  "(counted) over the floor's: the coarse sampler, the never-worse check and the quality "
+                  "guard's samplers come on top of the reference. `second fit / its evals`: the second fit's "
+                  "time over the time of the evaluations it made, at the floor's rate: what is not the model.",
+                  "",
+                  "| NFE | mode | floor s | first fit s (compiling) | first / floor | second fit s | "
+                  "second / floor | fit evals / floor | second fit / its evals | within 1.2x / 1.5x |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in times:
+            met = f"{'yes' if r['ratio_warm'] <= 1.2 else '**no**'} / {'yes' if r['ratio'] <= 1.5 else '**no**'}"
+            lines.append(f"| {r['nfe']} | {r['mode']} | {r['evals_s']:.1f} | {r['fit_s']:.1f} ({r['compile_s']:.1f}) | "
+                         f"{r['ratio']:.2f} | {r['fit_warm_s']:.1f} | {r['ratio_warm']:.2f} | {r['eval_ratio']:.2f} | "
+                         f"{r['beyond_evals']:.2f} | {met} |")
+        lines += ["", setup("time") + " Noise `80 N(0, I)`, `PRNGKey(7)`.", ""]
+    if memory:
+        lines += ["## Peak memory from 1k to 100k rows", "",
+                  f"The 8x8 overlapping mixture (exact denoiser), {MEMORY['solver']} NFE {MEMORY['nfe']}, "
+                  f"`chunk_size={MEMORY['chunk']}`, the fit's defaults: peak resident set during the fit "
+                  "(`VmHWM`, reset just before it) minus the resident set before it, each fit in a fresh "
+                  "process.", "",
+                  "| mode | rows | fit's own peak MiB | / smallest batch | per extra row | fit s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in memory:
+            first = next(m for m in memory if m["mode"] == r["mode"])
+            per_row = ((r["fit_mb"] - first["fit_mb"]) * 2 ** 20 / (r["rows"] - first["rows"])
+                       if r["rows"] > first["rows"] else float("nan"))
+            lines.append(f"| {r['mode']} | {r['rows']:,} | {r['fit_mb']:.0f} | {r['fit_mb'] / first['fit_mb']:.2f} | "
+                         + ("" if per_row != per_row else f"{per_row / 1024:.1f} KiB") + f" | {r['fit_s']:.1f} |")
+        lines += ["", setup("memory") + " Noise `PRNGKey(8)`; a row is 64 float32 (256 B).", ""]
+    if sampling:
+        lines += ["## Sampling with IIA", "",
+                  f"The shipped digits model, batch {SAMPLING['batch']}, Karras grid: `iia_sample` over `sample` "
+                  "(both jitted and compiled first, same noise), the median and quartiles of the ratio over "
+                  f"{SAMPLING['repeats']} interleaved warm pairs. IIA adds no model evaluation, only the features "
+                  "and a weighted sum a step. Within 3 %: the upper quartile at most 1.03.", "",
+                  "| solver | NFE | `sample` s | `iia_sample` / `sample` | quartiles | within 3 % |",
+                  "|---|---:|---:|---:|---|---|"]
+        for r in sampling:
+            lines.append(f"| {r['solver']} | {r['nfe']} | {r['base_s']:.4f} | {r['ratio']:.3f} | "
+                         f"{r['q25']:.3f}-{r['q75']:.3f} | {'yes' if r['q75'] <= 1.03 else '**no**'} |")
+        lines += ["", setup("sampling") + " Noise `PRNGKey(3)`; coefficients from a 16-row fit (their values do not "
+                  "change the cost).", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = harness.parser(__doc__, "tiny batches, nothing written")
+    ap.add_argument("--time", action="store_true", help="the time table only")
+    ap.add_argument("--memory", action="store_true", help="the memory table only")
+    ap.add_argument("--sampling", action="store_true", help="the sampling table only")
+    ap.add_argument("--out", type=Path, default=DOCS, help="folder for fit_cost.md and fit_cost.json")
+    args = ap.parse_args()
+    every = not (args.time or args.memory or args.sampling)
+    start = time.perf_counter()
+    sections = _sections(args.out / "fit_cost.json") if not args.smoke else {}
+    command = provenance.command_line("benchmarks/fit_cost.py")
+    for name, run, asked in (("time", time_rows, args.time), ("memory", memory_rows, args.memory),
+                             ("sampling", sampling_rows, args.sampling)):
+        if every or asked:
+            sections[name] = dict(rows=run(args.smoke), provenance=provenance.provenance(command))
+    print(page(sections))
+    print(f"({(time.perf_counter() - start) / 60:.1f} min)")
+    if not args.smoke:
+        provenance.save_json(args.out / "fit_cost.json", sections, command)
+        (args.out / "fit_cost.md").write_text(page(sections))
+
+
+def _sections(path: Path) -> dict:
+    """The sections of an earlier write-up (each with its own provenance), to keep those not run."""
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return {k: v if isinstance(v, dict) else dict(rows=v, provenance=saved["provenance"])
+            for k, v in saved.items() if k in ("time", "memory", "sampling") and v}
+
+
+if __name__ == "__main__":
+    main()
