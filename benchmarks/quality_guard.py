@@ -164,8 +164,14 @@ def plus_minus(value: float, se: float, digits: bool) -> str:
 
 
 def load(path: Path) -> list:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(rows, key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"])))
+    """The cells of a results file, one per (solver, grid, NFE): a measured row supersedes a
+    transcribed one (``--remeasure``), a later row an earlier one."""
+    cells = {}
+    for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+        key = (r["solver"], r["grid"], r["nfe"])
+        if key not in cells or not r.get("transcribed") or cells[key].get("transcribed"):
+            cells[key] = r
+    return sorted(cells.values(), key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"])))
 
 
 def table(path: Path) -> str:
@@ -232,7 +238,7 @@ def agreement(path: Path) -> str:
     ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
     lines = ["| solver | grid | NFE | digits_score IIA - base (z) | judge at n = 1000 (z) | judge on 250-row quarters (z) | agree |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
-    for r in load(path):
+    for r in (r for r in load(path) if not r.get("transcribed")):     # their samples were not kept
         z = np.load(SAMPLES / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")
         plain, base = z["plain"], z["base"]
         if np.array_equal(plain, base):
@@ -377,6 +383,8 @@ def main(argv=None):
     ap.add_argument("--fine-steps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="results file (default docs/quality_guard_<model>.jsonl)")
+    ap.add_argument("--remeasure", action="store_true", help="measure the transcribed cells of --out again "
+                    "(the new rows supersede them)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     ap.add_argument("--ladder", action="store_true", help="print the mixture distance's ladder check and stop")
     ap.add_argument("--explain", metavar="SOLVER:GRID:NFE", help="why a measured digits cell misses "
@@ -406,7 +414,8 @@ def main(argv=None):
         print(ladder(setup_for(args.model, args)))
         return
     SAMPLES.mkdir(parents=True, exist_ok=True)
-    done = {(r["solver"], r["grid"], r["nfe"]) for r in load(args.out)} if args.out.exists() else set()
+    done = {(r["solver"], r["grid"], r["nfe"]) for r in (load(args.out) if args.out.exists() else [])
+            if not (args.remeasure and r.get("transcribed"))}
     setup = setup_for(args.model, args)
     command = " ".join(["python", "benchmarks/quality_guard.py"] + (sys.argv[1:] if argv is None else list(argv)))
     for nfe in args.nfe:
