@@ -111,6 +111,7 @@ def measure_mixture(x0, base, ref, exact, bandwidth: float) -> dict:
 
 
 def evaluate(denoiser, plan, coeffs, x_eval) -> np.ndarray:
+    """IIA's samples at sigma = 0 from ``x_eval``, ``BATCH`` rows a jitted call."""
     return run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval, batch=BATCH)
 
 
@@ -134,7 +135,10 @@ def cell(setup: dict, solver, grid, nfe, args) -> dict:
              if rep.quality_dropped else res.coeffs)
     saved = {"base": base}
     for name, coeffs in (("guarded", res.coeffs), ("plain", plain)):
-        x0 = saved["guarded"] if name == "plain" and plain is res.coeffs else evaluate(denoiser, plan, coeffs, x_eval)
+        if name == "plain" and plain is res.coeffs:
+            out["plain"], saved["plain"], saved["plain_values"] = out["guarded"], saved["guarded"], saved["guarded_values"]
+            continue
+        x0 = evaluate(denoiser, plan, coeffs, x_eval)
         m = (measure(x0, base, ref) if args.model == "digits" else
              measure_mixture(x0, base, ref, setup["exact"], setup["bandwidth"]))
         out[name] = dict(m, kept=[int(i) for i in np.flatnonzero(np.asarray(coeffs.kept))])
