@@ -8,7 +8,7 @@ noise and labels) by median ODE error, with the digits quality headline
 (``iia_jax.metrics.digits_score``, 1000 x KID against real digits, lower is better) and the class
 accuracy of the shipped digits classifier (trained separately; it reads the requested digit).
 
-    python benchmarks/guidance.py [--quick]     -> docs/guidance.md, docs/guidance_*.png
+    python benchmarks/guidance.py [--quick]     -> docs/guidance_results.md and .json, docs/guidance_samples.png
 
 The fine references are cached under checkpoints/guidance/ (untracked).
 """
@@ -42,8 +42,10 @@ def accuracy(samples, labels) -> float:
 
 
 def problem(denoiser, scale, noise, cond, cache=CACHE) -> harness.Problem:
-    """The noise with its fine reference at this scale (cached)."""
-    path = cache / f"ref_s{scale}_n{len(noise.eval)}_steps{REF_STEPS}.npz"
+    """The noise with its fine reference at this scale (cached, per shipped weights: a retrained
+    model must not reuse the references of the old one)."""
+    weights = pretrained.load("digits_cond").record["weights_sha256"][:12]
+    path = cache / f"ref_{weights}_s{scale}_n{len(noise.eval)}_steps{REF_STEPS}.npz"
     if path.exists():
         return harness.Problem(denoiser, noise, np.load(path)["x0"], SIGMA_MIN, SIGMA_MAX, *cond, BATCH)
     prob = harness.problem(denoiser, noise, REF_STEPS, SIGMA_MIN, SIGMA_MAX, cond=cond, batch=BATCH)

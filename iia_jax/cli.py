@@ -198,7 +198,8 @@ def _say(args, *parts):
 def _refuse_existing(paths, what):
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing:
-        raise SystemExit(f"error: {', '.join(existing)} exists; pass --overwrite to replace {what}")
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise SystemExit(f"error: {', '.join(existing)} {verb}; pass --overwrite to replace {what}")
 
 
 # ----------------------------------------------------------------------------- commands

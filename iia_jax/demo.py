@@ -19,10 +19,11 @@ import json
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import iia_jax
-from . import schedules
+from . import schedules, solvers
+from .bench.grids import steps_for
+from .bench.harness import run_batched
 from .cli import load_model
 from .metrics import ode_error
 from .metrics.quality import digits_check, digits_quality, digits_split, score_difference
@@ -33,16 +34,12 @@ REFERENCE_STEPS = 64
 SOLVERS = ("heun", "euler", "dpmpp_2m")
 
 
-def _run(fn, x, batch=500):
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
-
-
 def run_demo(out: Path, steps: int = 5, n: int = 500, batch: int = 1024, fine_steps: int = 16, seed: int = 0):
     """The demo: heun with ``steps`` steps (NFE ``2 steps - 1``), euler and dpmpp_2m at that NFE,
     on the ``vp_quadratic`` grid; returns the table's rows (also in ``OUT/results.json``)."""
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (heun's steps; NFE = 2 steps - 1), got {steps}")
-    nfe = 2 * steps - 1
+    nfe = solvers.get("heun").nfe(steps)     # the NFE every solver gets: heun's with `steps` steps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model("digits")     # its fingerprint: the demo's coefficients work with `iia-jax sample --coeffs`
@@ -54,17 +51,17 @@ def run_demo(out: Path, steps: int = 5, n: int = 500, batch: int = 1024, fine_st
 
     ref_plan = iia_jax.plan("heun", schedules.karras(REFERENCE_STEPS, SIGMA_MIN, SIGMA_MAX))
     print(f"fine reference: heun, {REFERENCE_STEPS} Karras steps (NFE {ref_plan.nfe}), {n} samples ...", flush=True)
-    reference = _run(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval)
+    reference = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval, batch=500)
     rows, grids, coeffs = [], {}, {}
     for solver in SOLVERS:
-        num_steps = steps if solver == "heun" else nfe
+        num_steps = steps_for(nfe, solver, exact=True)
         plan = iia_jax.plan(solver, schedules.vp_quadratic(num_steps, SIGMA_MIN, SIGMA_MAX))
         print(f"{solver}: fitting IIA ({plan}, vp_quadratic grid) on {batch} samples ...", flush=True)
         res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=fine_steps, fingerprint=model.fingerprint,
                           quality=digits_check, progress=True)
         iia_jax.save_coefficients(out / "coeffs" / f"{solver}-{num_steps}", res.coeffs, overwrite=True)
-        base = _run(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
-        iia = _run(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval)
+        base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval, batch=500)
+        iia = run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, res.coeffs, x)), x_eval, batch=500)
         e_base, e_iia = ode_error(base, reference), ode_error(iia, reference)
         q_base, q_iia = digits_quality(base, boot=2), digits_quality(iia, boot=2)
         diff, diff_se = score_difference(iia, base, paired=True)

@@ -210,9 +210,12 @@ class _Passes:
     programs (:func:`_compiled`): the sigmas are data, so a later fit of another grid with the
     same model, solver, shapes and options compiles nothing."""
 
-    def __init__(self, denoiser, solver, spec, sigmas, fine_steps):
-        self.denoiser, self.sigmas = denoiser, sigmas
+    def __init__(self, denoiser, solver, spec, sigmas, fine_steps, spend=lambda evaluations: None):
+        self.denoiser, self.sigmas, self.spend = denoiser, sigmas, spend
         self.static = dict(solver=solver, spec=spec, fine_steps=fine_steps)
+        n, e = sigmas.shape[0] - 1, solver.evals_per_step
+        self.coarse, self.fine_step = solver.nfe(n), e * fine_steps     # model calls a row
+        self.reference_row = self.coarse + e * fine_steps * n + 1      # a coarse and a fine pass
 
     def check(self, ok, what="non-finite model output"):
         _raise_if_bad(ok, self.sigmas, what)
@@ -228,6 +231,7 @@ class _Passes:
             part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
                                                    keep_features=False, spread=spread, **self.static)
             self.check(ok, "non-finite model output or reference")
+            self.spend(x.shape[1] * self.reference_row)
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
             ends.append(part_states[-1])
         return stats, jnp.stack(ends)
@@ -237,6 +241,7 @@ class _Passes:
         (feats, residual), states, ok = _TEACHER(self.denoiser, self.sigmas, x, cond, weights,
                                                  keep_features=True, spread=False, **self.static)
         self.check(ok)
+        self.spend(x.shape[0] * self.reference_row)
         return feats, residual, states
 
     def sequential(self, rows: FitRows, target, solve, exact, on=None):
@@ -253,38 +258,46 @@ class _Passes:
         sees the rows themselves, not only their sums.  ``on [N]`` (bool, default all): steps
         whose coefficients are fitted; the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
-        chunks = rows.layout.chunks
-        part = lambda c: jax.tree_util.tree_map(lambda a: a[c], rows.cond)  # noqa: E731
-        carries = [(solver.init(rows.x[c]), rows.x[c], spec.init_history(rows.x[c])) for c in range(chunks)]
-        fines = [rows.x[c] if target == "trajectory" else None for c in range(chunks)]
-        keep = chunks == 1
+        chunks = [(rows.x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.cond), rows.weights[c])
+                  for c in range(rows.layout.chunks)]
+        carries = [(solver.init(x), x, spec.init_history(x)) for x, _, _ in chunks]
+        fines = [x if target == "trajectory" else None for x, _, _ in chunks]
         values, all_stats = [], []
         for i in range(self.sigmas.shape[0] - 1):
             final = i == self.sigmas.shape[0] - 2
-            stats = sums = kept_rows = None
-            oks = []
-            for c in range(chunks):
-                s, m, goal, ok, kept_rows = _SEQ_MEASURE(
-                    self.denoiser, self.sigmas, i, carries[c], fines[c], part(c), rows.weights[c],
-                    final=final, spread=solve.needs_spread, keep=keep, **self.static)
-                oks.append(ok)
-                stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
-                if target == "trajectory":
-                    fines[c] = goal
-            if not _host(jnp.stack(oks)).all():
-                _raise_at(i, self.sigmas, "non-finite model output or reference")
-            exact_rows = (kept_rows[1], kept_rows[2], rows.weights[0, 0]) if exact else None
+            stats, sums, kept = self._measure(i, final, chunks, carries, fines, solve)
+            exact_rows = (kept[1], kept[2], rows.weights[0, 0]) if exact else None
             c_i = _solve_step(stats, sums, exact_rows, solve=solve)
             if on is not None and not on[i]:
                 c_i = jnp.zeros_like(c_i)
-            for c in range(chunks):
-                carries[c] = (_apply_kept(kept_rows[0], kept_rows[1], c_i) if keep else
-                              _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], part(c), c_i,
-                                           final=final, solver=solver, spec=spec))
+            carries = [_apply_kept(kept[0], kept[1], c_i) if kept is not None else
+                       _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carry, cond, c_i, final=final, solver=solver,
+                                    spec=spec) for carry, (_, cond, _) in zip(carries, chunks)]
+            if kept is None:
+                self.spend(rows.x.shape[0] * rows.x.shape[1] * self.coarse // (self.sigmas.shape[0] - 1))
             values.append(c_i)
             all_stats.append(stats)
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *all_stats)
         return jnp.stack(values), stacked, (jnp.stack(fines) if target == "trajectory" else None)
+
+    def _measure(self, i, final, chunks, carries, fines, solve):
+        """Step ``i`` over every chunk before its coefficients exist: the summed statistics and
+        spread sums, and (one chunk) the chunk's base step, features and residuals, else None.
+        The trajectory target's fine states in ``fines`` move on to ``sigma_{i+1}``."""
+        stats = sums = kept = None
+        oks = []
+        for c, (carry, (_, cond, weights)) in enumerate(zip(carries, chunks)):
+            s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fines[c], cond, weights,
+                                                final=final, spread=solve.needs_spread, keep=len(chunks) == 1,
+                                                **self.static)
+            oks.append(ok)
+            self.spend(carry[1].shape[0] * (self.reference_row - 1) // (self.sigmas.shape[0] - 1))
+            stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
+            if fines[c] is not None:
+                fines[c] = goal
+        if not _host(jnp.stack(oks)).all():
+            _raise_at(i, self.sigmas, "non-finite model output or reference")
+        return stats, sums, kept
 
 
 def _compiled(fn, static: tuple):
@@ -437,10 +450,18 @@ class _EndToEnd:
         self._real_held = _host(rows.hold_weights).reshape(-1) > 0
         self._real_all = _host(rows.weights.sum(axis=1)).reshape(-1) > 0
         self._ends = ends
-        static = dict(solver=passes.static["solver"], spec=passes.static["spec"])
-        self._samples = lambda vals, x, c: _SAMPLES(passes.denoiser, passes.sigmas, vals, x, c, **static)  # noqa: E731
-        self._errors = lambda vals, x, c, ref: _ERRORS(passes.denoiser, passes.sigmas, vals, x, c, ref,  # noqa: E731
-                                                       **static)
+        self._passes = passes
+
+    def _samples(self, vals, x, cond):
+        p = self._passes
+        p.spend(x.shape[0] * p.coarse)
+        return _SAMPLES(p.denoiser, p.sigmas, vals, x, cond, solver=p.static["solver"], spec=p.static["spec"])
+
+    def _errors(self, vals, x, cond, reference):
+        p = self._passes
+        p.spend(x.shape[0] * p.coarse)
+        return _ERRORS(p.denoiser, p.sigmas, vals, x, cond, reference, solver=p.static["solver"],
+                       spec=p.static["spec"])
 
     def _over_chunks(self, fn, x, cond, real, *extra, limit=None):
         """``fn`` chunk by chunk, in order, on the host: its real rows only, and with ``limit`` the
@@ -493,13 +514,12 @@ class _Selection(NamedTuple):
     dropped: tuple = ()
 
 
-def _never_worse(runs: _EndToEnd, values, pbar) -> _Selection:
+def _never_worse(runs: _EndToEnd, values) -> _Selection:
     """Greedy in step order: switch step i's coefficients on if that lowers the held-out median
     per-sample error at sigma = 0; otherwise leave them at zero."""
     n = values.shape[0]
     current = np.zeros_like(values)
     base = runs.errors(current)
-    pbar.update(1)
     best, best_err = np.median(base), base
     kept = np.zeros(n, bool)
     for i in range(n):
@@ -508,11 +528,10 @@ def _never_worse(runs: _EndToEnd, values, pbar) -> _Selection:
         e = runs.errors(trial)
         if np.median(e) < best:
             current, best, best_err, kept[i] = trial, np.median(e), e, True
-        pbar.update(1)
     return _Selection(current, kept, base, best_err)
 
 
-def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge, pbar) -> _Selection:
+def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
     """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``):
     each round removes the step whose removal gives the lowest difference, if that is lower than
     the current one; if the samples are still worse then, and the base sampler's own verdict is
@@ -524,12 +543,7 @@ def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge, pbar) -> _
     else:
         samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
     base = samples(np.zeros_like(values))
-
-    def verdict(vals):    # one sampler run and one judgement, each a tick of the progress bar
-        pbar.total += 1
-        out = judge(samples(vals), base, reference)
-        pbar.update(1)
-        return out
+    verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
 
     judged, dropped = verdict(values), []
     while judge.worse(judged) and kept.any():
@@ -612,23 +626,22 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
     target = config.target_for(plan.solver)
     rows = split_batch(x_T, cond, config.holdout, config.chunk_size, key, mesh, batch_axis)
     sigmas = plan.sigmas.astype(x_T.dtype)
-    pbar = tqdm(total=2 + plan.num_steps, desc=f"IIA fit {plan.solver}", leave=False,
-                disable=None if progress is None else not progress)
-
-    passes = _Passes(denoiser, solver, spec, sigmas, config.fine_steps)
-    fitted = _fit_checked(passes, rows, config, target, pbar)
+    bar = _Progress(f"IIA fit {plan.solver}", progress)
+    passes = _Passes(denoiser, solver, spec, sigmas, config.fine_steps, bar.spend)
+    bar.expect(_expected_evaluations(passes, rows.layout, config, target))
+    fitted = _fit_checked(passes, rows, config, target, bar)
     while config.refit and fitted.chosen.kept.any() and not fitted.chosen.kept.all():
-        pbar.total += 2 + plan.num_steps
-        again = _fit_checked(passes, rows, config, target, pbar, on=fitted.chosen.kept)
+        again = _fit_checked(passes, rows, config, target, bar, on=fitted.chosen.kept)
         done = (again.chosen.kept == fitted.chosen.kept).all()
         fitted = again
         if done:
             break
     chosen = fitted.chosen
     if config.judge is not None and fitted.runs is not None:
-        chosen = _quality_guard(fitted.runs, chosen, config.judge, pbar)
+        bar.phase("quality guard")
+        chosen = _quality_guard(fitted.runs, chosen, config.judge)
     local = _local_errors(fitted.stats, fitted.values, rows.layout, int(np.prod(x_T.shape[1:])))
-    pbar.close()
+    bar.close()
     coeffs = Coefficients(
         values=jnp.asarray(chosen.values), sigmas=plan.sigmas, kept=jnp.asarray(chosen.kept),
         solver=plan.solver, preset=spec.preset, history=spec.history, fine_steps=config.fine_steps,
@@ -645,16 +658,59 @@ class _Checked(NamedTuple):
     chosen: _Selection          # what the never-worse check kept
 
 
-def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, pbar, on=None) -> _Checked:
+def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, bar, on=None) -> _Checked:
     """Fit every step (``on``: only those, the rest held at zero) and run the never-worse check."""
+    bar.phase("fit" if on is None else "refit")
     values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, on)
-    pbar.update(1)
     values = _host(values)
     _raise_if_bad(np.all(np.isfinite(values), axis=1), passes.sigmas, "non-finite coefficients")
     if not rows.layout.hold_rows:
         return _Checked(values, stats, None, _Selection(values, np.ones(len(values), bool), None, None))
     runs = _EndToEnd(passes, rows, ends)
-    return _Checked(values, stats, runs, _never_worse(runs, values, pbar))
+    bar.phase("never-worse check")
+    return _Checked(values, stats, runs, _never_worse(runs, values))
+
+
+class _Progress:
+    """The fit's progress bar in model evaluations (rows x calls, padding included): its total is
+    the fit's usual cost from the start (:func:`_expected_evaluations`), so the rate and the time
+    left mean something; runs beyond it (the guard's rounds, refits) extend the total as they come."""
+
+    def __init__(self, desc, progress):
+        self.bar = tqdm(total=0, desc=desc, unit="eval", unit_scale=True, leave=False,
+                        disable=None if progress is None else not progress)
+
+    def expect(self, evaluations):
+        self.bar.total = evaluations
+        self.bar.refresh()
+
+    def phase(self, name):
+        self.bar.set_postfix_str(name)
+
+    def spend(self, evaluations):
+        if self.bar.n + evaluations > self.bar.total:
+            self.bar.total = self.bar.n + evaluations
+        self.bar.update(evaluations)
+
+    def close(self):
+        self.bar.close()
+
+
+def _expected_evaluations(passes: _Passes, layout, config: FitConfig, target) -> int:
+    """What a fit usually costs in model evaluations (docs/scaling.md, "What a fit costs"): the
+    fit pass, the never-worse check's ``N + 1`` runs of the held-out rows and the guard's first
+    two runs of its judged rows."""
+    n, rows, held = passes.sigmas.shape[0] - 1, layout.padded, layout.chunks * layout.chunk_hold
+    total = rows * passes.reference_row
+    if config.mode == "sequential" and layout.chunks > 1:
+        total += rows * passes.coarse                    # the coarse step again, to apply it
+    if config.mode == "sequential" and target == "local":
+        total += held * passes.reference_row             # the held-out rows' own reference
+    if layout.hold_rows:
+        total += (n + 1) * passes.coarse * held
+        if config.judge is not None:
+            total += 2 * passes.coarse * min(rows, config.judge.max_rows or rows)
+    return int(total)
 
 
 def _report(local: dict, chosen: _Selection, rows: FitRows, seconds: float) -> FitReport:

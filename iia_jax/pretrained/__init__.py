@@ -195,7 +195,7 @@ def digits_cond():
 
     ``x [B, 8, 8, 1]`` in ``[-1, 1]`` (EDM sigma-space), ``sigma`` a scalar or ``[B]``,
     ``cond [B]`` integer labels: the digit 0-9, or 10 = the null label, which gives the
-    unconditional model (it was trained with 10% label dropout, Ho & Salimans 2022,
+    unconditional model (it was trained with 20% label dropout, Ho & Salimans 2022,
     "Classifier-Free Diffusion Guidance"). Guide it with
     ``D_u + s (D_c - D_u)`` (:func:`iia_jax.models.cfg_single` with ``null_cond`` 10).
     Labels of the wrong shape or dtype are refused; concrete labels outside 0..10 too
