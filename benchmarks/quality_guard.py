@@ -1,32 +1,46 @@
-"""The guarantee table: does IIA with a model-agnostic quality guard ever cost sample quality?
+"""The guarantee table: does IIA with the fit's default quality guard ever cost sample quality?
 
-    python benchmarks/quality_guard.py --nfe 5                      # the NFE 5 row, both grids
+    python benchmarks/quality_guard.py --nfe 3 4 5 6 8 10           # the digits table (hours on 2 cores)
     python benchmarks/quality_guard.py --solvers dpmpp_2m unipc --grids karras --nfe 5
-    python benchmarks/quality_guard.py --nfe 3 4 5 6 8 10           # the whole table (hours on 2 cores)
-    python benchmarks/quality_guard.py --table                      # the markdown of what is done
+    python benchmarks/quality_guard.py --model overlapping --nfe 3 4 5 6 8 10   # the exact mixture
+    python benchmarks/quality_guard.py --table [--model overlapping]            # the markdown of what is done
+    python benchmarks/quality_guard.py --model overlapping --ladder             # the distance's own check
 
-Setting (as ``benchmarks/digits.py``): the shipped digits denoiser, noise ``80 N(0, I)`` (fit and
-evaluation keys split from ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
-``iia_jax.schedules.vp_quadratic``).  Per cell (solver, grid, NFE; heun takes N = (NFE + 1) / 2
-steps, NFE 2N - 1):
+Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
+``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
+``iia_jax.schedules.vp_quadratic``).  Per cell (solver, grid, NFE; the steps are
+``iia_jax.bench.grids.steps_for``: the most whose NFE does not exceed the column's, so heun, NFE
+2N - 1, fills the NFE 4, 6, 8 and 10 columns with its NFE 3, 5, 7 and 9 cells):
 
 * one ``iia_jax.fit`` with the library defaults (``--fit-batch`` rows, ``--fine-steps``), whose
   quality guard is the model-agnostic judge (``iia_jax.iia.guard.reference_mmd``: the IIA and
   base samples against the fit's own fine-reference samples of the same rows, paired pixel RBF
-  MMD, docs/iia.md), and the same fit with ``quality=None``: the coefficients the guard is
-  handed (the "no judge" fit; the fit is deterministic and the guard runs last);
-* evaluation on ``--n`` fresh draws: ``digits_score`` paired difference against the base sampler
-  (jackknife se), median per-sample ODE error against heun with 64 Karras steps from the same
-  noise, and the judge itself at that n (against the 64-step samples), for both the unguarded
-  and the guarded coefficients.
+  MMD, docs/iia.md), and the coefficients the guard was handed (the "no judge" fit): the same fit
+  with ``quality=None``, refitted only where the guard dropped a step (the fit is deterministic
+  and the guard runs last, only zeroing steps: where it dropped none, both are the same);
+* evaluation on ``--n`` fresh draws, for the guarded and the unguarded coefficients, against the
+  base sampler from the same noise: the median per-sample ODE error against a fine reference from
+  the same noise, and the paired quality difference IIA - base with its jackknife se:
 
-Results are appended, one JSON line per cell, to ``--out`` (cells already there are skipped), so
-the table can be completed over several runs.
+  - ``digits`` (the shipped denoiser): ``digits_score`` (docs/metrics.md); the ODE reference is
+    heun with 64 Karras steps, and the guard's judge is also recomputed at n against it;
+  - ``overlapping`` (the exact 8x8x1 mixture of ``iia_jax.bench.models``, whose samples can be
+    drawn): the unbiased MMD^2 (x1000) to ``--n`` exact samples of the mixture with a Gaussian
+    kernel (bandwidth: the median distance between exact samples), the same estimator and paired
+    jackknife as ``digits_score`` (rows of IIA and base from the same noise are deleted together);
+    the ODE reference is heun with 512 Karras steps.  ``--ladder`` checks that this distance ranks
+    exact samples shrunk toward the mixture's mean (x0.9, x0.95, x0.98, x1) in order.
+
+Results are appended, one JSON line per cell, to ``--out`` (default: the tracked
+``docs/quality_guard_<model>.jsonl``, from which ``--table`` builds the page's table; cells already
+there are skipped), so the table can be completed over several runs.  The digits samples go to
+``checkpoints/quality_guard/`` (untracked) for ``--agreement`` and ``--refit-variants``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,30 +52,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
+from iia_jax.bench.grids import steps_for  # noqa: E402
+from iia_jax.bench.harness import run_batched  # noqa: E402
+from iia_jax.bench.models import overlapping_mixture  # noqa: E402
+from iia_jax.iia.config import FitConfig  # noqa: E402
+from iia_jax.iia.features import feature_spec  # noqa: E402
+from iia_jax.iia.fit import candidate_samples, fine_solution  # noqa: E402
 from iia_jax.iia.guard import reference_mmd  # noqa: E402
-
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
+from iia_jax.metrics.quality import jackknife_se, median_bandwidth, mmd2_jackknife, rbf_kernel  # noqa: E402
+from iia_jax.models.gmm import gmm_sample  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_cause import look  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "checkpoints" / "quality_guard"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 SHAPE = (8, 8, 1)
 SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
 GRIDS = {"karras": lambda n: schedules.karras(n, SIGMA_MIN, SIGMA_MAX),
          "vp_quadratic": lambda n: schedules.vp_quadratic(n, SIGMA_MIN, SIGMA_MAX)}
-
-
-def steps_for(solver: str, nfe: int) -> int:
-    return (nfe + 1) // 2 if solver == "heun" else nfe
-
-
-def batched(fn, x, batch: int = 500) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+REFERENCE_STEPS = {"digits": 64, "overlapping": 512}   # heun, Karras: the ODE error's reference
+LADDER = (1.0, 0.98, 0.95, 0.9)                        # exact samples shrunk toward the mean
+BATCH = 500   # evaluation rows per jitted call: memory bounded, results as one call's
 
 
 def measure(x0, base, ref) -> dict:
+    """Digits: paired ``digits_score`` IIA - base, median ODE error, the guard's judge at n against
+    the 64-step reference, and contrast / high-frequency energy / dark background."""
     d = score_difference(x0, base, paired=True)
     j = reference_mmd(x0, base, ref)
     raw = float(np.std(x0 - x0.mean(0)) / np.std(ref - ref.mean(0)))
@@ -69,44 +88,150 @@ def measure(x0, base, ref) -> dict:
                 contrast_raw=raw, **look(x0, ref))
 
 
-def cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref) -> dict:
-    steps = steps_for(solver, nfe)
+def exact_mmd(x, exact, bandwidth: float):
+    """``(MMD^2 x 1000, leave-one-out values)`` of samples ``x`` against exact samples, Gaussian
+    kernel of ``bandwidth`` (unbiased; ``iia_jax.metrics.quality.mmd2_jackknife``)."""
+    flat = lambda a: np.asarray(a, np.float64).reshape(len(a), -1)  # noqa: E731
+    value, loo = mmd2_jackknife(lambda a, b: rbf_kernel(a, b, bandwidth), flat(x), flat(exact))
+    return 1000.0 * value, tuple(1000.0 * t for t in loo)
+
+
+def paired_distance(x0, base, exact, bandwidth: float) -> tuple:
+    """``(MMD^2(x0) - MMD^2(base), se, MMD^2(x0), se)`` x 1000 against the same exact samples:
+    row ``i`` of ``x0`` and ``base`` come from the same noise, so the jackknife deletes both at once
+    (``jackknife_se(..., paired=True)``), as ``digits_score``'s paired difference does."""
+    (va, la), (vb, lb) = exact_mmd(x0, exact, bandwidth), exact_mmd(base, exact, bandwidth)
+    return va - vb, jackknife_se(la, lb, paired=True), va, jackknife_se(la)
+
+
+def measure_mixture(x0, base, ref, exact, bandwidth: float) -> dict:
+    """Mixture: paired MMD^2 to exact samples IIA - base, IIA's own MMD^2, median ODE error."""
+    d, se, v, v_se = paired_distance(x0, base, exact, bandwidth)
+    return dict(diff=d, diff_se=se, mmd=v, mmd_se=v_se, median=ode_error(x0, ref).median)
+
+
+def evaluate(denoiser, plan, coeffs, x_eval) -> np.ndarray:
+    """IIA's samples at sigma = 0 from ``x_eval``, ``BATCH`` rows a jitted call."""
+    return run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval, batch=BATCH)
+
+
+def cell(setup: dict, solver, grid, nfe, args) -> dict:
+    """One (solver, grid, NFE) cell: the guarded fit, the unguarded coefficients, both evaluated."""
+    denoiser, x_fit, x_eval, ref = setup["denoiser"], setup["x_fit"], setup["x_eval"], setup["ref"]
+    steps = steps_for(nfe, solver)
     plan = iia_jax.plan(solver, GRIDS[grid](steps))
-    base = batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval)
+    base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval, batch=BATCH)
     t = time.perf_counter()
     res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, progress=False)   # default judge
     fit_s = time.perf_counter() - t
-    out = dict(solver=solver, grid=grid, nfe=plan.nfe, steps=steps, fit_s=fit_s,
-               median_base=ode_error(base, ref).median, dropped=list(res.report.quality_dropped),
-               fit_judge=list(res.report.quality_difference))
-    coeffs = res.coeffs
-    plain = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=None, progress=False).coeffs
-    saved = {}
-    variants = {"guarded": (np.asarray(coeffs.values), np.asarray(coeffs.kept)),
-                "plain": (np.asarray(plain.values), np.asarray(plain.kept))}
-    for name, (vals, kept) in variants.items():
-        c = iia_jax.Coefficients(**{**coeffs.__dict__, "values": jnp.asarray(vals, coeffs.values.dtype),
-                                    "kept": jnp.asarray(kept)})
-        x0 = batched(jax.jit(lambda x, c=c: iia_jax.iia_sample(denoiser, plan, c, x)), x_eval)
-        out[name] = dict(measure(x0, base, ref), kept=[int(i) for i in np.flatnonzero(kept)])
-        saved[name], saved[f"{name}_values"] = x0, vals
-    np.savez(args.out.parent / f"{solver}_{grid}_{plan.nfe}.npz", base=base, **saved)
+    rep = res.report
+    out = dict(model=args.model, solver=solver, grid=grid, nfe=plan.nfe, steps=steps, fit_s=fit_s,
+               median_base=ode_error(base, ref).median, dropped=list(rep.quality_dropped),
+               fit_judge=list(rep.quality_difference), fit_holdout_median=list(rep.holdout_median),
+               holdout_mse_before=list(rep.holdout_mse_before), holdout_mse_after=list(rep.holdout_mse_after))
+    # The guard only zeroes steps after the rest of the (deterministic) fit: refit without it only
+    # where it dropped one, else the unguarded coefficients are the guarded ones.
+    plain = (iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=None, progress=False).coeffs
+             if rep.quality_dropped else res.coeffs)
+    saved = {"base": base}
+    for name, coeffs in (("guarded", res.coeffs), ("plain", plain)):
+        if name == "plain" and plain is res.coeffs:
+            out["plain"], saved["plain"], saved["plain_values"] = out["guarded"], saved["guarded"], saved["guarded_values"]
+            continue
+        x0 = evaluate(denoiser, plan, coeffs, x_eval)
+        m = (measure(x0, base, ref) if args.model == "digits" else
+             measure_mixture(x0, base, ref, setup["exact"], setup["bandwidth"]))
+        out[name] = dict(m, kept=[int(i) for i in np.flatnonzero(np.asarray(coeffs.kept))])
+        saved[name], saved[f"{name}_values"] = x0, np.asarray(coeffs.values)
+    if args.model == "digits":
+        np.savez(SAMPLES / f"{solver}_{grid}_{plan.nfe}.npz", **saved)
     return out
 
 
+WORSE_Z = 1.0    # the guarantee: never worse than the base by more than one paired se
+BETTER_Z = 2.0   # a gain is claimed as the project's verdicts are: by more than two paired se
+
+
+def verdict(diff: float, se: float) -> str:
+    """``**worse**`` if IIA - base > 1 se (the guarantee's threshold), ``better`` if < -2 se, else
+    ``tie``."""
+    if diff > WORSE_Z * se:
+        return "**worse**"
+    return "better" if diff < -BETTER_Z * se else "tie"
+
+
+def plus_minus(value: float, se: float, digits: bool) -> str:
+    """``value +- se``: digits_score to 0.1 (as every digits page); the mixture's MMD^2, whose
+    differences span six decades, to the se's second significant digit."""
+    places = 1 if digits or not se > 0 else max(0, 1 - int(np.floor(np.log10(se))))
+    return f"{value:+.{places}f} +- {se:.{places}f}"
+
+
+def load(path: Path) -> list:
+    """The cells of a results file, one per (solver, grid, NFE): a measured row supersedes a
+    transcribed one (``--remeasure``), a later row an earlier one."""
+    cells = {}
+    for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+        key = (r["solver"], r["grid"], r["nfe"])
+        if key not in cells or not r.get("transcribed") or cells[key].get("transcribed"):
+            cells[key] = r
+    return sorted(cells.values(), key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"])))
+
+
 def table(path: Path) -> str:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["| solver | grid | NFE | median err base | no judge: err | no judge: IIA - base | "
-             "judge at n: no judge | guarded: err | guarded: IIA - base | kept | dropped by the guard | fit s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
-    for r in sorted(rows, key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"]))):
+    """The page's table from the results file: per cell the median ODE error base -> IIA (guarded),
+    the paired quality difference IIA - base with its se, the verdict, the steps kept and dropped
+    by the guard, and the unguarded fit's difference; then the counts the guarantee is read from.
+    Cells marked * were transcribed from an earlier page (the row's ``transcribed``: what measured
+    them), not measured by this script's present version."""
+    rows = load(path)
+    what = "MMD^2 to exact x1000" if rows and rows[0].get("model") == "overlapping" else "digits_score"
+    pm = lambda m: plus_minus(m["diff"], m["diff_se"], what == "digits_score")  # noqa: E731
+    lines = [f"| solver | grid | NFE | median ODE error base -> IIA | IIA - base ({what}) | verdict | "
+             "steps kept | dropped by the guard | no judge: IIA - base | fit s |",
+             "| --- | --- | ---: | --- | ---: | --- | --- | --- | ---: | ---: |"]
+    counts, higher = {}, []
+    for r in rows:
         p, g = r["plain"], r["guarded"]
+        v = verdict(g["diff"], g["diff_se"])
+        counts[v] = counts.get(v, 0) + 1
+        if g["kept"] and not g["median"] < r["median_base"]:
+            higher.append(f"{r['solver']} {r['grid']} NFE {r['nfe']}")
         lines.append(
-            f"| {r['solver']} | {r['grid']} | {r['nfe']} | {r['median_base']:.4f} | {p['median']:.4f} | "
-            f"{p['diff']:+.1f} +- {p['diff_se']:.1f} | {p['judge']:+.2f} +- {p['judge_se']:.2f} | "
-            f"{g['median']:.4f} | {g['diff']:+.1f} +- {g['diff_se']:.1f} | "
-            f"{', '.join(map(str, g['kept'])) or '-'} | {', '.join(map(str, r['dropped'])) or '-'} | "
-            f"{r['fit_s']:.0f} |")
+            f"| {r['solver']} | {r['grid']} | {r['nfe']}{'*' if r.get('transcribed') else ''} | "
+            f"{r['median_base']:.4f} -> {g['median']:.4f} | {pm(g)} | {v} | "
+            f"{', '.join(map(str, g['kept'])) or '-'} of {r['steps']} | {', '.join(map(str, r['dropped'])) or '-'} | "
+            f"{pm(p)} | {r['fit_s']:.0f} |")
+    lines += ["", f"{len(rows)} cells: {counts.get('better', 0)} better, {counts.get('tie', 0)} tie, "
+              f"{counts.get('**worse**', 0)} worse by more than one paired se; median ODE error not lower "
+              f"where a step is kept: {', '.join(higher) or 'none'}."]
+    return "\n".join(lines)
+
+
+COLUMNS = (3, 4, 5, 6, 8, 10)   # the guarantee's NFE columns (issue: NFE 3, 4, 5, 6, 8 and 10)
+
+
+def grid_summary(path: Path) -> str:
+    """The guarantee at a glance: a row per (solver, grid), a column per NFE, each cell the verdict
+    and IIA - base; a column holds the cell of the most steps that do not exceed its NFE
+    (``steps_for``: heun's NFE 3, 5, 7, 9 cells fill its columns 3-4, 5-6, 8, 10)."""
+    rows = {(r["solver"], r["grid"], r["nfe"]): r for r in load(path)}
+    digits = next(iter(rows.values()), {}).get("model", "digits") == "digits"
+    lines = ["| solver | grid | " + " | ".join(f"NFE {c}" for c in COLUMNS) + " |",
+             "| --- | --- |" + " --- |" * len(COLUMNS)]
+    for grid in GRIDS:
+        for solver in SOLVERS:
+            cells = []
+            for c in COLUMNS:
+                steps = steps_for(c, solver)
+                r = rows.get((solver, grid, iia_jax.solvers.get(solver).nfe(steps))) if steps else None
+                if r is None:
+                    cells.append("not run")
+                    continue
+                g = r["guarded"]
+                note = "" if r["nfe"] == c else f" (NFE {r['nfe']})"
+                cells.append(f"{verdict(g['diff'], g['diff_se'])} {plus_minus(g['diff'], g['diff_se'], digits)}{note}")
+            lines.append(f"| {solver} | {grid} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -117,9 +242,8 @@ def agreement(path: Path) -> str:
     ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
     lines = ["| solver | grid | NFE | digits_score IIA - base (z) | judge at n = 1000 (z) | judge on 250-row quarters (z) | agree |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for r in sorted(rows, key=lambda r: (r["nfe"], r["grid"], SOLVERS.index(r["solver"]))):
-        z = np.load(path.parent / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")
+    for r in (r for r in load(path) if not r.get("transcribed")):     # their samples were not kept
+        z = np.load(SAMPLES / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")
         plain, base = z["plain"], z["base"]
         if np.array_equal(plain, base):
             continue
@@ -147,32 +271,136 @@ def refit_variants(path: Path) -> str:
     ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
     lines = ["| candidate vs base | digits_score z | " + " | ".join(VARIANTS) + " |",
              "| --- | ---: |" + " ---: |" * len(VARIANTS)]
-    for r in map(json.loads, (path.parent / "refit.jsonl").read_text().splitlines()):
-        base = np.load(path.parent / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")["base"]
-        x0 = np.load(path.parent / f"refit_{r['solver']}_{r['grid']}_{r['nfe']}.npy")
+    for r in map(json.loads, (SAMPLES / "refit.jsonl").read_text().splitlines()):
+        base = np.load(SAMPLES / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")["base"]
+        x0 = np.load(SAMPLES / f"refit_{r['solver']}_{r['grid']}_{r['nfe']}.npy")
         zs = [d / se for d, se in (reference_mmd(x0, base, ref, **kw) for kw in VARIANTS.values())]
         lines.append(f"| {r['solver']} {r['grid']}, refitted | {r['diff'] / r['diff_se']:+.1f} | "
                      + " | ".join(f"{z:+.1f}" for z in zs) + " |")
     return "\n".join(lines)
 
 
+def ladder(setup: dict) -> str:
+    """The distance's own check on a ladder of known order: ``--n`` fresh exact samples shrunk
+    toward the mixture's mean by s (s = 1: exact), against the exact samples the cells use; each
+    rung's MMD^2 and its paired difference to the rung above it (the same rows, so paired)."""
+    mix, exact, h = setup["denoiser"], setup["exact"], setup["bandwidth"]
+    x = np.asarray(gmm_sample(jax.random.PRNGKey(setup["seed"] + 2), mix, len(exact)))
+    mean = np.asarray(jnp.einsum("k,k...->...", jnp.exp(mix.log_weights), mix.means))
+    rungs = [mean + s * (x - mean) for s in LADDER]
+    lines = ["| exact samples shrunk by | MMD^2 to exact x1000 | minus the rung above (paired) | z |",
+             "| ---: | ---: | ---: | ---: |"]
+    for i, (s, r) in enumerate(zip(LADDER, rungs)):
+        v, loo = exact_mmd(r, exact, h)
+        step = "" if i == 0 else "{:+.3f} +- {:.3f} | {:+.1f}".format(
+            *(lambda d, se: (d, se, d / se))(*paired_distance(r, rungs[i - 1], exact, h)[:2]))
+        lines.append(f"| x{s:g} | {v:.3f} +- {jackknife_se(loo):.3f} | " + (step or "- | -") + " |")
+    return "\n".join(lines)
+
+
+def fit_reference(denoiser, solver: str, sigmas, x, fine_steps: int) -> np.ndarray:
+    """The fit's own fine reference from ``x`` (the trajectory target's): the same solver over
+    ``fine_steps`` sub-steps per interval, chained interval by interval."""
+    solver_ = iia_jax.solvers.get(solver)
+    n = len(sigmas) - 1
+
+    def run(x):
+        for i in range(n):
+            x = fine_solution(denoiser, solver_, x, sigmas[i], sigmas[i + 1], fine_steps, i == n - 1)
+        return x
+    return run_batched(jax.jit(run), x, batch=BATCH)
+
+
+def explain(setup: dict, solver: str, grid: str, nfe: int, args) -> str:
+    """Why a digits cell misses, from its saved samples: the unguarded IIA's loss per kept step
+    switched on alone, and the guard's judge against the 64-step reference and against the fit's
+    own kind of reference (``fit_reference``, ``--fine-steps`` and the library default 16) on the
+    evaluation draws, each reference's own ``digits_score`` against the 64-step one."""
+    denoiser, x_eval, ref = setup["denoiser"], setup["x_eval"], setup["ref"]
+    steps = steps_for(nfe, solver)
+    plan = iia_jax.plan(solver, GRIDS[grid](steps))
+    z = np.load(SAMPLES / f"{solver}_{grid}_{plan.nfe}.npz")
+    base, plain, values = z["base"], z["plain"], z["plain_values"]
+    cfg = FitConfig()
+    spec = feature_spec(solver, cfg.preset, cfg.history)
+    pm = lambda d: f"{d[0]:+.2f} +- {d[1]:.2f}"  # noqa: E731
+    lines = [f"{solver} {grid} NFE {plan.nfe}: unguarded IIA and each kept step alone against the base "
+             "(paired digits_score; the judge against the 64-step reference; ODE error; looks)",
+             "| what | digits_score IIA - base | judge | median ODE error | contrast | HF | dark |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    kept = [i for i in range(len(values)) if np.any(values[i])]
+    for name, x0 in [("base", base), ("unguarded IIA", plain)] + [
+            (f"step {i} alone", np.asarray(candidate_samples(denoiser, solver, spec, plan.sigmas,
+                                                             np.where(np.arange(len(values))[:, None] == i, values, 0),
+                                                             x_eval))) for i in kept]:
+        lk = look(x0, ref)
+        lines.append(f"| {name} | {pm(score_difference(x0, base, paired=True))} | {pm(reference_mmd(x0, base, ref))} | "
+                     f"{ode_error(x0, ref).median:.4f} | {lk['contrast']:.3f} | {lk['hf']:.3f} | {lk['dark']:.3f} |")
+    lines += ["", "| reference the judge sees | its digits_score - the 64-step one's | judge: unguarded IIA - base |",
+              "| --- | ---: | ---: |", f"| heun, 64 Karras steps | 0 | {pm(reference_mmd(plain, base, ref))} |"]
+    for fs in sorted({args.fine_steps, cfg.fine_steps}):
+        r = fit_reference(denoiser, solver, plan.sigmas, x_eval, fs)
+        lines.append(f"| {solver}, {fs} sub-steps per step (the fit's kind) | {pm(score_difference(r, ref, paired=True))} | "
+                     f"{pm(reference_mmd(plain, base, r))} |")
+    return "\n".join(lines)
+
+
+def setup_for(model: str, args) -> dict:
+    """Denoiser, fit and evaluation noise, the ODE reference from the evaluation noise (cached),
+    and for the mixture its exact samples and the kernel bandwidth."""
+    denoiser = pretrained.digits() if model == "digits" else overlapping_mixture().denoiser
+    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
+    x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
+    x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
+    cache = (ROOT / "checkpoints" / "quality_cause" / f"reference_seed{args.seed}_n{args.n}.npy" if model == "digits"
+             else SAMPLES / f"{model}_reference_seed{args.seed}_n{args.n}.npy")
+    if cache.exists():
+        ref = np.load(cache)
+    else:
+        ref_plan = iia_jax.plan("heun", schedules.karras(REFERENCE_STEPS[model], SIGMA_MIN, SIGMA_MAX))
+        ref = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval, batch=BATCH)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, ref)
+    setup = dict(denoiser=denoiser, x_fit=x_fit, x_eval=x_eval, ref=ref, seed=args.seed)
+    if model == "overlapping":
+        exact = np.asarray(gmm_sample(jax.random.PRNGKey(args.seed + 1), denoiser, args.n)).reshape(args.n, -1)
+        setup.update(exact=exact, bandwidth=median_bandwidth(exact))
+    return setup
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="digits", choices=list(REFERENCE_STEPS))
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     ap.add_argument("--nfe", nargs="+", type=int, default=[5])
-    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=None, help="evaluation draws (digits 1000, overlapping 2000)")
     ap.add_argument("--fit-batch", type=int, default=1024)
     ap.add_argument("--fine-steps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "quality_guard" / "cells.jsonl")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default docs/quality_guard_<model>.jsonl)")
+    ap.add_argument("--remeasure", action="store_true", help="measure the transcribed cells of --out again "
+                    "(the new rows supersede them)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
+    ap.add_argument("--ladder", action="store_true", help="print the mixture distance's ladder check and stop")
+    ap.add_argument("--explain", metavar="SOLVER:GRID:NFE", help="why a measured digits cell misses "
+                    "(its saved samples, per kept step, the judge's references) and stop")
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
     args = ap.parse_args(argv)
+    args.n = args.n or (1000 if args.model == "digits" else 2000)
+    args.out = args.out or ROOT / "docs" / f"quality_guard_{args.model}.jsonl"
     if args.table:
-        print(table(args.out))
+        print(grid_summary(args.out) + "\n\n" + table(args.out))
         return
     if args.agreement:
         print(agreement(args.out))
@@ -180,41 +408,38 @@ def main(argv=None):
     if args.refit_variants:
         print(refit_variants(args.out))
         return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if args.out.exists():
-        done = {(r["solver"], r["grid"], r["nfe"]) for r in map(json.loads, args.out.read_text().splitlines())}
-    denoiser = pretrained.digits()
-    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
-    x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
-    x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
-    cache = ROOT / "checkpoints" / "quality_cause" / f"reference_seed{args.seed}_n{args.n}.npy"
-    if cache.exists():
-        ref = np.load(cache)
-    else:
-        ref_plan = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
-        ref = batched(jax.jit(lambda x: iia_jax.sample(denoiser, ref_plan, x)), x_eval)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, ref)
+    if args.explain:
+        solver, grid, nfe = args.explain.split(":")
+        print(explain(setup_for(args.model, args), solver, grid, int(nfe), args))
+        return
+    if args.ladder:
+        if args.model != "overlapping":
+            raise SystemExit("--ladder checks the exact mixture's distance: use it with --model overlapping")
+        print(ladder(setup_for(args.model, args)))
+        return
+    SAMPLES.mkdir(parents=True, exist_ok=True)
+    done = {(r["solver"], r["grid"], r["nfe"]) for r in (load(args.out) if args.out.exists() else [])
+            if not (args.remeasure and r.get("transcribed"))}
+    setup = setup_for(args.model, args)
     command = " ".join(["python", "benchmarks/quality_guard.py"] + (sys.argv[1:] if argv is None else list(argv)))
     for nfe in args.nfe:
         for grid in args.grids:
             for solver in args.solvers:
-                nfe_real = 2 * steps_for(solver, nfe) - 1 if solver == "heun" else nfe
-                if (solver, grid, nfe_real) in done or steps_for(solver, nfe) < 2:
+                steps = steps_for(nfe, solver)
+                if steps is None or (solver, grid, iia_jax.solvers.get(solver).nfe(steps)) in done:
                     continue
                 t = time.perf_counter()
-                r = cell(denoiser, solver, grid, nfe, args, x_fit, x_eval, ref)
-                r["command"] = command
+                r = cell(setup, solver, grid, nfe, args)
+                r.update(command=command, commit=commit(), n=args.n, fit_batch=args.fit_batch,
+                         fine_steps=args.fine_steps, seed=args.seed)
                 with args.out.open("a") as f:
                     f.write(json.dumps(r, default=float) + "\n")
                 done.add((solver, grid, r["nfe"]))
                 p, g = r["plain"], r["guarded"]
-                print(f"{solver:9s} {grid:12s} NFE {r['nfe']:2d}  err {r['median_base']:.4f} -> {p['median']:.4f} "
-                      f"(guarded {g['median']:.4f})  no judge {p['diff']:+6.1f} +- {p['diff_se']:4.1f} "
-                      f"[judge {p['judge']:+.2f} +- {p['judge_se']:.2f}]  guarded {g['diff']:+6.1f} +- "
-                      f"{g['diff_se']:4.1f}  dropped {r['dropped']} fit-judge {r['fit_judge']}  "
-                      f"{time.perf_counter() - t:.0f} s", flush=True)
+                print(f"{solver:9s} {grid:12s} NFE {r['nfe']:2d}  err {r['median_base']:.4f} -> {g['median']:.4f} "
+                      f"(no judge {p['median']:.4f})  guarded {g['diff']:+.3g} +- {g['diff_se']:.2g}  no judge "
+                      f"{p['diff']:+.3g} +- {p['diff_se']:.2g}  kept {g['kept']} dropped {r['dropped']} "
+                      f"fit-judge {r['fit_judge']}  {time.perf_counter() - t:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -242,3 +242,21 @@ def test_guard_rule_on_judges_with_known_verdicts():
     np.testing.assert_array_equal(calm.coeffs.values, free.coeffs.values)
     with pytest.raises(ValueError, match="finite"):
         fit_with(lambda c, b, r: (np.nan, 1.0))
+
+
+# --------------------------------------------------------------------------- the pages' tables
+
+def test_pages_show_the_tracked_results():
+    """The guarantee tables on the pages are exactly what ``python benchmarks/quality_guard.py
+    --table`` builds from the tracked results files, so no page keeps a number its file lost."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("quality_guard", root / "benchmarks" / "quality_guard.py")
+    qg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qg)
+    for model, page in (("digits", "digits.md"), ("overlapping", "iia.md")):
+        results, text = root / "docs" / f"quality_guard_{model}.jsonl", (root / "docs" / page).read_text()
+        assert qg.grid_summary(results) in text, (model, page)
+        assert qg.table(results) in text, (model, page)
