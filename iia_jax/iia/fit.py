@@ -186,6 +186,11 @@ def _sequential_advance(denoiser, sigmas, index, carry, cond, values, *, solver,
     """Step ``index`` of the IIA sampler on one chunk with its coefficients ``values [K]``."""
     new, feats, _ = corrected_step(bind_condition(denoiser, cond), solver, spec, carry, sigmas[index],
                                    sigmas[index + 1], final)
+    return _corrected(new, feats, values)
+
+
+def _corrected(new, feats, values):
+    """The carry of a base step ``new`` with the correction ``values @ feats`` added to its state."""
     return new[0], apply_correction(new[1], values, feats), new[2]
 
 
@@ -195,9 +200,7 @@ def _solve_step(stats, sums, rows, *, solve):
     return solve(jax.tree_util.tree_map(lambda a: a[0], stats), sums, rows)
 
 
-@jax.jit
-def _apply_kept(new, feats, values):
-    return new[0], apply_correction(new[1], values, feats), new[2]
+_apply_kept = jax.jit(_corrected)   # a kept chunk's base step and features, corrected
 
 
 @jax.jit
@@ -214,7 +217,7 @@ class _Passes:
         self.denoiser, self.sigmas, self.spend = denoiser, sigmas, spend
         self.static = dict(solver=solver, spec=spec, fine_steps=fine_steps)
         n, e = sigmas.shape[0] - 1, solver.evals_per_step
-        self.coarse, self.fine_step = solver.nfe(n), e * fine_steps     # model calls a row
+        self.coarse = solver.nfe(n)                                     # model calls a row
         self.reference_row = self.coarse + e * fine_steps * n + 1      # a coarse and a fine pass
 
     def check(self, ok, what="non-finite model output"):
