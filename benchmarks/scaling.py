@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
-from iia_jax.bench import harness, models  # noqa: E402
+from iia_jax.bench import fitcost, harness, models  # noqa: E402
 from iia_jax.rows import Sharding, make_layout  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -130,17 +130,12 @@ def count_check(quick: bool):
     results = []
     for solver, mode, target, chunk in (cases[:1] + cases[-1:] if quick else cases):
         p = iia_jax.plan(solver, schedules.karras(4, SIGMA_MIN, 20.0))
-        counter = [0]
-
-        def counted(x, sigma, counter=counter):
-            n = x.shape[0]
-            jax.debug.callback(lambda: counter.__setitem__(0, counter[0] + n))
-            return gmm(x, sigma)
-
+        counted, counter = fitcost.counting(gmm)
         x = 20.0 * jax.random.normal(jax.random.PRNGKey(3), (200,) + SHAPE)
         iia_jax.fit(counted, p, x, fine_steps=3, mode=mode, target=target, chunk_size=chunk,
                     key=jax.random.PRNGKey(FIT_KEY), progress=False, quality=None)
         expected = fit_evaluations(make_layout(200, HOLDOUT, chunk), p, 3, mode, target)["total"]
+        jax.effects_barrier()
         results.append(dict(solver=solver, mode=mode, target=target, chunk=chunk,
                             counted=counter[0], formula=expected))
     return results
