@@ -170,7 +170,7 @@ class Layout(NamedTuple):
             lead = a.shape[:row_axis]
             a = a.reshape(lead + (self.groups_per_chunk, self.chunks, self.group) + a.shape[row_axis + 1:])
             a = jnp.moveaxis(a, row_axis + 1, row_axis)
-            return self._constrain(a.reshape(lead + (self.chunks, self.chunk_rows) + a.shape[row_axis + 3:]),
+            return self.constrain(a.reshape(lead + (self.chunks, self.chunk_rows) + a.shape[row_axis + 3:]),
                                    row_axis + 1)
 
         return jax.tree_util.tree_map(split, tree)
@@ -184,11 +184,20 @@ class Layout(NamedTuple):
             g = a.reshape(lead + (self.chunks, self.groups_per_chunk, self.group) + tail)
             idx = pos.reshape((1,) * len(lead) + pos.shape + (1,) * len(tail))
             held = jnp.take_along_axis(g, idx, axis=len(lead) + 2)
-            return self._constrain(held.reshape(lead + (self.chunks, self.chunk_hold) + tail), row_axis)
+            return self.constrain(held.reshape(lead + (self.chunks, self.chunk_hold) + tail), row_axis)
 
         return jax.tree_util.tree_map(take, tree)
 
-    def _constrain(self, a, row_axis):
+    def holdout_of_chunk(self, a, positions, chunk: int):
+        """The held-out rows ``[chunk_hold, ...]`` of one chunk's rows ``a [chunk_rows, ...]``
+        (chunk ``chunk`` of :meth:`holdout_of_chunks`, without the other chunks in memory)."""
+        pos = positions.reshape(self.groups_per_chunk, self.chunks, self.hold)[:, chunk]
+        groups = a.reshape((self.groups_per_chunk, self.group) + a.shape[1:])
+        held = jnp.take_along_axis(groups, pos.reshape(pos.shape + (1,) * (a.ndim - 1)), axis=1)
+        return held.reshape((self.chunk_hold,) + a.shape[1:])
+
+    def constrain(self, a, row_axis):
+        """``a`` with its rows at ``row_axis`` placed on the layout's sharding (as is without one)."""
         if self.sharding is None:
             return a
         return jax.lax.with_sharding_constraint(a, self.sharding.rows_at(row_axis, a.ndim))

@@ -127,6 +127,21 @@ def test_one_split_for_fit_and_fit_plan(rows, holdout):
     assert train.size + held.size == rows and not set(train) & set(held)
 
 
+@pytest.mark.parametrize("rows, chunk", [(128, 16), (100, 32), (96, None)])
+def test_one_chunk_held_out_rows_are_those_of_all_chunks(rows, chunk):
+    """A chunk's held-out rows taken alone (the fit keeps the reference's that way) are the
+    chunk's slice of the held-out rows of every chunk, and are the held-out rows of x itself."""
+    x = jnp.arange(rows * 3, dtype=jnp.float32).reshape(rows, 3)
+    fit_rows = split_batch(x, None, 0.25, chunk, jax.random.PRNGKey(2))
+    layout = fit_rows.layout
+    every = layout.holdout_of_chunks(fit_rows.x, fit_rows.positions)
+    for c in range(layout.chunks):
+        np.testing.assert_array_equal(layout.holdout_of_chunk(fit_rows.x[c], fit_rows.positions, c), every[c])
+    real = np.asarray(fit_rows.hold_weights).reshape(-1) > 0
+    held = np.asarray(every).reshape(-1, 3)[real]
+    np.testing.assert_array_equal(np.sort(held[:, 0]), np.sort(np.asarray(x)[fit_rows.holdout_indices(), 0]))
+
+
 def _count_compilations():
     from jax import monitoring
     counter = {"n": 0}

@@ -223,12 +223,13 @@ class _Passes:
     def check(self, ok, what="non-finite model output"):
         _raise_if_bad(ok, self.sigmas, what)
 
-    def reference(self, x, cond, weights, spread=False):
+    def reference(self, x, cond, weights, spread=False, ends=None):
         """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
         summed over chunks for each row of ``weights [C, W, b]`` (and
-        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None), and the fine states at
-        sigma = 0 ``[C, b, ...]`` (a chunk's states on the way are dropped with the chunk)."""
-        stats, ends = None, []
+        :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None).  Each chunk's fine
+        state at sigma = 0 goes to ``ends.add`` (an :class:`_Ends`); without ``ends`` they are
+        returned stacked ``[C, b, ...]``.  A chunk's states on the way are dropped with the chunk."""
+        stats, every = None, []
         for c in range(x.shape[0]):
             part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
             part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
@@ -236,8 +237,11 @@ class _Passes:
             self.check(ok, "non-finite model output or reference")
             self.spend(x.shape[1] * self.reference_row)
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
-            ends.append(part_states[-1])
-        return stats, jnp.stack(ends)
+            if ends is None:
+                every.append(part_states[-1])
+            else:
+                ends.add(c, part_states[-1])
+        return stats, (jnp.stack(every) if ends is None else ends)
 
     def features(self, x, cond, weights):
         """Features and residuals ``[N, K, b, ...]``, ``[N, b, ...]`` of one chunk, and its states."""
@@ -247,11 +251,11 @@ class _Passes:
         self.spend(x.shape[0] * self.reference_row)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, target, solve, exact, on=None):
+    def sequential(self, rows: FitRows, target, solve, exact, ends, on=None):
         """The sequential fit: the IIA sampler over the rows, step by step, each step's
         coefficients solved on the training rows before the next step runs.  Returns the
-        coefficients ``[N, K]``, the statistics (leading ``[N, 2]``) and, for the trajectory
-        target, the fine reference at sigma = 0 of every row ``[C, b, ...]``.
+        coefficients ``[N, K]`` and the statistics (leading ``[N, 2]``); for the trajectory target
+        each chunk's fine reference at sigma = 0 goes to ``ends`` (an :class:`_Ends`).
 
         Memory: every program sees one chunk.  Between steps a row keeps only what the sampler
         carries (its state, the solver's and the features' history) and, for the trajectory target,
@@ -281,7 +285,10 @@ class _Passes:
             values.append(c_i)
             all_stats.append(stats)
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *all_stats)
-        return jnp.stack(values), stacked, (jnp.stack(fines) if target == "trajectory" else None)
+        if target == "trajectory":
+            for c, fine in enumerate(fines):
+                ends.add(c, fine)
+        return jnp.stack(values), stacked
 
     def _measure(self, i, final, chunks, carries, fines, solve):
         """Step ``i`` over every chunk before its coefficients exist: the summed statistics and
@@ -389,29 +396,62 @@ def _solve_steps(stats, sums, rows, *, solve):
     return jax.vmap(solve)(_train_stats(stats), sums, rows)
 
 
-def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, on=None):
+def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on=None):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
-    ``[N, 2]`` (training, held-out rows), and the fine reference at sigma = 0 of every row
-    ``[C, b, ...]`` where the fit integrated it (None for the local target, whose reference pass
-    runs over the held-out rows only: :func:`_holdout_reference`).  ``on``: the sequential
-    steps to fit (the others held at zero)."""
+    ``[N, 2]`` (training, held-out rows), and what the checks need of the fine reference at
+    sigma = 0 (an :class:`_Ends` keeping the first ``judged`` rows for a judge) where the fit
+    integrated it for every row; None for the local target, whose reference pass runs over the
+    held-out rows only (:func:`_holdout_reference`).  ``on``: the sequential steps to fit (the
+    others held at zero)."""
     exact = rows.layout.chunks == 1 and rows.layout.sharding is None   # the solve may see the rows
+    ends = _Ends(rows, judged) if mode == "teacher_forced" or target == "trajectory" else None
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
         values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
-        return values, stats, states[-1][None]
+        ends.add(0, states[-1])
+        return values, stats, ends
     if mode == "teacher_forced":
-        (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread)
+        (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread, ends)
         return _solve_steps(stats, sums, None, solve=solve), stats, ends
-    values, stats, fine_end = passes.sequential(rows, target, solve, exact, on)
-    return values, stats, fine_end   # trajectory: integrated alongside; local: None
+    values, stats = passes.sequential(rows, target, solve, exact, ends, on)
+    return values, stats, ends
+
+
+class _Ends:
+    """What the checks need of the fine reference at sigma = 0, kept chunk by chunk as the fit
+    integrates it (every row's would grow with the batch): the held-out rows (the never-worse
+    check) and the first ``limit`` real rows in chunk order, on the host (a judge that compares
+    with the reference; None: every row, 0: none)."""
+
+    def __init__(self, rows: FitRows, limit):
+        self._rows, self._limit = rows, limit
+        self._real = _host(rows.weights.sum(axis=1)) > 0          # [C, b]: not padding
+        self._held, self._first, self._count = [], [], 0
+
+    def add(self, chunk: int, end):
+        """Chunk ``chunk``'s fine states at sigma = 0 ``[b, ...]``."""
+        self._held.append(self._rows.layout.holdout_of_chunk(end, self._rows.positions, chunk))
+        if self._limit is None or self._count < self._limit:
+            part = _host(end)[self._real[chunk]]
+            self._first.append(part)
+            self._count += len(part)
+
+    def held(self):
+        """The held-out rows' ``[C, h, ...]``."""
+        return self._rows.layout.constrain(jnp.stack(self._held), 1)
+
+    def first(self, limit):
+        """The first ``limit`` real rows' (None: all), in chunk order."""
+        if not (self._limit is None or (limit is not None and limit <= self._limit)):
+            raise ValueError(f"the fit kept the reference of {self._limit} rows, {limit} were asked for")
+        return np.concatenate(self._first)[:limit]
 
 
 def _holdout_reference(passes: _Passes, rows: FitRows, ends):
-    """The fine reference at sigma = 0 of the held-out rows ``[C, h, ...]``: taken from every
-    row's ``ends`` when the fit has them, else integrated for those rows alone."""
+    """The fine reference at sigma = 0 of the held-out rows ``[C, h, ...]``: kept in ``ends``
+    when the fit integrated every row's, else integrated for those rows alone."""
     if ends is not None:
-        return rows.layout.holdout_of_chunks(ends, rows.positions, 1)
+        return ends.held()
     held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
     return passes.reference(rows.hold_x, rows.hold_cond, held)[1]
 
@@ -445,7 +485,7 @@ class _EndToEnd:
     """The IIA sampler for given coefficient values ``[N, K]`` (all steps on; zero rows are the
     base step), chunk by chunk: per-sample errors at sigma = 0 of the held-out rows against the
     fine reference (one scalar a row comes to the host) and, for a quality judge, samples.
-    ``ends``: the fine reference at sigma = 0 of every row ``[C, b, ...]``, or None."""
+    ``ends``: the fit's :class:`_Ends` of the fine reference at sigma = 0, or None."""
 
     def __init__(self, passes: _Passes, rows: FitRows, ends):
         self.rows, self.hold_reference = rows, _holdout_reference(passes, rows, ends)
@@ -496,8 +536,7 @@ class _EndToEnd:
         rows."""
         rows = self.rows
         if self._ends is not None:
-            return (lambda vals: self.samples(vals, limit)), self._over_chunks(
-                lambda x, c, e: e, rows.x, rows.cond, self._real_all, self._ends, limit=limit)
+            return (lambda vals: self.samples(vals, limit)), self._ends.first(limit)
         held = lambda vals: self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.hold_x,  # noqa: E731
                                               rows.hold_cond, self._real_held, limit=limit)
         return held, self._over_chunks(lambda x, c, e: e, rows.hold_x, rows.hold_cond, self._real_held,
@@ -664,7 +703,9 @@ class _Checked(NamedTuple):
 def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, bar, on=None) -> _Checked:
     """Fit every step (``on``: only those, the rest held at zero) and run the never-worse check."""
     bar.phase("fit" if on is None else "refit")
-    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, on)
+    judge = config.judge
+    judged = judge.max_rows if judge is not None and judge.reference else 0
+    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, judged, on)
     values = _host(values)
     _raise_if_bad(np.all(np.isfinite(values), axis=1), passes.sigmas, "non-finite coefficients")
     if not rows.layout.hold_rows:

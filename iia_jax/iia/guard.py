@@ -68,12 +68,14 @@ def median_bandwidth_of(reference, block: int = 128, max_rows: int = BANDWIDTH_R
     if n < 2:
         raise ValueError(f"reference needs at least 2 rows, got {n}")
     sq = np.sum(r * r, 1)
-    parts = []
+    distances, filled = np.empty(n * (n - 1) // 2), 0      # one buffer, the median taken in place
     for s in range(0, n, block):
         d2 = sq[s:s + block, None] + sq[None, :] - 2.0 * r[s:s + block] @ r.T
         i = np.arange(s, min(s + block, n))[:, None]
-        parts.append(np.sqrt(np.clip(d2, 0.0, None))[np.arange(n)[None, :] > i])
-    h = float(np.median(np.concatenate(parts)))
+        upper = np.sqrt(np.clip(d2, 0.0, None))[np.arange(n)[None, :] > i]
+        distances[filled:filled + upper.size] = upper
+        filled += upper.size
+    h = float(np.median(distances, overwrite_input=True))
     if not h > 0:
         raise ValueError("reference rows are all identical: no bandwidth for the kernel")
     return h
@@ -84,7 +86,7 @@ def _gauss(a, b, sq_a, sq_b, h):
     return np.exp(-np.clip(d2, 0.0, None) / (2.0 * h * h))
 
 
-def paired_mmd_difference(candidate, base, reference, bandwidth: float, block: int = 128):
+def paired_mmd_difference(candidate, base, reference, bandwidth: float, block: int = 64):
     """``(MMD^2(C, R) - MMD^2(B, R), se)`` of three paired sample sets ``[n, ...]`` (row ``i`` of
     each from the same noise) with the Gaussian kernel of ``bandwidth`` (module docstring: the
     U-statistic over distinct rows and its closed-form row jackknife)."""
