@@ -265,10 +265,13 @@ class _Passes:
         sees the rows themselves, not only their sums.  ``on [N]`` (bool, default all): steps
         whose coefficients are fitted; the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
-        chunks = [(rows.x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], rows.cond), rows.weights[c])
+        chunks = [(jax.tree_util.tree_map(lambda a, c=c: a[c], rows.cond), rows.weights[c])
                   for c in range(rows.layout.chunks)]
-        carries = [(solver.init(x), x, spec.init_history(x)) for x, _, _ in chunks]
-        fines = [x if target == "trajectory" else None for x, _, _ in chunks]
+        carries, fines = [], []
+        for c in range(rows.layout.chunks):
+            x = rows.x[c]
+            carries.append((solver.init(x), x, spec.init_history(x)))
+            fines.append(x if target == "trajectory" else None)
         values, all_stats = [], []
         for i in range(self.sigmas.shape[0] - 1):
             final = i == self.sigmas.shape[0] - 2
@@ -277,9 +280,10 @@ class _Passes:
             c_i = _solve_step(stats, sums, exact_rows, solve=solve)
             if on is not None and not on[i]:
                 c_i = jnp.zeros_like(c_i)
-            carries = [_apply_kept(kept[0], kept[1], c_i) if kept is not None else
-                       _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carry, cond, c_i, final=final, solver=solver,
-                                    spec=spec) for carry, (_, cond, _) in zip(carries, chunks)]
+            for c, (cond, _) in enumerate(chunks):   # in place: a chunk's old carry goes at once
+                carries[c] = (_apply_kept(kept[0], kept[1], c_i) if kept is not None else
+                              _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], cond, c_i, final=final,
+                                           solver=solver, spec=spec))
             if kept is None:
                 self.spend(rows.x.shape[0] * rows.x.shape[1] * self.coarse // (self.sigmas.shape[0] - 1))
             values.append(c_i)
@@ -296,7 +300,7 @@ class _Passes:
         The trajectory target's fine states in ``fines`` move on to ``sigma_{i+1}``."""
         stats = sums = kept = None
         oks = []
-        for c, (carry, (_, cond, weights)) in enumerate(zip(carries, chunks)):
+        for c, (carry, (cond, weights)) in enumerate(zip(carries, chunks)):
             s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fines[c], cond, weights,
                                                 final=final, spread=solve.needs_spread, keep=len(chunks) == 1,
                                                 **self.static)
