@@ -15,7 +15,8 @@ during the first fit is recorded too.
 **Memory.** A fresh Python process per batch size: its resident-set high-water mark (``VmHWM``,
 reset just before ``fit``) minus its resident set just before ``fit`` (imports, noise, one model
 call): the fit's own peak, measured by the operating system, so it counts everything XLA allocates
-on the CPU (compilation included).
+on the CPU (compilation included).  The same after a smaller fit that compiled the same programs
+is the memory of the fit's data alone, the part that can grow with the batch.
 """
 from __future__ import annotations
 
@@ -122,16 +123,24 @@ def _status_mb(field: str) -> float:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str) -> None:
+def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str,
+                 compiled: bool = False) -> None:
     """Run in a fresh process (Linux): print ``{"before_mb", "peak_mb", "fit_s"}`` of one fit as JSON.
 
     The resident-set high-water mark is reset just before the fit (``echo 5 > /proc/self/clear_refs``),
-    so ``peak_mb - before_mb`` is what the fit itself added at its peak."""
+    so ``peak_mb - before_mb`` is what the fit itself added at its peak.  With ``compiled``, a fit of
+    the first ``min(batch, 2 chunk)`` rows (the same programs) runs first, so the measured fit
+    compiles nothing and its peak is the memory of its data alone."""
     from .models import MODELS
     m = MODELS[model_name]()
     p = plan_for(solver, nfe, m.sigma_min, m.sigma_max, exact=True)
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(8), (batch,) + m.shape)
     jax.block_until_ready(m.denoiser(x[:2], 1.0))
+    if compiled:
+        warm = fit(m.denoiser, p, x[:min(batch, 2 * (chunk or batch))], mode=mode, chunk_size=chunk or None,
+                   fine_steps=16, progress=False)
+        jax.block_until_ready(warm.coeffs.values)
+        del warm
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_mb("VmRSS")
@@ -140,10 +149,12 @@ def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int,
     print(json.dumps(dict(before_mb=before, peak_mb=_status_mb("VmHWM"), fit_s=res.report.fit_seconds)))
 
 
-def fit_memory(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str) -> dict:
-    """``{"fit_mb", "before_mb", "fit_s"}``: one fit's own peak memory (MiB), in a fresh process."""
+def fit_memory(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str,
+               compiled: bool = False) -> dict:
+    """``{"fit_mb", "before_mb", "fit_s"}``: one fit's own peak memory (MiB), in a fresh process
+    (``compiled``: after a smaller fit of the same programs, :func:`memory_probe`)."""
     r = _in_fresh_process(f"from iia_jax.bench.fitcost import memory_probe; "
-                          f"memory_probe({model_name!r}, {solver!r}, {nfe}, {batch}, {chunk}, {mode!r})")
+                          f"memory_probe({model_name!r}, {solver!r}, {nfe}, {batch}, {chunk}, {mode!r}, {compiled})")
     return dict(fit_mb=r["peak_mb"] - r["before_mb"], before_mb=r["before_mb"], fit_s=r["fit_s"])
 
 
