@@ -41,6 +41,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax, not an installed one
 import iia_jax  # noqa: E402
 from iia_jax import schedules, solvers  # noqa: E402
 from iia_jax.bench import fitcost, harness, models  # noqa: E402

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from iia_jax import pretrained
-from iia_jax.data import digits
-from iia_jax.metrics.quality import JUDGE_SPLIT, digits_split
-from iia_jax.train import ClassifierConfig, make_classifier_net, train_classifier
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax, not an installed one
+from iia_jax import pretrained  # noqa: E402
+from iia_jax.data import digits  # noqa: E402
+from iia_jax.metrics.quality import JUDGE_SPLIT, digits_split  # noqa: E402
+from iia_jax.train import ClassifierConfig, make_classifier_net, train_classifier  # noqa: E402
 
 JUDGE = ClassifierConfig(name="digits_judge", net_kwargs={"features_dim": 64, "dropout": 0.2}, steps=1000)
 

@@ -27,15 +27,17 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import iia_jax
-from iia_jax import pretrained
-from iia_jax.data import digits
-from iia_jax.train import (DIGITS_CLASSIFIER, DIGITS_COND_DENOISER, DIGITS_DENOISER, make_classifier_net,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's iia_jax, not an installed one
+import iia_jax  # noqa: E402
+from iia_jax import pretrained  # noqa: E402
+from iia_jax.data import digits  # noqa: E402
+from iia_jax.train import (DIGITS_CLASSIFIER, DIGITS_COND_DENOISER, DIGITS_DENOISER, make_classifier_net,  # noqa: E402
                            train_classifier, train_denoiser)
 
 
