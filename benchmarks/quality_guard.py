@@ -34,7 +34,7 @@ Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation 
 Results are appended, one JSON line per cell, to ``--out`` (default: the tracked
 ``docs/quality_guard_<model>.jsonl``, from which ``--table`` builds the page's table; cells already
 there are skipped), so the table can be completed over several runs.  The digits samples go to
-``checkpoints/quality_guard/`` (untracked) for ``--agreement`` and ``--refit-variants``.
+``checkpoints/quality_guard/`` (untracked) for ``--agreement``, ``--views`` and ``--refit-variants``.
 """
 from __future__ import annotations
 
@@ -261,6 +261,62 @@ def agreement(path: Path) -> str:
     return "\n".join(lines)
 
 
+VIEW_CELLS = ("dpmpp_3m:karras:4", "dpmpp_2m:karras:6", "unipc:karras:6",       # the clear losses
+              "dpmpp_3m:karras:6", "dpmpp_3m:karras:8", "euler:karras:6", "dpmpp_2m:vp_quadratic:4")
+RESIDUAL_SIGMA = 0.3   # the denoising residual's noise level (data in [-1, 1])
+
+
+def views(path: Path) -> str:
+    """IIA (the unguarded fit) against the base sampler in several model-agnostic views and in the
+    judge network's features, each as a paired MMD^2 difference to the 64-step reference
+    (``iia_jax.iia.guard.paired_mmd_difference``, z = difference / se; negative: IIA is closer),
+    on the saved samples of ``VIEW_CELLS``.  Views: the guard's judge (clipped pixels, h/2); each
+    sample's sorted values (its intensity histogram, h/2); 16 fixed random 3x3 filters + ReLU (a
+    random-feature image embedding, h/2); the model's own denoising residual ``|D(x + s e, s) -
+    x|^2`` at s = ``RESIDUAL_SIGMA`` (paired mean difference); and the polynomial-kernel MMD in
+    ``digits_score``'s judge features, against the model's reference rather than real digits."""
+    from iia_jax.iia.guard import clip_to_reference, median_bandwidth_of, paired_mmd_difference
+    from iia_jax.metrics.quality import judge_features, polynomial_kernel
+    ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
+    lo, hi = clip_to_reference(ref)
+    clip = lambda a: np.clip(np.asarray(a, np.float64), lo, hi)  # noqa: E731
+    filters = np.random.default_rng(0).normal(size=(3, 3, 1, 16)) / 3.0
+
+    def random_features(a):
+        a = np.pad(clip(a), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        h, w = a.shape[1] - 2, a.shape[2] - 2
+        out = sum(a[:, i:i + h, j:j + w, :] @ filters[i, j] for i in range(3) for j in range(3))
+        return np.maximum(out, 0.0).reshape(len(a), -1)
+
+    embed = {"pixels (the judge)": lambda a: clip(a).reshape(len(a), -1),
+             "intensity histogram": lambda a: np.sort(clip(a).reshape(len(a), -1), axis=1),
+             "random conv features": random_features}
+    denoiser = pretrained.digits()
+    noise = jax.random.normal(jax.random.PRNGKey(11), ref.shape)
+    residual = jax.jit(lambda x: jnp.mean((denoiser(x + RESIDUAL_SIGMA * noise, RESIDUAL_SIGMA) - x) ** 2,
+                                          axis=(1, 2, 3)))
+    rows = {(r["solver"], r["grid"], r["nfe"]): r for r in load(path) if not r.get("transcribed")}
+    head = ["digits_score"] + list(embed) + [f"denoising residual, s = {RESIDUAL_SIGMA}", "judge features, to the reference"]
+    lines = ["| solver | grid | NFE | " + " | ".join(head) + " |", "| --- | --- | ---: |" + " ---: |" * len(head)]
+    for cell in VIEW_CELLS:
+        solver, grid, nfe = cell.split(":")
+        r = rows[(solver, grid, int(nfe))]
+        z = np.load(SAMPLES / f"{solver}_{grid}_{nfe}.npz")
+        plain, base = z["plain"], z["base"]
+        zs = [r["plain"]["diff"] / r["plain"]["diff_se"]]
+        for f in embed.values():
+            c, b, rr = f(plain), f(base), f(ref)
+            d, se = paired_mmd_difference(c, b, rr, 0.5 * median_bandwidth_of(rr))
+            zs.append(d / se)
+        dr = np.asarray(residual(jnp.asarray(clip(plain), jnp.float32)) - residual(jnp.asarray(clip(base), jnp.float32)))
+        zs.append(dr.mean() / (dr.std(ddof=1) / np.sqrt(len(dr))))
+        d, se = paired_mmd_difference(judge_features(plain), judge_features(base), judge_features(ref), None,
+                                      kernel=polynomial_kernel)
+        zs.append(d / se)
+        lines.append(f"| {solver} | {grid} | {nfe} | " + " | ".join(f"{v:+.1f}" for v in zs) + " |")
+    return "\n".join(lines)
+
+
 VARIANTS = {"h/2 (the judge)": {}, "h/4": dict(bandwidth_scale=0.25), "h/8": dict(bandwidth_scale=0.125),
             "h/4, 1 %..99 %": dict(tail=0.01, bandwidth_scale=0.25), "h/2, 5 %..95 %": dict(tail=0.05)}
 
@@ -394,6 +450,8 @@ def main(argv=None):
     ap.add_argument("--explain", metavar="SOLVER:GRID:NFE", help="why a measured digits cell misses "
                     "(its saved samples, per kept step, the judge's references) and stop")
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
+    ap.add_argument("--views", action="store_true", help="print IIA vs base in model-agnostic views and in the "
+                    "judge's features on the saved samples of the cells that miss, and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
     args = ap.parse_args(argv)
@@ -404,6 +462,9 @@ def main(argv=None):
         return
     if args.agreement:
         print(agreement(args.out))
+        return
+    if args.views:
+        print(views(args.out))
         return
     if args.refit_variants:
         print(refit_variants(args.out))

@@ -19,11 +19,13 @@ from iia_jax.models import gmm
 from iia_jax.models.gmm import gmm_sample
 
 
-def brute(c, b, r, h):
-    """The paired U-statistic and its jackknife, by deleting each row and recomputing."""
+def brute(c, b, r, h, k=None):
+    """The paired U-statistic and its jackknife, by deleting each row and recomputing (Gaussian
+    kernel of bandwidth ``h`` unless a kernel ``k`` is given)."""
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
     c, b, r = flat(c), flat(b), flat(r)
-    k = lambda x, y: np.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / (2 * h * h))  # noqa: E731
+    if k is None:
+        k = lambda x, y: np.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / (2 * h * h))  # noqa: E731
 
     def stat(idx):
         hc = k(c[idx], c[idx]) + k(r[idx], r[idx]) - k(c[idx], r[idx]) - k(c[idx], r[idx]).T
@@ -51,6 +53,14 @@ def test_matches_brute_force_and_any_block_size():
     for block in (1, 7, 40, 512):
         got = paired_mmd_difference(c, b, r, h, block=block)
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_any_kernel_matches_brute_force():
+    c, b, r = sets(seed=3)
+    cubic = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3  # noqa: E731
+    for block in (1, 16, 512):
+        np.testing.assert_allclose(paired_mmd_difference(c, b, r, None, block=block, kernel=cubic),
+                                   brute(c, b, r, None, cubic), rtol=1e-10)
 
 
 def test_bandwidth_is_the_median_distance():

@@ -86,10 +86,11 @@ def _gauss(a, b, sq_a, sq_b, h):
     return np.exp(-np.clip(d2, 0.0, None) / (2.0 * h * h))
 
 
-def paired_mmd_difference(candidate, base, reference, bandwidth: float, block: int = 64):
+def paired_mmd_difference(candidate, base, reference, bandwidth: float | None, block: int = 64, kernel=None):
     """``(MMD^2(C, R) - MMD^2(B, R), se)`` of three paired sample sets ``[n, ...]`` (row ``i`` of
     each from the same noise) with the Gaussian kernel of ``bandwidth`` (module docstring: the
-    U-statistic over distinct rows and its closed-form row jackknife)."""
+    U-statistic over distinct rows and its closed-form row jackknife), or with ``kernel(a, b) ->
+    [len(a), len(b)]`` on the flattened rows instead (``bandwidth`` None)."""
     c, b, r = _flat("candidate", candidate), _flat("base", base), _flat("reference", reference)
     if not c.shape == b.shape == r.shape:
         raise ValueError(f"candidate, base and reference must have the same shape [n, ...] (paired rows), "
@@ -97,15 +98,20 @@ def paired_mmd_difference(candidate, base, reference, bandwidth: float, block: i
     n = c.shape[0]
     if n < 4:
         raise ValueError(f"the paired MMD needs at least 4 rows, got {n}")
-    if not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
-    sc, sb, sr = (np.sum(a * a, 1) for a in (c, b, r))
+    if kernel is None:
+        if not (bandwidth is not None and np.isfinite(bandwidth) and bandwidth > 0):
+            raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
+        squares = {id(a): np.sum(a * a, 1) for a in (c, b, r)}
+        kernel = lambda p, q, e: _gauss(p[e], q, squares[id(p)][e], squares[id(q)], bandwidth)  # noqa: E731
+    else:
+        given = kernel
+        kernel = lambda p, q, e: given(p[e], q)  # noqa: E731
     rows = np.zeros(n)          # row sums of H = h_C - h_B, diagonal excluded
     for s in range(0, n, block):
         e = slice(s, min(s + block, n))
-        kc = _gauss(c[e], c, sc[e], sc, bandwidth) - _gauss(b[e], b, sb[e], sb, bandwidth)
-        kx = _gauss(c[e], r, sc[e], sr, bandwidth) - _gauss(b[e], r, sb[e], sr, bandwidth)
-        kx_t = _gauss(r[e], c, sr[e], sc, bandwidth) - _gauss(r[e], b, sr[e], sb, bandwidth)
+        kc = kernel(c, c, e) - kernel(b, b, e)
+        kx = kernel(c, r, e) - kernel(b, r, e)
+        kx_t = kernel(r, c, e) - kernel(r, b, e)
         h = kc - kx - kx_t      # h_C(i, j) - h_B(i, j) for i in the block, all j
         idx = np.arange(e.start, e.stop)
         h[idx - s, idx] = 0.0
