@@ -124,7 +124,7 @@ def page(sections: dict) -> str:
                   "*compiled*: after a fit of 2,048 of the rows (1,024: all of them) compiled the same "
                   "programs, the memory of the fit's data alone. Each the median of "
                   f"{MEMORY['repeats']} processes, their range in brackets; within 1.25x: the first fit's "
-                  "peak against the smallest batch's, the issue's goal.", "",
+                  "peak against the smallest batch's (the goal: memory flat in the batch).", "",
                   "| mode | rows | first fit MiB | / smallest | compiled MiB | per extra row, compiled | within 1.25x |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         rng = lambda runs: f"{min(runs):.0f}-{max(runs):.0f}"  # noqa: E731
