@@ -362,6 +362,10 @@ def markdown(results, cfg, meta, images) -> str:
     lines = ["# Benchmarks: IIA against the peers", "",
              "Written by `iia_jax.bench` (`python -m iia_jax.bench [--quick]`). Error is distance to the "
              "exact ODE solution from the same noise, so lower is better everywhere."]
+    if meta.get("few_steps"):
+        lines += ["", "The digits model at NFE 3-5 with 2,000 paired draws per method, enough for quality "
+                  "verdicts (this report's digits rows have 128): [few_steps.md](few_steps.md) "
+                  "(`python benchmarks/few_steps.py`)."]
     lines += [""] + [f"![{name}]({name})" for name in images] + [""]
     lines += summary(results, cfg) + [""]
     lines += _setup(cfg, results, meta) + [""]

@@ -324,6 +324,7 @@ def write(results, cfg: Config, command: str) -> list:
                 versions=results.get("versions") or versions() + unrecorded,
                 revision=results.get("revision") or f"{git_revision()} (when the report was written)",
                 machine_short=results.get("machine_short") or machine_short(),
-                versions_short=results.get("versions_short") or versions_short())
+                versions_short=results.get("versions_short") or versions_short(),
+                few_steps=(out / "few_steps.md").exists())   # benchmarks/few_steps.py's page beside it
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths
