@@ -9,12 +9,12 @@ __version__ = "0.1.0"
 
 from . import metrics, models, nets, pretrained, schedules, solvers  # noqa: E402
 from .iia import (Coefficients, FitConfig, FitReport, FitResult, Judge, MatchedSolve,  # noqa: E402
-                  PlainSolve, PlanFit, fit, fit_plan, iia_sample, load_coefficients,
+                  PlainSolve, PlanFit, feature_judge, fit, fit_plan, iia_sample, load_coefficients,
                   save_coefficients)
 from .sampling import Plan, initial_noise, plan, sample  # noqa: E402
 
 __all__ = ["Plan", "plan", "sample", "initial_noise", "fit", "fit_plan", "iia_sample", "save_coefficients",
-           "load_coefficients", "Coefficients", "FitConfig", "Judge", "PlainSolve", "MatchedSolve",
+           "load_coefficients", "Coefficients", "FitConfig", "Judge", "feature_judge", "PlainSolve", "MatchedSolve",
            "FitResult", "FitReport", "PlanFit", "metrics", "models", "nets", "pretrained",
            "schedules", "solvers",
            "__version__"]

@@ -63,6 +63,41 @@ def test_any_kernel_matches_brute_force():
                                    brute(c, b, r, None, cubic), rtol=1e-10)
 
 
+def test_feature_judge_compares_in_the_features_it_is_given():
+    """``feature_judge(f)``: a reference judge whose verdict is the cubic-kernel paired MMD in
+    ``f``'s features (x1000, as brute force computes it): samples shrunk along one axis are worse
+    than exact ones, and features blind to that axis see no difference at all."""
+    rng = np.random.default_rng(5)
+    r, exact = rng.normal(size=(800, 4)), rng.normal(size=(800, 4))
+    shrunk = exact * np.array([0.5, 1.0, 1.0, 1.0])
+    judge = iia_jax.feature_judge(lambda a: 2.0 * a)
+    assert judge.reference and judge.max_rows == 4096
+    d, se = judge(shrunk, exact, r)
+    assert d > 3 * se
+    cubic = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3  # noqa: E731
+    head = slice(0, 40)
+    np.testing.assert_allclose(np.array(judge(shrunk[head], exact[head], r[head])) / 1000,
+                               brute(2 * shrunk[head], 2 * exact[head], 2 * r[head], None, cubic), rtol=1e-9)
+    assert iia_jax.feature_judge(lambda a: a[:, 1:])(shrunk, exact, r) == (0.0, 0.0)
+    with pytest.raises(TypeError, match="features"):
+        iia_jax.feature_judge(3)
+
+
+def test_a_fit_runs_its_guard_with_a_feature_judge():
+    """In a fit, the feature judge sees the fit's reference rows through ``features`` and its
+    verdict is the report's quality difference."""
+    seen = []
+
+    def features(a):
+        seen.append(a.shape)
+        return np.asarray(a).reshape(len(a), -1)
+
+    x_fit = 20.0 * jax.random.normal(jax.random.PRNGKey(4), (64, 2))
+    res = iia_jax.fit(grid_mixture(), iia_jax.plan("euler", schedules.karras(4, 0.01, 20.0)), x_fit, fine_steps=4,
+                      quality=iia_jax.feature_judge(features), progress=False)
+    assert seen[:3] == [(64, 2)] * 3 and np.all(np.isfinite(res.report.quality_difference))
+
+
 def test_bandwidth_is_the_median_distance():
     r = np.random.default_rng(1).normal(size=(25, 4))
     d = np.sqrt(((r[:, None] - r[None]) ** 2).sum(-1))[np.triu_indices(25, 1)]

@@ -12,6 +12,7 @@ with it are refused, so nothing is silently overridden.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from .. import validate
 from .coefficients import FIT_MODES, TARGETS
 from .features import DEFAULT_TARGET, PRESET_SOLVERS
-from .guard import reference_mmd
+from .guard import feature_mmd, reference_mmd
 from .solve import SOLVES, MatchedSolve, PlainSolve
 
 # How many standard errors of the judge's paired difference count as "worse than the base".
@@ -64,6 +65,18 @@ class Judge(NamedTuple):
 # The default judge: model-agnostic, the samples against the fit's own fine reference
 # (docs/iia.md, "Why IIA can cost sample quality"; iia/guard.py).
 REFERENCE_JUDGE = Judge(reference_mmd, QUALITY_Z, reference=True)
+
+
+def feature_judge(features, z: float = QUALITY_Z, max_rows: int | None = 4096) -> Judge:
+    """A quality judge in your own learned features: IIA's and the base sampler's samples against
+    the fit's own fine reference, compared by :func:`~iia_jax.iia.guard.feature_mmd` in
+    ``features(samples [n, ...]) -> [n, F]`` (a classifier's penultimate layer, an image
+    embedding; any function of numpy arrays).  Pass it as ``fit(..., quality=feature_judge(f))``
+    where the default judge is not enough: on the digits model it sees the three losses the
+    default misses (docs/iia.md, "A quality guard with no model-specific judge")."""
+    if not callable(features):
+        raise TypeError(f"features must be a callable samples -> [n, F] array, got {type(features).__name__}")
+    return Judge(functools.partial(feature_mmd, features=features), z, reference=True, max_rows=max_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,4 +219,4 @@ def _solve(match_spread, ridge, current):
     return PlainSolve(ridge)
 
 
-__all__ = ["FitConfig", "Judge", "QUALITY_Z", "REFERENCE_JUDGE"]
+__all__ = ["FitConfig", "Judge", "QUALITY_Z", "REFERENCE_JUDGE", "feature_judge"]

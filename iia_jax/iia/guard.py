@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_mmd", "median_bandwidth_of", "paired_mmd_difference", "clip_to_reference", "CLIP_TAIL",
-           "BANDWIDTH_SCALE"]
+from ..metrics.quality import polynomial_kernel
+
+__all__ = ["reference_mmd", "feature_mmd", "median_bandwidth_of", "paired_mmd_difference", "clip_to_reference",
+           "CLIP_TAIL", "BANDWIDTH_SCALE"]
 
 CLIP_TAIL = 1e-3        # samples are judged clipped to the reference's 0.1 %..99.9 % value range
 BANDWIDTH_SCALE = 0.5   # kernel bandwidth: half the median distance between reference samples
@@ -152,3 +154,21 @@ def reference_mmd(candidate, base, reference, tail: float = CLIP_TAIL,
         raise ValueError(f"bandwidth_scale must be > 0, got {bandwidth_scale!r}")
     d, se = paired_mmd_difference(c, b, r, bandwidth_scale * median_bandwidth_of(r))
     return 1000.0 * d, 1000.0 * se
+
+
+def feature_mmd(candidate, base, reference, features) -> tuple[float, float]:
+    """``(MMD^2(C, R) - MMD^2(B, R), se)`` x1000 in learned features: ``features(samples [n, ...])
+    -> [n, F]`` (e.g. a classifier's penultimate layer, an Inception embedding), KID's cubic kernel
+    ``(a b / F + 1)^3`` (Binkowski et al. 2018, "Demystifying MMD GANs"), the paired U-statistic
+    and row jackknife of :func:`paired_mmd_difference`.  Negative: the candidate is closer to the
+    reference.
+
+    Why a user would pass it (:func:`iia_jax.iia.config.feature_judge`): on the digits model three
+    losses of IIA are invisible to :func:`reference_mmd` and to every model-agnostic view tried,
+    yet plain in the features of a network trained on digits (docs/iia.md, "A quality guard with
+    no model-specific judge")."""
+    f = {name: _flat(name, features(a)) for name, a in (("candidate", candidate), ("base", base),
+                                                         ("reference", reference))}
+    d, se = paired_mmd_difference(f["candidate"], f["base"], f["reference"], None, kernel=polynomial_kernel)
+    return 1000.0 * d, 1000.0 * se
+
