@@ -321,6 +321,35 @@ def views(path: Path) -> str:
     return "\n".join(lines)
 
 
+def with_feature_judge(setup: dict, args) -> str:
+    """``VIEW_CELLS`` fitted with ``quality=iia_jax.feature_judge(judge_features)`` (the judge
+    network's features, the fit's own reference; otherwise the table's setting) against the base
+    sampler and against the default guard's fit (saved samples), on the evaluation draws."""
+    from iia_jax.metrics.quality import judge_features
+    denoiser, x_fit, x_eval, ref = setup["denoiser"], setup["x_fit"], setup["x_eval"], setup["ref"]
+    rows = {(r["solver"], r["grid"], r["nfe"]): r for r in load(args.out)}
+    lines = ["| solver | grid | NFE | default guard: IIA - base | kept | feature judge: IIA - base | kept | "
+             "dropped | median ODE error base -> IIA | fit s |", "| --- | --- | ---: | ---: | --- | ---: | --- | --- | --- | ---: |"]
+    for c in VIEW_CELLS:
+        solver, grid, nfe = c.split(":")
+        plan = iia_jax.plan(solver, GRIDS[grid](steps_for(int(nfe), solver)))
+        base = np.load(SAMPLES / f"{solver}_{grid}_{nfe}.npz")["base"]
+        t = time.perf_counter()
+        res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, progress=False,
+                          quality=iia_jax.feature_judge(judge_features))
+        seconds = time.perf_counter() - t
+        x0 = evaluate(denoiser, plan, res.coeffs, x_eval)
+        d, se = score_difference(x0, base, paired=True)
+        g = rows[(solver, grid, int(nfe))]["guarded"]
+        kept = ", ".join(map(str, np.flatnonzero(np.asarray(res.coeffs.kept)))) or "-"
+        lines.append(f"| {solver} | {grid} | {nfe} | {plus_minus(g['diff'], g['diff_se'], True)} | "
+                     f"{', '.join(map(str, g['kept'])) or '-'} | {plus_minus(d, se, True)} | {kept} | "
+                     f"{', '.join(map(str, res.report.quality_dropped)) or '-'} | "
+                     f"{ode_error(base, ref).median:.4f} -> {ode_error(x0, ref).median:.4f} | {seconds:.0f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 VARIANTS = {"h/2 (the judge)": {}, "h/4": dict(bandwidth_scale=0.25), "h/8": dict(bandwidth_scale=0.125),
             "h/4, 1 %..99 %": dict(tail=0.01, bandwidth_scale=0.25), "h/2, 5 %..95 %": dict(tail=0.05)}
 
@@ -456,6 +485,8 @@ def main(argv=None):
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
     ap.add_argument("--views", action="store_true", help="print IIA vs base in model-agnostic views and in the "
                     "judge's features on the saved samples of the cells that miss, and stop")
+    ap.add_argument("--feature-judge", action="store_true", help="fit the cells of --views with the judge "
+                    "network's features as the guard's judge (iia_jax.feature_judge), print the table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
     args = ap.parse_args(argv)
@@ -466,6 +497,9 @@ def main(argv=None):
         return
     if args.agreement:
         print(agreement(args.out))
+        return
+    if args.feature_judge:
+        print(with_feature_judge(setup_for(args.model, args), args))
         return
     if args.views:
         print(views(args.out))
