@@ -143,8 +143,10 @@ def cell(setup: dict, solver, grid, nfe, args) -> dict:
              measure_mixture(x0, base, ref, setup["exact"], setup["bandwidth"]))
         out[name] = dict(m, kept=[int(i) for i in np.flatnonzero(np.asarray(coeffs.kept))])
         saved[name], saved[f"{name}_values"] = x0, np.asarray(coeffs.values)
-    if args.model == "digits":
-        np.savez(SAMPLES / f"{solver}_{grid}_{plan.nfe}.npz", **saved)
+    if args.model == "digits":    # other fine_steps than the table's keep their samples apart
+        folder = SAMPLES if args.fine_steps == 8 else SAMPLES / f"fine_steps_{args.fine_steps}"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"{solver}_{grid}_{plan.nfe}.npz", **saved)
     return out
 
 
