@@ -429,14 +429,14 @@ class _Ends:
 
     def __init__(self, rows: FitRows, limit):
         self._rows, self._limit = rows, limit
-        self._real = _host(rows.weights.sum(axis=1)) > 0          # [C, b]: not padding
         self._held, self._first, self._count = [], [], 0
 
     def add(self, chunk: int, end):
         """Chunk ``chunk``'s fine states at sigma = 0 ``[b, ...]``."""
-        self._held.append(self._rows.layout.holdout_of_chunk(end, self._rows.positions, chunk))
+        rows = self._rows
+        self._held.append(rows.layout.holdout_of_chunk(end, rows.positions, chunk))
         if self._limit is None or self._count < self._limit:
-            part = _host(end)[self._real[chunk]]
+            part = _host(end)[_host(rows.weights[chunk].sum(axis=0)) > 0]     # its real rows
             self._first.append(part)
             self._count += len(part)
 
@@ -444,11 +444,9 @@ class _Ends:
         """The held-out rows' ``[C, h, ...]``."""
         return self._rows.layout.constrain(jnp.stack(self._held), 1)
 
-    def first(self, limit):
-        """The first ``limit`` real rows' (None: all), in chunk order."""
-        if not (self._limit is None or (limit is not None and limit <= self._limit)):
-            raise ValueError(f"the fit kept the reference of {self._limit} rows, {limit} were asked for")
-        return np.concatenate(self._first)[:limit]
+    def first(self):
+        """The first ``limit`` real rows' (all for None), in chunk order."""
+        return np.concatenate(self._first)[:self._limit]
 
 
 def _holdout_reference(passes: _Passes, rows: FitRows, ends):
@@ -540,7 +538,7 @@ class _EndToEnd:
         rows."""
         rows = self.rows
         if self._ends is not None:
-            return (lambda vals: self.samples(vals, limit)), self._ends.first(limit)
+            return (lambda vals: self.samples(vals, limit)), self._ends.first()   # kept for this limit
         held = lambda vals: self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.hold_x,  # noqa: E731
                                               rows.hold_cond, self._real_held, limit=limit)
         return held, self._over_chunks(lambda x, c, e: e, rows.hold_x, rows.hold_cond, self._real_held,
