@@ -8,7 +8,9 @@ Prints nothing the test relies on; writes its measurements as JSON to OUT.json.
 """
 import functools
 import json
+import os
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +82,13 @@ def sharded_case(out):
             holdout_equal=bool(np.array_equal(sharded.report.holdout_rows, single.report.holdout_rows)),
             median=[single.report.holdout_median, sharded.report.holdout_median],
             single_values=np.asarray(single.coeffs.values).tolist())
+    # the sequential fit's carried state spilled to disk between steps: the same coefficients
+    with tempfile.TemporaryDirectory() as folder:
+        spilled = fit(xs, cs, chunk_size=64, spill_dir=folder)
+        left = os.listdir(folder)
+    in_memory = fit(xs, cs, chunk_size=64)
+    result["spill"] = dict(equal=bool(np.array_equal(spilled.coeffs.values, in_memory.coeffs.values)),
+                           any_kept=bool(np.asarray(in_memory.coeffs.kept).any()), left=left)
     coeffs = fit(xs, cs).coeffs
     run = jax.jit(lambda x, c: iia_jax.iia_sample(class_mixture, plan(), coeffs, x, cond=c))
     out_s, out_1 = run(xs, cs), run(x, c)

@@ -24,8 +24,8 @@ X_T = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(0), (128, 2))
 
 def test_defaults_are_the_documented_ones():
     c = FitConfig()
-    assert (c.preset, c.history, c.fine_steps, c.mode, c.target, c.holdout, c.chunk_size) == (
-        None, 1, 16, "sequential", None, 0.25, None)
+    assert (c.preset, c.history, c.fine_steps, c.mode, c.target, c.holdout, c.chunk_size, c.spill_dir) == (
+        None, 1, 16, "sequential", None, 0.25, None, None)
     assert c.solve == MatchedSolve(1e-4) and c.match_spread and c.ridge == 1e-4
     assert c.judge is iia_jax.iia.REFERENCE_JUDGE and c.judge.reference and c.judge.z == 1.0
     assert FitConfig(holdout=0.0).judge is None     # no held-out rows: no checks, knowingly
@@ -41,6 +41,8 @@ def test_defaults_are_the_documented_ones():
     (dict(chunk_size=0), "chunk_size"), (dict(preset="nonsense"), "preset"),
     (dict(solve="matched"), "solve"), (dict(judge=lambda a, b: (0.0, 1.0)), "judge"),
     (dict(holdout=0.0, judge=Judge(lambda a, b: (0.0, 1.0))), "held-out"),   # would never run
+    (dict(spill_dir="/no/such/folder"), "spill_dir"), (dict(spill_dir=3), "spill_dir"),
+    (dict(spill_dir=".", mode="teacher_forced"), "spill_dir"),   # carries nothing between steps
 ])
 def test_bad_options_are_refused_when_built(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -28,9 +28,10 @@ from iia_jax.sampling import integrate
 SIGMA_MIN, SIGMA_MAX = 0.002, 40.0
 _MEANS = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
 # Small and quick: a 4-D mixture, few Adam steps, a short reference.
-# The search starts from the VP-time quadratic grid, which ends above sigma_min.
-QUICK = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, families=("karras",),
-             init="vp_quadratic", search_steps=6, search_rows=48, reference_steps=128, fine_steps=4,
+# The search starts from the VP-time quadratic grid, which ends above sigma_min; three families are
+# ranked by their base sampler and two are fitted: the start and the best other one.
+QUICK = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, families=("karras", "logsnr_uniform"),
+             init="vp_quadratic", shortlist=2, search_steps=6, search_rows=48, reference_steps=128, fine_steps=4,
              progress=False)
 
 
@@ -181,35 +182,47 @@ def test_returned_grid_is_an_ordinary_decreasing_plan(planfit):
 
 def test_never_worse_than_the_best_family_on_the_judge_rows(planfit):
     """Recompute the judge rows and their errors independently (a finer Heun reference) for every
-    candidate the report lists; the returned plan must be the best family or beat it."""
+    candidate the report lists, base sampler and IIA; the shortlist must be the families with the
+    lowest base errors, and the returned plan the best fitted family or better than it."""
     x_T, result = planfit
     report = result.report
     judge = x_T[report.judge_rows]
     assert judge.shape[0] == report.judge_size == 24
     exact = _heun(_mixture(), judge, SIGMA_MIN, 400)
     exact = _mixture()(exact, SIGMA_MIN)   # the final Euler step to sigma = 0
-    errors = {}
+
+    def error(out):
+        return float(np.median(np.asarray(per_sample_rms(out, exact))))
+
+    assert list(report.grids) == ["vp_quadratic", "karras", "logsnr_uniform", "fitted"]
     for name, sigmas in report.grids.items():
         p = iia_jax.plan("euler", sigmas)
-        out = iia_jax.iia_sample(_mixture(), p, report.coeffs[name], judge)
-        errors[name] = float(np.median(np.asarray(per_sample_rms(out, exact))))
-        np.testing.assert_allclose(errors[name], report.median[name], rtol=0.05)
-    families = [k for k in errors if k != "fitted"]
-    assert families == ["vp_quadratic", "karras"] and report.start == "vp_quadratic"
-    assert report.best_family == min(families, key=report.median.__getitem__)
-    best = min(report.median[k] for k in families)
+        np.testing.assert_allclose(error(iia_jax.sample(_mixture(), p, judge)), report.median_base[name],
+                                   rtol=0.05)
+        if name in report.coeffs:
+            np.testing.assert_allclose(error(iia_jax.iia_sample(_mixture(), p, report.coeffs[name], judge)),
+                                       report.median[name], rtol=0.05)
+    families = ["vp_quadratic", "karras", "logsnr_uniform"]
+    by_base = sorted(families, key=report.median_base.__getitem__)
+    fitted = [k for k in report.coeffs if k != "fitted"]
+    # the start (init) and the QUICK["shortlist"] families with the lowest base error; no other
+    assert set(fitted) == {"vp_quadratic"} | set(by_base[:2]) and len(fitted) < len(families)
+    assert set(report.median) == set(report.coeffs) and report.start == "vp_quadratic"
+    assert report.best_family == min(fitted, key=report.median.__getitem__)
+    best = min(report.median[k] for k in fitted)
     assert report.median[report.chosen] <= best
     assert (report.chosen == "fitted") == (report.median["fitted"] < best)
     # the search moved the last sigma away from the start's, and it stays >= sigma_min
-    start, fitted = report.grids["vp_quadratic"][-2], report.grids["fitted"][-2]
-    assert abs(fitted / start - 1) > 0.01 and fitted >= np.float32(SIGMA_MIN)
+    start, fitted_grid = report.grids["vp_quadratic"][-2], report.grids["fitted"][-2]
+    assert abs(fitted_grid / start - 1) > 0.01 and fitted_grid >= np.float32(SIGMA_MIN)
     assert report.objective.shape == report.search_median.shape == (QUICK["search_steps"] + 1,)
-    assert set(report.evaluations) == {"reference", "search"} | {f"fit {k}" for k in report.grids}
+    assert set(report.evaluations) == {"reference", "rank", "search"} | {f"fit {k}" for k in report.coeffs}
     heun_evals, euler_evals = 2 * QUICK["reference_steps"] - 1, 4
     assert report.evaluations["reference"] == (48 + 24) * heun_evals   # search rows + judge rows
+    assert report.evaluations["rank"] == len(families) * 24 * euler_evals   # base sampler, judge rows
     assert report.evaluations["search"] == (QUICK["search_steps"] + 1) * 48 * euler_evals
     # an ordinary fit costs more than sampling the train and judge rows once, base and IIA
-    assert report.evaluations["fit karras"] > 2 * 96 * euler_evals
+    assert report.evaluations[f"fit {fitted[-1]}"] > 2 * 96 * euler_evals
 
 
 def test_judge_rows_are_the_rows_fit_holds_out(planfit):
@@ -253,7 +266,7 @@ def test_conditional_fit_plan_equals_label_as_coordinate():
     the "fitted" grid is the start's own: with init="best", the family the judge ranks first."""
     x, c = _noise(8, 48), jnp.repeat(jnp.arange(4, dtype=jnp.int32), 12)
     common = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, key=jax.random.PRNGKey(2),
-                  families=("karras", "vp_quadratic"), search_steps=0, search_rows=24, reference_steps=64,
+                  families=("karras", "vp_quadratic"), shortlist=2, search_steps=0, search_rows=24, reference_steps=64,
                   fine_steps=2, progress=False)
     cond_fit = fit_plan(_class_mixture, "heun", 3, x, cond=c, **common)
     twin = fit_plan(_label_as_coordinate, "heun", 3, jnp.concatenate([x, c[:, None].astype(x.dtype)], 1),
@@ -324,6 +337,8 @@ def test_deterministic_given_key(planfit):
     (dict(learning_rate=0.0), "learning_rate"),
     (dict(reference_steps=1), "reference_steps"),
     (dict(search_rows=1), "search_rows"),
+    (dict(shortlist=0), "shortlist"),
+    (dict(shortlist=1.0), "shortlist"),
     (dict(solver="rk45"), "solver"),
     (dict(judge=0.02), "judge"),                     # 1 in 32 rows, but x_T has 16
     (dict(cond=jnp.zeros((5,), jnp.int32)), "cond"),

@@ -69,6 +69,13 @@ def test_sharded_fit_equals_single_device_fit(sharded):
         np.testing.assert_allclose(*fit["median"], rtol=1e-2, err_msg=name)
 
 
+def test_a_spilled_sharded_fit_equals_the_one_in_memory(sharded):
+    """``spill_dir``: each chunk's sharded state goes to disk and comes back on its sharding; the
+    coefficients are bit for bit those of the fit that kept it in memory, and no file is left."""
+    spill = sharded[0]["spill"]
+    assert spill["equal"] and spill["any_kept"] and spill["left"] == []
+
+
 def test_sharded_samples_stay_sharded_and_equal(sharded):
     result, _ = sharded
     assert result["sample_rel"] < 1e-4 and result["base_rel"] < 1e-4

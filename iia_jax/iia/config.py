@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -94,6 +95,12 @@ class FitConfig:
     - ``holdout``: the fraction of rows kept out of the fit to judge it (never-worse check; a
       fraction ``k / g`` with ``g <= 32``, see :mod:`iia_jax.rows`); 0 switches the check off.
     - ``chunk_size``: at most about this many rows per model pass (memory); None: one pass.
+    - ``spill_dir``: a folder (existing) where the sequential fit keeps each chunk's carried state
+      between steps, in a temporary subfolder removed afterwards, instead of in memory: with
+      ``chunk_size`` the fit then holds one chunk's state at a time, so its memory does not grow
+      with the batch (docs/scaling.md).  Exact: the same coefficients as without it.  None (the
+      default): in memory, about 11 row-sized arrays a row.  One process only (each process of a
+      multi-host fit would need its own folder).
     - ``solve``: :class:`~iia_jax.iia.solve.MatchedSolve` (default) or
       :class:`~iia_jax.iia.solve.PlainSolve`; carries the ridge.
     - ``judge``: the :class:`Judge` of sample quality for the quality guard; by default
@@ -118,6 +125,7 @@ class FitConfig:
     target: str | None = None
     holdout: float = 0.25
     chunk_size: int | None = None
+    spill_dir: str | os.PathLike | None = None
     solve: PlainSolve | MatchedSolve = MatchedSolve()
     judge: Judge | None = REFERENCE_JUDGE
     refit: bool = False
@@ -132,6 +140,12 @@ class FitConfig:
             fix("chunk_size", validate.integer(self.chunk_size, "chunk_size", 1))
         if self.mode not in FIT_MODES:
             raise ValueError(f"mode must be one of {FIT_MODES}, got {self.mode!r}")
+        if self.spill_dir is not None:
+            if not isinstance(self.spill_dir, (str, os.PathLike)) or not os.path.isdir(self.spill_dir):
+                raise ValueError(f"spill_dir must be None or an existing directory, got {self.spill_dir!r}")
+            if self.mode != "sequential":
+                raise ValueError(f"spill_dir is for mode='sequential' (the teacher-forced fit carries "
+                                 f"nothing between steps), got mode={self.mode!r}")
         if self.target is not None and self.target not in TARGETS:
             raise ValueError(f"target must be None or one of {TARGETS}, got {self.target!r}")
         if self.holdout == 0 and self.judge == REFERENCE_JUDGE:
@@ -193,7 +207,7 @@ class FitConfig:
         return built
 
 
-_KEYWORDS = ("preset", "history", "fine_steps", "mode", "target", "holdout", "chunk_size", "solve",
+_KEYWORDS = ("preset", "history", "fine_steps", "mode", "target", "holdout", "chunk_size", "spill_dir", "solve",
              "judge", "refit", "ridge", "match_spread", "quality")
 
 

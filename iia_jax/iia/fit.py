@@ -54,7 +54,10 @@ its rows, the only cross-device reductions are the per-step sums ``F W F^T``, ``
 from __future__ import annotations
 
 import functools
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -251,7 +254,7 @@ class _Passes:
         self.spend(x.shape[0] * self.reference_row)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, target, solve, exact, ends, on=None):
+    def sequential(self, rows: FitRows, target, solve, exact, ends, on=None, spill_dir=None):
         """The sequential fit: the IIA sampler over the rows, step by step, each step's
         coefficients solved on the training rows before the next step runs.  Returns the
         coefficients ``[N, K]`` and the statistics (leading ``[N, 2]``); for the trajectory target
@@ -259,39 +262,40 @@ class _Passes:
 
         Memory: every program sees one chunk.  Between steps a row keeps only what the sampler
         carries (its state, the solver's and the features' history) and, for the trajectory target,
-        one fine state; a step's features are recomputed for the correction (one more coarse step,
-        ``1 / fine_steps`` of the step's evaluations) instead of being kept for every row, except
-        with a single chunk, whose features are kept.  ``exact`` (one chunk, one device): the solve
-        sees the rows themselves, not only their sums.  ``on [N]`` (bool, default all): steps
-        whose coefficients are fitted; the others stay zero (the base step)."""
+        one fine state, in a :class:`_ChunkStore` (on disk with ``spill_dir``); a step's features
+        are recomputed for the correction (one more coarse step, ``1 / fine_steps`` of the step's
+        evaluations) instead of being kept for every row, except with a single chunk, whose
+        features are kept.  ``exact`` (one chunk, one device): the solve sees the rows themselves,
+        not only their sums.  ``on [N]`` (bool, default all): steps whose coefficients are fitted;
+        the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
         chunks = [(jax.tree_util.tree_map(lambda a, c=c: a[c], rows.cond), rows.weights[c])
                   for c in range(rows.layout.chunks)]
-        carries, fines = [], []
-        for c in range(rows.layout.chunks):
-            x = rows.x[c]
-            carries.append((solver.init(x), x, spec.init_history(x)))
-            fines.append(x if target == "trajectory" else None)
-        values, all_stats = [], []
-        for i in range(self.sigmas.shape[0] - 1):
-            final = i == self.sigmas.shape[0] - 2
-            stats, sums, kept = self._measure(i, final, chunks, carries, fines, solve)
-            exact_rows = (kept[1], kept[2], rows.weights[0, 0]) if exact else None
-            c_i = _solve_step(stats, sums, exact_rows, solve=solve)
-            if on is not None and not on[i]:
-                c_i = jnp.zeros_like(c_i)
-            for c, (cond, _) in enumerate(chunks):   # in place: a chunk's old carry goes at once
-                carries[c] = (_apply_kept(kept[0], kept[1], c_i) if kept is not None else
-                              _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], cond, c_i, final=final,
-                                           solver=solver, spec=spec))
-            if kept is None:
-                self.spend(rows.x.shape[0] * rows.x.shape[1] * self.coarse // (self.sigmas.shape[0] - 1))
-            values.append(c_i)
-            all_stats.append(stats)
+        with _ChunkStore(spill_dir) as carries, _ChunkStore(spill_dir) as fines:
+            for c in range(rows.layout.chunks):
+                x = rows.x[c]
+                carries[c] = (solver.init(x), x, spec.init_history(x))
+                fines[c] = x if target == "trajectory" else None
+            values, all_stats = [], []
+            for i in range(self.sigmas.shape[0] - 1):
+                final = i == self.sigmas.shape[0] - 2
+                stats, sums, kept = self._measure(i, final, chunks, carries, fines, solve)
+                exact_rows = (kept[1], kept[2], rows.weights[0, 0]) if exact else None
+                c_i = _solve_step(stats, sums, exact_rows, solve=solve)
+                if on is not None and not on[i]:
+                    c_i = jnp.zeros_like(c_i)
+                for c, (cond, _) in enumerate(chunks):   # in place: a chunk's old carry goes at once
+                    carries[c] = (_apply_kept(kept[0], kept[1], c_i) if kept is not None else
+                                  _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], cond, c_i,
+                                               final=final, solver=solver, spec=spec))
+                if kept is None:
+                    self.spend(rows.x.shape[0] * rows.x.shape[1] * self.coarse // (self.sigmas.shape[0] - 1))
+                values.append(c_i)
+                all_stats.append(stats)
+            if target == "trajectory":
+                for c in range(rows.layout.chunks):
+                    ends.add(c, fines[c])
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *all_stats)
-        if target == "trajectory":
-            for c, fine in enumerate(fines):
-                ends.add(c, fine)
         return jnp.stack(values), stacked
 
     def _measure(self, i, final, chunks, carries, fines, solve):
@@ -300,18 +304,56 @@ class _Passes:
         The trajectory target's fine states in ``fines`` move on to ``sigma_{i+1}``."""
         stats = sums = kept = None
         oks = []
-        for c, (carry, (cond, weights)) in enumerate(zip(carries, chunks)):
-            s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fines[c], cond, weights,
+        for c, (cond, weights) in enumerate(chunks):
+            carry, fine = carries[c], fines[c]
+            s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fine, cond, weights,
                                                 final=final, spread=solve.needs_spread, keep=len(chunks) == 1,
                                                 **self.static)
             oks.append(ok)
             self.spend(carry[1].shape[0] * (self.reference_row - 1) // (self.sigmas.shape[0] - 1))
             stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
-            if fines[c] is not None:
+            if fine is not None:
                 fines[c] = goal
         if not _host(jnp.stack(oks)).all():
             _raise_at(i, self.sigmas, "non-finite model output or reference")
         return stats, sums, kept
+
+
+class _ChunkStore:
+    """Per-chunk pytrees that the sequential fit keeps between steps: in memory, or with
+    ``directory`` in a fresh folder there (one ``.npy`` file a leaf, written when a chunk's value
+    is replaced and read back when it is next used), so the process holds one chunk's state at a
+    time and its memory stays flat in the batch (docs/scaling.md).  Arrays come back on the
+    sharding they left; the folder is removed on exit, also after an error."""
+
+    def __init__(self, directory=None):
+        self._items, self._directory, self._folder = {}, directory, None
+
+    def __enter__(self):
+        if self._directory is not None:
+            self._folder = Path(tempfile.mkdtemp(prefix="iia-fit-", dir=self._directory))
+        return self
+
+    def __exit__(self, *exc):
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __setitem__(self, chunk: int, tree):
+        if self._folder is None:
+            self._items[chunk] = tree
+            return
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        for j, leaf in enumerate(leaves):
+            np.save(self._folder / f"{chunk}_{j}.npy", np.asarray(leaf))
+        self._items[chunk] = treedef, [getattr(leaf, "sharding", None) for leaf in leaves]
+
+    def __getitem__(self, chunk: int):
+        if self._folder is None:
+            return self._items[chunk]
+        treedef, shardings = self._items[chunk]
+        leaves = [jax.device_put(np.load(self._folder / f"{chunk}_{j}.npy"), sharding)
+                  for j, sharding in enumerate(shardings)]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _compiled(fn, static: tuple):
@@ -400,7 +442,7 @@ def _solve_steps(stats, sums, rows, *, solve):
     return jax.vmap(solve)(_train_stats(stats), sums, rows)
 
 
-def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on=None):
+def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on=None, spill_dir=None):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
     ``[N, 2]`` (training, held-out rows), and what the checks need of the fine reference at
     sigma = 0 (an :class:`_Ends` keeping the first ``judged`` rows for a judge) where the fit
@@ -417,7 +459,7 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on
     if mode == "teacher_forced":
         (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread, ends)
         return _solve_steps(stats, sums, None, solve=solve), stats, ends
-    values, stats = passes.sequential(rows, target, solve, exact, ends, on)
+    values, stats = passes.sequential(rows, target, solve, exact, ends, on, spill_dir)
     return values, stats, ends
 
 
@@ -662,6 +704,8 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
     """
     start = time.perf_counter()
     config = FitConfig.build(config, **options)
+    if config.spill_dir is not None and jax.process_count() > 1:
+        raise ValueError("spill_dir is for a fit in one process; a multi-host fit keeps its state in memory")
     solver = check_plan(plan)
     check_state(x_T)
     x_T, _ = to_compute_dtype(x_T)    # float16/bfloat16 rows are fitted in float32
@@ -707,7 +751,8 @@ def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, bar,
     bar.phase("fit" if on is None else "refit")
     judge = config.judge
     judged = judge.max_rows if judge is not None and judge.reference else 0
-    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, judged, on)
+    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, judged, on,
+                                     config.spill_dir)
     values = _host(values)
     _raise_if_bad(np.all(np.isfinite(values), axis=1), passes.sigmas, "non-finite coefficients")
     if not rows.layout.hold_rows:

@@ -39,12 +39,13 @@ error at sigma = 0.  :func:`fit_plan` therefore optimises the grid by gradient d
   fit matches the spread (``fit(match_spread=True)``, its default): the spread constraint's
   multiplier is found by bisection, through which no gradient flows, and the search only has to
   place the grid; the candidates are then fitted and judged with the ordinary ``fit``.
-* **Never worse.**  A fraction ``judge`` of ``x_T`` is never used by the search.  The fitted
-  grid and each fixed family (Karras rho 7 and 3, log-SNR uniform, VP-time quadratic,
-  time-uniform when a ``schedule`` is given) get the ordinary :func:`iia_jax.fit` on the
-  remaining rows, and are judged by the median per-sample error at sigma = 0 on the judge rows
-  against the reference.  By default the search starts from the family the judge ranks best
-  (``init="best"``); the fitted grid is returned only if it beats the best family there.
+* **Never worse.**  A fraction ``judge`` of ``x_T`` is never used by the search.  Each fixed
+  family (Karras rho 7 and 3, log-SNR uniform, VP-time quadratic, time-uniform when a
+  ``schedule`` is given) is ranked by its base sampler's median per-sample error at sigma = 0
+  on the judge rows against the reference; the best ``shortlist`` families (default 1) and the
+  fitted grid get the ordinary :func:`iia_jax.fit` on the remaining rows and are judged by their
+  IIA error there.  By default the search starts from the fitted family the judge ranks best
+  (``init="best"``); the fitted grid is returned only if it beats that family there.
 * **Rows.**  The judge rows are the rows :func:`iia_jax.fit` would hold out with
   ``holdout=judge`` and the same ``key`` (:mod:`iia_jax.rows`: a few rows of every group of
   consecutive rows, stratified); the search takes ``search_rows`` training rows evenly spaced
@@ -85,6 +86,12 @@ FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "vp_quadratic", "time_uni
 # (docs/benchmarks.md); time_uniform is added when a schedule is given
 DEFAULT_FAMILIES = ("karras", "karras_rho3", "logsnr_uniform", "vp_quadratic")
 _EPS = 1e-20   # keeps log |error|^2 finite
+# The search's rows and Adam steps.  Its time is linear in both and is most of what fit_plan costs
+# beyond its fits.  64 rows halve it but the search's best iterate then comes early and its grid
+# lost 15 % of the gain (ipndm NFE 5 on digits); 12 steps instead of 25 keep the grid's quality
+# (docs/fitted_grid.md, "Cost").
+SEARCH_ROWS = 128
+SEARCH_STEPS = 12
 _SLACK_BETA = 4.0   # sharpness of the slack's softplus (module docstring)
 # A grid that ends exactly at sigma_min gets this slack (log units): its last sigma becomes
 # sigma_min * exp(1e-4), 0.01 % above it (far below what a sampler resolves); the other sigmas
@@ -98,14 +105,17 @@ _SLACK_FLOOR = 1e-4
 class PlanReport(NamedTuple):
     """What :func:`fit_plan` tried and why it returned what it did.
 
-    ``grids``, ``coeffs``, ``median``, ``median_base`` are keyed by candidate: each fixed family
-    and ``"fitted"``; ``start``: the family the search started from.  ``median``/``median_base``:
-    median per-sample RMS error at sigma = 0 on the judge rows (never seen by the search or the
-    fits) against the fine reference, with and without IIA.  ``objective``/``search_median`` [search_steps + 1]: the smooth loss and the
-    median error on the search's objective rows at each Adam iterate.  ``evaluations``/
-    ``seconds``: model evaluations (one per sample and denoiser call; a gradient counts its
-    forward pass once) and wall time per phase: ``reference``, ``fit <candidate>`` (the ordinary
-    fit and the judge's sampling), ``search``, ``overhead`` (time only).  ``judge_rows``/
+    ``grids`` and ``median_base`` are keyed by candidate: each fixed family and ``"fitted"``;
+    ``coeffs`` and ``median`` by the candidates that were fitted: the shortlisted families (and
+    ``init``) and ``"fitted"``; ``start``: the family the search started from.
+    ``median``/``median_base``: median per-sample RMS error at sigma = 0 on the judge rows (never
+    seen by the search or the fits) against the fine reference, with and without IIA.
+    ``objective``/``search_median`` [search_steps + 1]: the smooth loss and the median error on
+    the search's objective rows at each Adam iterate.  ``evaluations``/``seconds``: model
+    evaluations (one per sample and denoiser call; a gradient counts its forward pass once) and
+    wall time per phase: ``reference``, ``rank`` (every family's base sampler on the judge rows),
+    ``fit <candidate>`` (the ordinary fit and the judge's sampling), ``search``, ``overhead``
+    (time only).  ``judge_rows``/
     ``search_rows``: indices into ``x_T`` (and ``cond``) of the judge's rows and the search's.
     """
 
@@ -139,12 +149,13 @@ class PlanReport(NamedTuple):
         lines = [f"{'grid':>15} {'median base':>12} {'median IIA':>11}  sigmas"]
         for name, sigmas in self.grids.items():
             mark = " <- chosen" if name == self.chosen else ""
-            lines.append(f"{name:>15} {self.median_base[name]:>12.4g} {self.median[name]:>11.4g}  "
+            iia = f"{self.median[name]:>11.4g}" if name in self.median else f"{'not fitted':>11}"
+            lines.append(f"{name:>15} {self.median_base[name]:>12.4g} {iia}  "
                          f"{np.array2string(np.asarray(sigmas), precision=4)}{mark}")
         lines.append(f"search from {self.start!r}: median error on its objective rows "
                      f"{self.search_median[0]:.4g} -> {self.search_median[self.best_iterate]:.4g} "
                      f"(iterate {self.best_iterate} of {self.objective.size - 1})")
-        lines.append(f"best fixed family {self.best_family!r}; chosen {self.chosen!r} (judged on "
+        lines.append(f"best fitted family {self.best_family!r}; chosen {self.chosen!r} (judged on "
                      f"{self.judge_size} held-out samples, fits on {self.train_size})")
         lines.append("cost: " + ", ".join(f"{k} {v} evals / {self.seconds[k]:.1f} s"
                                           for k, v in self.evaluations.items())
@@ -384,14 +395,96 @@ def _take(tree, index):
     return jax.tree_util.tree_map(lambda a: a[index], tree)
 
 
+class _Candidates:
+    """Every candidate grid of one :func:`fit_plan` call, judged on the same held-out rows.
+
+    One counted denoiser serves every candidate: their fits and judge runs share compiled
+    programs (the sigmas are data), so only the first candidate compiles.  ``rank`` runs the base
+    sampler alone on the judge rows (``n_judge x NFE`` evaluations); ``fit`` adds the ordinary
+    :func:`iia_jax.fit` on the training rows and the judge's IIA error.  A grid equal to an
+    earlier candidate's reuses its results.
+    """
+
+    def __init__(self, denoiser, solver, spec, config, key, train, judge, judge_end, phase):
+        self.tally = _Tally()
+        self.denoiser = _Counted(denoiser, self.tally)
+        self.solver, self.spec, self.config, self.key = solver, spec, config, key
+        self.train, self.judge, self.judge_end, self.phase = train, judge, judge_end, phase
+        self.grids, self.coeffs, self.median, self.median_base = {}, {}, {}, {}
+
+    def _judge_error(self, sigmas, values):
+        x, c = self.judge
+        out = candidate_samples(self.denoiser, self.solver, self.spec, jnp.asarray(sigmas, x.dtype),
+                                values, x, c)
+        return float(np.median(np.asarray(per_sample_rms(out, self.judge_end))))
+
+    def _same(self, name, sigmas):
+        return next((k for k in self.coeffs if k != name and np.array_equal(self.grids[k], sigmas)), None)
+
+    def rank(self, name, sigmas):
+        """The base sampler's median error on the judge rows."""
+        self.grids[name] = sigmas
+        zeros = jnp.zeros((len(sigmas) - 1, self.spec.num_features), self.judge[0].dtype)
+        self.median_base[name] = self._judge_error(sigmas, zeros)
+
+    def fit(self, name, sigmas):
+        """The ordinary fit on the training rows, then its median error on the judge rows."""
+        t0, before = time.perf_counter(), self.tally.count
+        if name not in self.median_base:
+            self.rank(name, sigmas)
+        same = self._same(name, sigmas)
+        if same is not None:
+            self.coeffs[name], self.median[name] = self.coeffs[same], self.median[same]
+        else:
+            x, c = self.train
+            fitted = fit(self.denoiser, make_plan(self.solver, sigmas), x, self.config, cond=c,
+                         key=self.key, progress=False).coeffs
+            self.coeffs[name], self.median[name] = fitted, self._judge_error(sigmas, fitted.values)
+        self.phase(f"fit {name}", self.tally.count - before, t0)
+
+
+def _search_grid(denoiser, solver, spec, start_grid, ref, cond, sigma_min, sigma_max, ridge,
+                 search_steps, learning_rate, on_step):
+    """Adam on the free grid parameters from ``start_grid`` over the reference's rows: every
+    other row fits the coefficients, the rest measure the end-to-end error (module docstring).
+    Returns ``(objective, search_median, iterates)`` over the ``search_steps + 1`` iterates."""
+    n = ref.end.shape[0]
+    w_fit = (jnp.arange(n) % 2 == 0).astype(ref.end.dtype)
+    w_obj = 1.0 - w_fit
+
+    def objective_of(p, r, c, wf, wo):
+        return grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min, sigma_max, ridge, c)
+
+    # without Adam steps only the start is measured: no backward pass to compile
+    value_and_grad = jax.jit(jax.value_and_grad(objective_of, has_aux=True) if search_steps else
+                             lambda *args: (objective_of(*args), jnp.zeros(())))
+    params = params_from_grid(start_grid, sigma_min)
+    optimiser = optax.adam(learning_rate)
+    opt_state = optimiser.init(params)
+    objective, search_median, iterates = [], [], []
+    for i in range(search_steps + 1):
+        (loss, med), grad = value_and_grad(params, ref, cond, w_fit, w_obj)
+        if not (np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))):
+            raise ValueError(f"fit_plan: the grid objective or its gradient is not finite at search "
+                             f"step {i} (grid {np.asarray(grid_from_params(params, sigma_min, sigma_max))})")
+        objective.append(float(loss))
+        search_median.append(float(med))
+        iterates.append(params)
+        if i < search_steps:
+            updates, opt_state = optimiser.update(grad, opt_state)
+            params = optax.apply_updates(params, updates)
+            on_step()
+    return np.asarray(objective), np.asarray(search_median), iterates
+
+
 def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | None = None, *,
              sigma_min: float, sigma_max: float, cond=None, init: str = "best", key=None,
-             families=None, schedule=None, judge: float = 0.25, search_steps: int = 25,
-             learning_rate: float = 0.1, search_rows: int = 128, reference_steps: int = 64,
-             progress: bool | None = None, **fit_options) -> PlanFit:
+             families=None, schedule=None, shortlist: int = 1, judge: float = 0.25,
+             search_steps: int = SEARCH_STEPS, learning_rate: float = 0.1, search_rows: int = SEARCH_ROWS,
+             reference_steps: int = 64, progress: bool | None = None, **fit_options) -> PlanFit:
     """Fit the step grid of ``solver`` (``num_steps`` steps from ``sigma_max``, the last non-zero
     sigma anywhere in ``[sigma_min, sigma_max)``, then 0) jointly with its IIA coefficients; never
-    worse than the best fixed grid family.
+    worse than the best of the fixed grid families it fits.
 
     ``x_T [B, ...]``: initial states in sigma-space (``sigma_max * N(0, I)`` for EDM models).
     ``cond`` (a pytree with a leading axis of B rows) goes to a conditional denoiser
@@ -400,12 +493,15 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     would hold out with ``holdout=judge`` and this ``key`` (drawn per group of rows; without a
     key the last of each group; :func:`split_rows`).  ``families``: the fixed families to beat
     (default :data:`DEFAULT_FAMILIES`, plus ``time_uniform`` when a VP ``schedule`` is given).
-    ``init``: the family the search starts from (always one of the families), or ``"best"``
-    (default): the family the judge ranks best.  The issue proposed Karras; ``"best"`` costs
-    nothing (every family is fitted and judged before the search either way) and the search is
-    local (Adam moves each parameter by about ``learning_rate`` a step), so its start largely
-    decides its end: on the digits model the VP-time quadratic family is 3x better than Karras
-    and a search from Karras does not reach it (docs/fitted_grid.md).
+    Every family's base sampler is judged (a few evaluations a judge row); the ``shortlist``
+    families with the lowest base error get the ordinary fit (default 1: an ordinary fit is
+    most of what a family costs, and on the digits model the family with the best base sampler
+    had the best IIA for every base at NFE 5, docs/fitted_grid.md; ``shortlist=len(families)``
+    fits them all).  ``init``: the family the search starts from (it is then fitted too), or
+    ``"best"`` (default): the fitted family the judge ranks best.  The search is local (Adam moves
+    each parameter by about ``learning_rate`` a step), so its start largely decides its end: on
+    the digits model the VP-time quadratic family is 3x better than Karras and a search from
+    Karras does not reach it (docs/fitted_grid.md).
     ``search_steps`` Adam steps of size ``learning_rate`` on the free grid parameters, over at
     most ``search_rows`` training rows (its cost is linear in them); ``reference_steps``: Karras
     steps of the heun reference.  ``config`` and ``fit_options`` (the keywords of
@@ -427,119 +523,73 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     search_steps = validate.integer(search_steps, "search_steps", 0)
     search_rows = validate.integer(search_rows, "search_rows", 2)
     reference_steps = validate.integer(reference_steps, "reference_steps", 2)
+    shortlist = validate.integer(shortlist, "shortlist", 1)
     _check_args(sigma_min, sigma_max, init, families, schedule, judge, learning_rate)
     config = FitConfig.build(config, **fit_options)
     x_T, _ = to_compute_dtype(x_T)
     families = tuple(dict.fromkeys(((init,) if init != "best" else ()) + families))
     spec = feature_spec(solver, config.preset, config.history)
-    ridge = config.ridge
     train_idx, judge_idx, search_idx = split_rows(x_T.shape[0], judge, search_rows, key)
-    (x_train, c_train), (x_judge, c_judge) = (_take((x_T, cond), r) for r in (train_idx, judge_idx))
-    n_train, n_judge, n_search = train_idx.size, judge_idx.size, search_idx.size
-    pbar = tqdm(total=2 + len(families) + search_steps, desc=f"fit_plan {solver}", leave=False,
+    n_search = search_idx.size
+    pbar = tqdm(total=3 + shortlist + search_steps, desc=f"fit_plan {solver}", leave=False,
                 disable=None if progress is None else not progress)
     evals, seconds = {}, {}
 
     def phase(name, count, t0):
         evals[name] = evals.get(name, 0) + int(count)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+        pbar.update(1)
 
     # One reference run for the rows that need it: the search's (states and slopes) and the
     # judge's (end points).
     t0 = time.perf_counter()
     ref_x, ref_c = _take((x_T, cond), np.concatenate([search_idx, judge_idx]))
-    ref = jax.jit(lambda x, c: reference_solution(denoiser, x, sigma_min, sigma_max, reference_steps,
-                                                  c))(ref_x, ref_c)
-    ref = jax.block_until_ready(ref)
+    ref = jax.block_until_ready(jax.jit(lambda x, c: reference_solution(
+        denoiser, x, sigma_min, sigma_max, reference_steps, c))(ref_x, ref_c))
     search_ref = Reference(ref.log_sigmas, ref.states[:, :n_search], ref.slopes[:, :n_search],
                            ref.end[:n_search])
-    search_c = _take(ref_c, slice(0, n_search))
-    judge_end = ref.end[n_search:]
-    phase("reference", (n_search + n_judge) * solvers.get("heun").nfe(reference_steps), t0)
-    pbar.update(1)
+    phase("reference", ref_x.shape[0] * solvers.get("heun").nfe(reference_steps), t0)
 
-    grids, coeffs, median, median_base = {}, {}, {}, {}
-    # One counted denoiser for every candidate: their fits and judge runs share compiled programs
-    # (the sigmas are data), so only the first candidate compiles.
-    tally = _Tally()
-    counted = _Counted(denoiser, tally)
-
-    def judged(name, sigmas):
-        """Ordinary fit on the training rows, then the judge rows' median error (IIA, base);
-        a grid equal to an earlier candidate's reuses its results."""
-        t0 = time.perf_counter()
-        grids[name] = sigmas
-        same = [k for k in grids if k != name and np.array_equal(grids[k], sigmas)]
-        if same:
-            coeffs[name], median[name], median_base[name] = (coeffs[same[0]], median[same[0]],
-                                                             median_base[same[0]])
-            phase(f"fit {name}", 0, t0)
-            return
-        before = tally.count
-        p = make_plan(solver, sigmas)
-        fitted = fit(counted, p, x_train, config, cond=c_train, key=key, progress=False).coeffs
-        grid = jnp.asarray(sigmas, x_T.dtype)
-        coeffs[name] = fitted
-        median[name], median_base[name] = (
-            float(np.median(np.asarray(per_sample_rms(
-                candidate_samples(counted, solver, spec, grid, values, x_judge, c_judge), judge_end))))
-            for values in (fitted.values, jnp.zeros_like(fitted.values)))
-        phase(f"fit {name}", tally.count - before, t0)
-
+    # Rank every family by its base sampler on the judge rows; fit the shortlist (and init).
+    cands = _Candidates(denoiser, solver, spec, config, key, _take((x_T, cond), train_idx),
+                        _take((x_T, cond), judge_idx), ref.end[n_search:], phase)
+    t0, before = time.perf_counter(), cands.tally.count
     for name in families:
-        judged(name, family_grid(name, num_steps, sigma_min, sigma_max, schedule))
-        pbar.update(1)
-    best_family = min(families, key=median.__getitem__)
+        cands.rank(name, family_grid(name, num_steps, sigma_min, sigma_max, schedule))
+    phase("rank", cands.tally.count - before, t0)
+    ranked = sorted(families, key=cands.median_base.__getitem__)
+    fitted_families = tuple(dict.fromkeys(((init,) if init != "best" else ()) + tuple(ranked[:shortlist])))
+    pbar.total = 3 + len(fitted_families) + search_steps
+    for name in fitted_families:
+        cands.fit(name, cands.grids[name])
+    best_family = min(cands.median, key=cands.median.__getitem__)
     # The judge only picks the start among a few families; the fitted grid then has to beat the
     # lowest of their judge errors, a minimum that flatters the families, not the search.
     start_family = best_family if init == "best" else init
 
-    # The search: Adam on the free grid parameters over (at most) search_rows training rows;
-    # every other one fits the coefficients, the rest measure the end-to-end error.
     t0 = time.perf_counter()
-    params = params_from_grid(grids[start_family], sigma_min)
-    w_fit = (jnp.arange(n_search) % 2 == 0).astype(x_T.dtype)
-    w_obj = 1.0 - w_fit
-    def objective_of(p, r, c, wf, wo):
-        return grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min, sigma_max, ridge, c)
-
-    # without Adam steps only the start is measured: no backward pass to compile
-    value_and_grad = jax.jit(jax.value_and_grad(objective_of, has_aux=True) if search_steps else
-                             lambda *args: (objective_of(*args), jnp.zeros(())))
-    optimiser = optax.adam(learning_rate)
-    opt_state = optimiser.init(params)
-    objective, search_median, iterates = [], [], []
-    for i in range(search_steps + 1):
-        (loss, med), grad = value_and_grad(params, search_ref, search_c, w_fit, w_obj)
-        if not (np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))):
-            raise ValueError(f"fit_plan: the grid objective or its gradient is not finite at search "
-                             f"step {i} (grid {np.asarray(grid_from_params(params, sigma_min, sigma_max))})")
-        objective.append(float(loss))
-        search_median.append(float(med))
-        iterates.append(params)
-        if i < search_steps:
-            updates, opt_state = optimiser.update(grad, opt_state)
-            params = optax.apply_updates(params, updates)
-            pbar.update(1)
+    objective, search_median, iterates = _search_grid(
+        denoiser, solver, spec, cands.grids[start_family], search_ref, _take(ref_c, slice(0, n_search)),
+        sigma_min, sigma_max, config.ridge, search_steps, learning_rate, on_step=lambda: pbar.update(1))
     best_iterate = int(np.argmin(search_median))
-    phase("search", (search_steps + 1) * n_search * solver_obj.nfe(num_steps), t0)
+    evals["search"] = (search_steps + 1) * n_search * solver_obj.nfe(num_steps)
+    seconds["search"] = time.perf_counter() - t0
 
     # Iterate 0 is the start itself: its exact grid (the round trip moves a grid that ends at
     # sigma_min by 1e-4), whose fit and judgement are then reused.
-    judged("fitted", grids[start_family] if best_iterate == 0 else
-           np.asarray(grid_from_params(iterates[best_iterate], sigma_min, sigma_max)))
-    pbar.update(1)
+    cands.fit("fitted", cands.grids[start_family] if best_iterate == 0 else
+              np.asarray(grid_from_params(iterates[best_iterate], sigma_min, sigma_max)))
     pbar.close()
 
-    chosen = "fitted" if median["fitted"] < median[best_family] else best_family
+    chosen = "fitted" if cands.median["fitted"] < cands.median[best_family] else best_family
     seconds["overhead"] = time.perf_counter() - start - sum(seconds.values())
-    report = PlanReport(chosen=chosen, best_family=best_family, start=start_family, grids=grids,
-                        coeffs=coeffs, median=median, median_base=median_base,
-                        objective=np.asarray(objective), search_median=np.asarray(search_median),
+    report = PlanReport(chosen=chosen, best_family=best_family, start=start_family, grids=cands.grids,
+                        coeffs=cands.coeffs, median=cands.median, median_base=cands.median_base,
+                        objective=objective, search_median=search_median,
                         best_iterate=best_iterate, evaluations=evals, seconds=seconds,
-                        train_size=int(n_train), judge_size=int(n_judge), judge_rows=judge_idx,
-                        search_rows=search_idx)
-    return PlanFit(make_plan(solver, grids[chosen]), coeffs[chosen], report)
+                        train_size=int(train_idx.size), judge_size=int(judge_idx.size),
+                        judge_rows=judge_idx, search_rows=search_idx)
+    return PlanFit(make_plan(solver, cands.grids[chosen]), cands.coeffs[chosen], report)
 
 
 __all__ = ["fit_plan", "PlanFit", "PlanReport", "FAMILIES", "DEFAULT_FAMILIES", "family_grid",
