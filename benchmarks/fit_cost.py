@@ -37,7 +37,8 @@ from iia_jax.bench.models import MODELS  # noqa: E402
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODES = (("sequential", None), ("teacher_forced", None))
 TIME = dict(model="digits", solver="heun", nfes=(5, 9), batch=1024, fine_steps=16)
-MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024, repeats=3)
+MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024, repeats=3,
+              modes=("sequential", "sequential, spill_dir", "teacher_forced"))
 SAMPLING = dict(solvers=("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"), nfes=(5, 10), batch=128,
                 repeats=15)
 
@@ -49,20 +50,23 @@ def time_rows(smoke: bool) -> list:
             fitcost.fit_time(TIME["model"], TIME["solver"], nfe, TIME["batch"], TIME["fine_steps"], MODES)]
 
 
-def memory_rows(smoke: bool) -> list:
-    """Per mode and batch: the fit's own peak, first fit in a process and with its programs
-    compiled, each the median of ``MEMORY["repeats"]`` fresh processes (the runs are kept)."""
+def memory_rows(smoke: bool, modes=MEMORY["modes"]) -> list:
+    """Per mode (``"sequential, spill_dir"``: the sequential fit with its carried state on disk)
+    and batch: the fit's own peak, first fit in a process and with its programs compiled, each
+    the median of ``MEMORY["repeats"]`` fresh processes (the runs are kept)."""
     rows, chunk, repeats = ((256, 1024), 128, 1) if smoke else (MEMORY["rows"], MEMORY["chunk"], MEMORY["repeats"])
     out = []
-    for mode, _ in MODES:
+    for label in modes:
+        mode, spill = label.split(",")[0], label.endswith("spill_dir")
         for n in rows:
             runs = {compiled: [fitcost.fit_memory(MEMORY["model"], MEMORY["solver"], MEMORY["nfe"], n, chunk, mode,
-                                                  compiled) for _ in range(repeats)] for compiled in (False, True)}
+                                                  compiled, spill) for _ in range(repeats)]
+                    for compiled in (False, True)}
             first, data = ([r["fit_mb"] for r in runs[c]] for c in (False, True))
-            out.append(dict(mode=mode, rows=n, chunk=chunk, fit_mb=float(np.median(first)), fit_mb_runs=first,
+            out.append(dict(mode=label, rows=n, chunk=chunk, fit_mb=float(np.median(first)), fit_mb_runs=first,
                             data_mb=float(np.median(data)), data_mb_runs=data,
                             fit_s=float(np.median([r["fit_s"] for r in runs[True]]))))
-            print(f"memory {mode} {n} rows: first fit +{out[-1]['fit_mb']:.0f} MiB {first}, compiled "
+            print(f"memory {label} {n} rows: first fit +{out[-1]['fit_mb']:.0f} MiB {first}, compiled "
                   f"+{out[-1]['data_mb']:.0f} MiB {data}", flush=True)
     return out
 
@@ -163,6 +167,8 @@ def main():
     ap = harness.parser(__doc__, "tiny batches, nothing written")
     ap.add_argument("--time", action="store_true", help="the time table only")
     ap.add_argument("--memory", action="store_true", help="the memory table only")
+    ap.add_argument("--memory-modes", nargs="+", choices=MEMORY["modes"], default=MEMORY["modes"],
+                    help="with --memory: measure these modes, keep the others' rows from fit_cost.json")
     ap.add_argument("--sampling", action="store_true", help="the sampling table only")
     ap.add_argument("--out", type=Path, default=DOCS, help="folder for fit_cost.md and fit_cost.json")
     args = ap.parse_args()
@@ -173,7 +179,13 @@ def main():
     for name, run, asked in (("time", time_rows, args.time), ("memory", memory_rows, args.memory),
                              ("sampling", sampling_rows, args.sampling)):
         if every or asked:
-            sections[name] = dict(rows=run(args.smoke), provenance=provenance.provenance(command))
+            if name == "memory":
+                kept = [r for r in sections.get("memory", {}).get("rows", []) if r["mode"] not in args.memory_modes]
+                rows = sorted(kept + memory_rows(args.smoke, args.memory_modes),
+                              key=lambda r: (MEMORY["modes"].index(r["mode"]), r["rows"]))
+                sections[name] = dict(rows=rows, provenance=provenance.provenance(command))
+            else:
+                sections[name] = dict(rows=run(args.smoke), provenance=provenance.provenance(command))
     print(page(sections))
     print(f"({(time.perf_counter() - start) / 60:.1f} min)")
     if not args.smoke:

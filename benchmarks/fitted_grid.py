@@ -221,7 +221,7 @@ def _current(fitted):
 def goals(fixed, fitted):
     """The issue's goals, computed from the digits rows of the current fit_plan (met / not met)."""
     out = ["## Goals (digits)", "",
-           "From the rows of the current `fit_plan` (`free` in `search`) where there are any; the "
+           "From the rows of the current `fit_plan` (`shortlist` in `search`) where there are any; the "
            "fixed-grid baseline from every row.", ""]
     everything, fitted = fitted, _current(fitted)
     nfe5 = [r for r in fitted if r["nfe"] == 5]
@@ -229,7 +229,7 @@ def goals(fixed, fitted):
         # Conservative: the best fixed-grid IIA over every solver and family, fixed part or
         # any fit_plan's own family fits, chosen on the evaluation noise itself.
         cands = [(e["iia"], r["solver"], k) for r in everything if r["nfe"] == 5
-                 for k, e in r["eval"].items() if k != "fitted"]
+                 for k, e in r["eval"].items() if k != "fitted" and "iia" in e]
         cands += [(r["eval"][r["best"]]["iia"], r["solver"], r["best"]) for r in fixed if r["nfe"] == 5]
         e_fixed, solver, family = min(cands)
         best = min(nfe5, key=lambda r: r["eval"][r["chosen"]]["iia"])
@@ -254,6 +254,22 @@ def goals(fixed, fitted):
                    f"goal <= 5x **{'met' if ok else 'not met'}**. Longest `fit_plan` "
                    f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, 1-minute system load "
                    f"{longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
+    earlier = {}   # per solver: the earlier default (every family fitted, 25 steps over 128 rows)
+    for r in everything:
+        label = r.get("search", "")
+        if r["nfe"] == 5 and label.startswith("vp_quadratic (best), free") and "shortlist" not in label \
+                and not any(w in label for w in ("steps", "families")):
+            if r["solver"] not in earlier or "match_spread" in label:   # prefer the same spread
+                earlier[r["solver"]] = r
+    pairs = [(earlier[r["solver"]], r) for r in default if r["nfe"] == 5 and r["solver"] in earlier]
+    if pairs:
+        iia = lambda r: r["eval"][r["chosen"]]["iia"]  # noqa: E731
+        out.append("- **Against the earlier defaults** (every family fitted, 25 Adam steps; median error of "
+                   "the returned IIA on the same evaluation noise, earlier -> now): " + "; ".join(
+                       f"{new['solver']} {iia(old):.4f} -> {iia(new):.4f}"
+                       + ("" if "match_spread" in old["search"] else " (earlier without match_spread)")
+                       for old, new in pairs)
+                   + f". Never more than 2 % worse: **{'met' if all(iia(n) <= 1.02 * iia(o) for o, n in pairs) else 'not met'}**.")
     paired = [r for r in fitted if "q_vs_family" in r]
     if paired:
         worse = [r for r in paired if r["q_vs_family"]["diff"] > 2 * r["q_vs_family"]["se"]]

@@ -214,6 +214,7 @@ def cmd_fit(args):
     args.batch = args.batch or (JUDGED_BATCH if quality else 256)
     fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
                       mode=args.mode, target=args.target, chunk_size=args.chunk_size,
+                      spill_dir=args.spill_dir,
                       fingerprint=model.fingerprint, progress=not args.json, quality=quality,
                       match_spread=args.spread == "match", refit=args.refit)
     if args.grid == "fitted":
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "iia_jax.iia.DEFAULT_TARGET: trajectory for every solver)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="rows per model pass, to bound memory (default: all rows in one pass)")
+    p.add_argument("--spill-dir", default=None,
+                   help="an existing folder where the sequential fit keeps its carried state between "
+                        "steps (with --chunk-size, memory flat in --batch; default: in memory)")
     p.add_argument("--quality", default="auto", choices=["auto", "digits", "reference", "none"],
                    help="sample judge of the fit's quality guard (auto: digits on --model digits, the "
                         "model-agnostic reference judge elsewhere; none: the error check alone)")

@@ -100,8 +100,9 @@ def test_fit_options_reach_the_fit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(iia_jax, "fit", fake_fit)
     with pytest.raises(SystemExit, match="stop before fitting"):
-        cli.main([*FIT, "--refit", "--spread", "free", "--out", str(tmp_path / "c")])
+        cli.main([*FIT, "--refit", "--spread", "free", "--spill-dir", str(tmp_path), "--out", str(tmp_path / "c")])
     assert seen["refit"] is True and seen["match_spread"] is False and seen["fine_steps"] == 2
+    assert seen["spill_dir"] == str(tmp_path)
 
 
 def test_bench_writes_outside_the_repository_by_default():
