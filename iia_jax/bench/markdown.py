@@ -311,7 +311,9 @@ def _fitcost(cfg, results, meta):
     lines = ["## Fit cost", "",
              "The fit's time against its floor at 1,024 digits rows (NFE 5 and 9, both modes, the fit's own "
              "evaluations counted) and its memory from 1k to 100k rows: [fit_cost.md](fit_cost.md) "
-             "(`python benchmarks/fit_cost.py`). The tables below are this run's smaller probe.", ""]
+             "(`python benchmarks/fit_cost.py`); `fit_plan` against a plain fit: "
+             "[fitted_grid.md](fitted_grid.md#goals-digits) (`python benchmarks/fitted_grid.py`). The tables "
+             "below are this run's smaller probe.", ""]
     if f.get("time"):
         lines += [f"Model: {model}, Karras grid, fine_steps 16. `evals s` is the warm time of exactly batch x 16 x "
                   "NFE model evaluations (the Euler sampler on a grid of 16 x NFE steps), the least a fit must "

@@ -319,12 +319,19 @@ class _Passes:
         return stats, sums, kept
 
 
+def _spread(leaf):
+    """The sharding of an array over several devices, else None: an array on one device comes
+    back uncommitted, as the solver's and the features' fresh states are."""
+    sharding = getattr(leaf, "sharding", None)
+    return sharding if sharding is not None and len(sharding.device_set) > 1 else None
+
+
 class _ChunkStore:
     """Per-chunk pytrees that the sequential fit keeps between steps: in memory, or with
     ``directory`` in a fresh folder there (one ``.npy`` file a leaf, written when a chunk's value
     is replaced and read back when it is next used), so the process holds one chunk's state at a
-    time and its memory stays flat in the batch (docs/scaling.md).  Arrays come back on the
-    sharding they left; the folder is removed on exit, also after an error."""
+    time and its memory stays flat in the batch (docs/scaling.md).  Arrays sharded over several
+    devices come back on their sharding; the folder is removed on exit, also after an error."""
 
     def __init__(self, directory=None):
         self._items, self._directory, self._folder = {}, directory, None
@@ -345,14 +352,15 @@ class _ChunkStore:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         for j, leaf in enumerate(leaves):
             np.save(self._folder / f"{chunk}_{j}.npy", np.asarray(leaf))
-        self._items[chunk] = treedef, [getattr(leaf, "sharding", None) for leaf in leaves]
+        self._items[chunk] = treedef, [_spread(leaf) for leaf in leaves]
 
     def __getitem__(self, chunk: int):
         if self._folder is None:
             return self._items[chunk]
         treedef, shardings = self._items[chunk]
-        leaves = [jax.device_put(np.load(self._folder / f"{chunk}_{j}.npy"), sharding)
-                  for j, sharding in enumerate(shardings)]
+        leaves = [jnp.asarray(a) if sharding is None else jax.device_put(a, sharding)
+                  for a, sharding in ((np.load(self._folder / f"{chunk}_{j}.npy"), sharding)
+                                      for j, sharding in enumerate(shardings))]
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
