@@ -173,3 +173,20 @@ def test_a_second_grid_compiles_nothing(options):
                     key=jax.random.PRNGKey(i), progress=False, **options)
         counts.append(COMPILATIONS["n"] - before)
     assert counts[1:] == [0, 0], counts
+
+
+def test_a_second_fit_plan_compiles_nothing():
+    """fit_plan's reference, candidates' fits and search programs are compiled once per model,
+    solver, options and shapes: a second call with other noise and another key compiles nothing,
+    and counts the same evaluations."""
+    common = dict(sigma_min=0.01, sigma_max=SIGMA_MAX, families=("karras", "vp_quadratic"), search_steps=2,
+                  search_rows=16, reference_steps=16, fine_steps=2, progress=False)
+    counts, reports = [], []
+    for i in range(2):
+        before = COMPILATIONS["n"]
+        x = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(40 + i), X_T[:48].shape)
+        reports.append(iia_jax.fit_plan(DENOISER, "euler", 3, x, key=jax.random.PRNGKey(i), **common).report)
+        counts.append(COMPILATIONS["n"] - before)
+    assert counts[0] > 0 and counts[1] == 0, counts
+    assert reports[0].evaluations == reports[1].evaluations
+    assert reports[1].evaluations["fit " + reports[1].start] > 0

@@ -77,7 +77,7 @@ from ..sampling import bind_condition, check_state, plan as make_plan, run_steps
 from .coefficients import Coefficients
 from .config import FitConfig
 from .features import feature_spec
-from .fit import candidate_samples, fit
+from .fit import _compiled, candidate_samples, fit
 from .solve import gram_stats, solve_gram
 from .sample import apply_correction, corrected_step
 
@@ -255,9 +255,14 @@ def reference_solution(denoiser, x_T, sigma_min: float, sigma_max: float, steps:
                        cond=None) -> Reference:
     """Heun on ``steps`` Karras steps (rho 7) from ``x_T``, keeping every state and ``D`` it
     computed (``2 steps - 1`` evaluations a sample); ``cond``: the rows' conditions, if any."""
+    return _reference_on(denoiser, jnp.asarray(schedules.karras(steps, sigma_min, sigma_max), x_T.dtype),
+                         x_T, cond)
+
+
+def _reference_on(denoiser, sigmas, x_T, cond):
+    """:func:`reference_solution` on the Karras grid ``sigmas`` (data: compiled once per shape)."""
     denoiser = bind_condition(denoiser, cond)
     heun = solvers.get("heun")
-    sigmas = jnp.asarray(schedules.karras(steps, sigma_min, sigma_max), x_T.dtype)
 
     def body(carry, index, sigma, sigma_next, final):
         state, x = carry
@@ -321,35 +326,44 @@ def grid_objective(denoiser, solver_name: str, spec, params, ref: Reference, w_f
 # ----------------------------------------------------------------------------- fit_plan
 
 class _Tally:
-    def __init__(self):
-        self.count = 0
+    """Model evaluations counted by :class:`_Counted`: one process-wide tally, so that programs
+    compiled in one :func:`fit_plan` call (whose callbacks add to it) serve the next."""
+    count = 0
 
-    def add(self, n):
-        self.count += int(n)
+    @classmethod
+    def add(cls, n):
+        cls.count += int(n)
 
 
 @jax.tree_util.register_pytree_node_class
 class _Counted:
     """The denoiser with a host-side tally of evaluations (``jax.debug.callback``; exact under
-    jit and scan, used only where nothing is differentiated or vmapped)."""
+    jit and scan, used only where nothing is differentiated or vmapped).  Equal when the
+    denoisers are, so the fits' compiled programs are reused across calls."""
 
-    def __init__(self, denoiser, tally):
-        self.denoiser, self.tally = denoiser, tally
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
 
     @property
     def guidance_scale(self):
         return getattr(self.denoiser, "guidance_scale", None)
 
     def __call__(self, x, *args, **kwargs):
-        jax.debug.callback(self.tally.add, x.shape[0])
+        jax.debug.callback(_Tally.add, x.shape[0])
         return self.denoiser(x, *args, **kwargs)
 
+    def __eq__(self, other):
+        return isinstance(other, _Counted) and self.denoiser is other.denoiser
+
+    def __hash__(self):
+        return hash((_Counted, self.denoiser))
+
     def tree_flatten(self):
-        return (self.denoiser,), self.tally
+        return (self.denoiser,), None
 
     @classmethod
-    def tree_unflatten(cls, tally, children):
-        return cls(children[0], tally)
+    def tree_unflatten(cls, _, children):
+        return cls(children[0])
 
 
 def _check_args(sigma_min, sigma_max, init, families, schedule, judge, learning_rate):
@@ -406,8 +420,8 @@ class _Candidates:
     """
 
     def __init__(self, denoiser, solver, spec, config, key, train, judge, judge_end, phase):
-        self.tally = _Tally()
-        self.denoiser = _Counted(denoiser, self.tally)
+        self.tally = _Tally
+        self.denoiser = _Counted(denoiser)
         self.solver, self.spec, self.config, self.key = solver, spec, config, key
         self.train, self.judge, self.judge_end, self.phase = train, judge, judge_end, phase
         self.grids, self.coeffs, self.median, self.median_base = {}, {}, {}, {}
@@ -443,6 +457,24 @@ class _Candidates:
         self.phase(f"fit {name}", self.tally.count - before, t0)
 
 
+def _objective_and_grad(denoiser, params, ref, cond, w_fit, w_obj, *, solver, spec, sigma_min, sigma_max,
+                        ridge, grad):
+    """``((loss, median), gradient in params)`` of :func:`grid_objective` (``grad=False``: a zero
+    gradient, no backward pass)."""
+    def objective(p):
+        return grid_objective(denoiser, solver, spec, p, ref, w_fit, w_obj, sigma_min, sigma_max, ridge, cond)
+
+    if grad:
+        return jax.value_and_grad(objective, has_aux=True)(params)
+    return objective(params), jnp.zeros(())
+
+
+# Compiled once per process for each denoiser, solver, options and shapes (the sigmas and the
+# parameters are data), so a second fit_plan call of the same shapes compiles nothing.
+_REFERENCE = _compiled(_reference_on, ())
+_OBJECTIVE = _compiled(_objective_and_grad, ("solver", "spec", "sigma_min", "sigma_max", "ridge", "grad"))
+
+
 def _search_grid(denoiser, solver, spec, start_grid, ref, cond, sigma_min, sigma_max, ridge,
                  search_steps, learning_rate, on_step):
     """Adam on the free grid parameters from ``start_grid`` over the reference's rows: every
@@ -451,19 +483,15 @@ def _search_grid(denoiser, solver, spec, start_grid, ref, cond, sigma_min, sigma
     n = ref.end.shape[0]
     w_fit = (jnp.arange(n) % 2 == 0).astype(ref.end.dtype)
     w_obj = 1.0 - w_fit
-
-    def objective_of(p, r, c, wf, wo):
-        return grid_objective(denoiser, solver, spec, p, r, wf, wo, sigma_min, sigma_max, ridge, c)
-
     # without Adam steps only the start is measured: no backward pass to compile
-    value_and_grad = jax.jit(jax.value_and_grad(objective_of, has_aux=True) if search_steps else
-                             lambda *args: (objective_of(*args), jnp.zeros(())))
+    static = dict(solver=solver, spec=spec, sigma_min=sigma_min, sigma_max=sigma_max, ridge=ridge,
+                  grad=bool(search_steps))
     params = params_from_grid(start_grid, sigma_min)
     optimiser = optax.adam(learning_rate)
     opt_state = optimiser.init(params)
     objective, search_median, iterates = [], [], []
     for i in range(search_steps + 1):
-        (loss, med), grad = value_and_grad(params, ref, cond, w_fit, w_obj)
+        (loss, med), grad = _OBJECTIVE(denoiser, params, ref, cond, w_fit, w_obj, **static)
         if not (np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))):
             raise ValueError(f"fit_plan: the grid objective or its gradient is not finite at search "
                              f"step {i} (grid {np.asarray(grid_from_params(params, sigma_min, sigma_max))})")
@@ -544,8 +572,8 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     # judge's (end points).
     t0 = time.perf_counter()
     ref_x, ref_c = _take((x_T, cond), np.concatenate([search_idx, judge_idx]))
-    ref = jax.block_until_ready(jax.jit(lambda x, c: reference_solution(
-        denoiser, x, sigma_min, sigma_max, reference_steps, c))(ref_x, ref_c))
+    ref = jax.block_until_ready(_REFERENCE(
+        denoiser, jnp.asarray(schedules.karras(reference_steps, sigma_min, sigma_max), x_T.dtype), ref_x, ref_c))
     search_ref = Reference(ref.log_sigmas, ref.states[:, :n_search], ref.slopes[:, :n_search],
                            ref.end[:n_search])
     phase("reference", ref_x.shape[0] * solvers.get("heun").nfe(reference_steps), t0)
