@@ -115,11 +115,12 @@ def check_plan(p) -> solvers.Solver:
     return solvers.get(p.solver)
 
 
-def run_steps(body, carry, sigmas):
+def run_steps(body, carry, sigmas, unroll: int | bool = 1):
     """Scan ``body(carry, index, sigma, sigma_next, final) -> (carry, out)`` over a grid.
 
-    The steps before the last go through one ``lax.scan``; the final step, to ``sigmas[-1]``,
-    runs once after it with ``final=True`` (a static flag).  Outputs are stacked over all steps.
+    The steps before the last go through one ``lax.scan`` (``unroll``: as ``lax.scan``'s); the
+    final step, to ``sigmas[-1]``, runs once after it with ``final=True`` (a static flag).
+    Outputs are stacked over all steps.
     """
     n = sigmas.shape[0] - 1
     index = jnp.arange(n - 1)
@@ -127,7 +128,7 @@ def run_steps(body, carry, sigmas):
     def scan_body(c, xs):
         return body(c, *xs, False)
 
-    carry, outs = jax.lax.scan(scan_body, carry, (index, sigmas[:-2], sigmas[1:-1]))
+    carry, outs = jax.lax.scan(scan_body, carry, (index, sigmas[:-2], sigmas[1:-1]), unroll=unroll)
     carry, last = body(carry, jnp.asarray(n - 1), sigmas[-2], sigmas[-1], True)
     return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]]), outs, last)
 

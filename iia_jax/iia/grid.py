@@ -316,7 +316,9 @@ def grid_objective(denoiser, solver_name: str, spec, params, ref: Reference, w_f
         c = _solve(gram_stats(feats, targets[index] - carry[1], w_fit), ridge)
         return (carry[0], apply_correction(carry[1], c, feats), carry[2]), None
 
-    (_, x0, _), _ = run_steps(body, (solver.init(x_T), x_T, spec.init_history(x_T)), sigmas)
+    # Unrolled: on the CPU the backward pass of the model inside a scan's loop ran 2.4x slower
+    # than unrolled (docs/fitted_grid.md, "Cost"); grids are a few steps.
+    (_, x0, _), _ = run_steps(body, (solver.init(x_T), x_T, spec.init_history(x_T)), sigmas, unroll=True)
     err2 = jnp.mean((x0 - ref.end) ** 2, axis=tuple(range(1, x0.ndim)))
     loss = jnp.sum(w_obj * jnp.log(err2 + _EPS)) / jnp.sum(w_obj)
     obj_err = jnp.where(w_obj > 0, jnp.sqrt(err2), jnp.nan)
