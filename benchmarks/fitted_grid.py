@@ -7,6 +7,7 @@
     nice -n 5 python benchmarks/fitted_grid.py $J --model digits --nfes 5 --solvers euler $V  # variants
     nice -n 5 python benchmarks/fitted_grid.py $J --model mixture --nfes 3 5
     python benchmarks/fitted_grid.py $J --write     # docs/fitted_grid.md + PNG from the results
+    python benchmarks/fitted_grid.py --model digits --nfes 5 --solvers ipndm --second-call
 
 Each run adds its rows to ``--json`` (default /tmp/fitted_grid.json); ``--write`` rewrites the
 doc from everything stored there, so the parts, models and NFEs can be run separately on a busy
@@ -166,6 +167,23 @@ def run(args, prob, solver, nfe):
             np.clip(samples[rep.chosen][1], -1, 1), np.clip(samples[family][1], -1, 1), paired=True)),
             family=family)
     return row
+
+
+def second_call(args, denoiser, solver, nfe):
+    """``fit_plan`` twice on the same rows in one process (the second compiles nothing): each
+    call's wall time over its own first ordinary fit (compiling in the first call, not in the
+    second), printed."""
+    steps = steps_for(nfe, solver)
+    x = harness.draws(1, (8, 8, 1), args.eval_batch, args.fit_batch, SIGMA_MAX, keys="consecutive").fit
+    for call in (1, 2):
+        t0 = time.perf_counter()
+        rep = fit_plan(denoiser, solver, steps, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+                       key=jax.random.PRNGKey(0), fine_steps=args.fine_steps, search_steps=args.search_steps,
+                       search_rows=args.search_rows, shortlist=args.shortlist, progress=False,
+                       match_spread=args.match_spread).report
+        wall, plain = time.perf_counter() - t0, rep.seconds[f"fit {rep.start}"]
+        print(f"{solver} NFE {nfe} call {call}: {wall:.1f} s, its ordinary fit {plain:.1f} s, {wall / plain:.2f}x; "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in rep.seconds.items()), flush=True)
 
 
 def _search(args, start):
@@ -473,6 +491,8 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=Path("/tmp/fitted_grid.json"))
     ap.add_argument("--samples", type=Path, default=Path("/tmp/fitted_grid_samples"))
     ap.add_argument("--write", action="store_true", help="only rewrite the doc from --json")
+    ap.add_argument("--second-call", action="store_true",
+                    help="only time fit_plan twice in this process against its own ordinary fit (printed)")
     ap.add_argument("--out", type=Path, default=DOCS, help="folder for fitted_grid.md and the PNG")
     args = ap.parse_args(argv)
     args.match_spread = (iia_jax.FitConfig().match_spread if args.spread is None
@@ -482,6 +502,11 @@ def main(argv=None):
             ap.error("--model is required unless --write")
         denoiser = model(args.model)
         solvers = args.solvers or list(SOLVERS)
+        if args.second_call:
+            for nfe in args.nfes:
+                for solver in solvers:
+                    second_call(args, denoiser, solver, nfe)
+            return
         meta = dict(machine=f"{platform.machine()}, {jax.devices()[0].platform}", jax=jax.__version__,
                     fit_batch=args.fit_batch, eval_batch=args.eval_batch, fine_steps=args.fine_steps,
                     search_steps=args.search_steps, search_rows=args.search_rows,

@@ -415,7 +415,7 @@ class _Candidates:
     """Every candidate grid of one :func:`fit_plan` call, judged on the same held-out rows.
 
     One counted denoiser serves every candidate: their fits and judge runs share compiled
-    programs (the sigmas are data), so only the first candidate compiles.  ``rank`` runs the base
+    programs (the sigmas are data), so only the first candidate of the first call compiles.  ``rank`` runs the base
     sampler alone on the judge rows (``n_judge x NFE`` evaluations); ``fit`` adds the ordinary
     :func:`iia_jax.fit` on the training rows and the judge's IIA error.  A grid equal to an
     earlier candidate's reuses its results.
