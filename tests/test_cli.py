@@ -91,6 +91,22 @@ def test_fit_json_then_sample_from_the_stored_plan(tmp_path, capsys):
                      "--out", str(tmp_path / "y")]) == 0
 
 
+def test_fit_the_grid_then_sample_it(tmp_path, capsys):
+    """``fit --grid fitted`` runs fit_plan with the CLI's fit options (the model's fingerprint
+    included) and stores the fitted grid with its coefficients, from which ``sample`` takes it."""
+    coeffs = tmp_path / "coeffs"
+    args = ["fit", "--model", "digits", "--solver", "euler", "--steps", "3", "--grid", "fitted", "--batch", "32",
+            "--fine-steps", "2", "--quality", "none", "--json", "--out", str(coeffs)]
+    assert cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    stored = iia_jax.load_coefficients(coeffs, fingerprint=cli.load_model("digits").fingerprint)
+    np.testing.assert_array_equal(np.asarray(report["plan"]["sigmas"], np.float32), np.asarray(stored.sigmas))
+    assert report["report"]["chosen"] in report["report"]["grids"] and stored.solver == "euler"
+    out = tmp_path / "samples"
+    assert cli.main(["sample", "--coeffs", str(coeffs), "--n", "4", "--out", str(out)]) == 0
+    assert np.load(out / "samples.npz")["samples"].shape == (4, 8, 8, 1)
+
+
 def test_fit_options_reach_the_fit(tmp_path, monkeypatch):
     seen = {}
 

@@ -421,10 +421,11 @@ class _Candidates:
     earlier candidate's reuses its results.
     """
 
-    def __init__(self, denoiser, solver, spec, config, key, train, judge, judge_end, phase):
+    def __init__(self, denoiser, solver, spec, config, key, fingerprint, train, judge, judge_end, phase):
         self.tally = _Tally
         self.denoiser = _Counted(denoiser)
         self.solver, self.spec, self.config, self.key = solver, spec, config, key
+        self.fingerprint = fingerprint
         self.train, self.judge, self.judge_end, self.phase = train, judge, judge_end, phase
         self.grids, self.coeffs, self.median, self.median_base = {}, {}, {}, {}
 
@@ -454,7 +455,7 @@ class _Candidates:
         else:
             x, c = self.train
             fitted = fit(self.denoiser, make_plan(self.solver, sigmas), x, self.config, cond=c,
-                         key=self.key, progress=False).coeffs
+                         key=self.key, fingerprint=self.fingerprint, progress=False).coeffs
             self.coeffs[name], self.median[name] = fitted, self._judge_error(sigmas, fitted.values)
         self.phase(f"fit {name}", self.tally.count - before, t0)
 
@@ -511,7 +512,8 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
              sigma_min: float, sigma_max: float, cond=None, init: str = "best", key=None,
              families=None, schedule=None, shortlist: int = 1, judge: float = 0.25,
              search_steps: int = SEARCH_STEPS, learning_rate: float = 0.1, search_rows: int = SEARCH_ROWS,
-             reference_steps: int = 64, progress: bool | None = None, **fit_options) -> PlanFit:
+             reference_steps: int = 64, fingerprint: str | None = None, progress: bool | None = None,
+             **fit_options) -> PlanFit:
     """Fit the step grid of ``solver`` (``num_steps`` steps from ``sigma_max``, the last non-zero
     sigma anywhere in ``[sigma_min, sigma_max)``, then 0) jointly with its IIA coefficients; never
     worse than the best of the fixed grid families it fits.
@@ -537,7 +539,8 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     steps of the heun reference.  ``config`` and ``fit_options`` (the keywords of
     :class:`~iia_jax.iia.config.FitConfig`: ``preset``, ``fine_steps``, ``mode``, ``ridge``, ...)
     say how every candidate is fitted with :func:`iia_jax.fit`; they are checked before any model
-    call.  The search uses the same features and ridge.
+    call.  The search uses the same features and ridge.  ``fingerprint`` is stored with every
+    candidate's coefficients, as :func:`iia_jax.fit` stores it.
 
     Returns :class:`PlanFit`: an ordinary ``Plan``, the ordinary ``fit`` coefficients of its
     grid (fitted on the non-judge rows), and a :class:`PlanReport`.  Deterministic given ``key``.
@@ -581,7 +584,7 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     phase("reference", ref_x.shape[0] * solvers.get("heun").nfe(reference_steps), t0)
 
     # Rank every family by its base sampler on the judge rows; fit the shortlist (and init).
-    cands = _Candidates(denoiser, solver, spec, config, key, _take((x_T, cond), train_idx),
+    cands = _Candidates(denoiser, solver, spec, config, key, fingerprint, _take((x_T, cond), train_idx),
                         _take((x_T, cond), judge_idx), ref.end[n_search:], phase)
     t0, before = time.perf_counter(), cands.tally.count
     for name in families:
