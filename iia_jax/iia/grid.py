@@ -255,8 +255,8 @@ def reference_solution(denoiser, x_T, sigma_min: float, sigma_max: float, steps:
                        cond=None) -> Reference:
     """Heun on ``steps`` Karras steps (rho 7) from ``x_T``, keeping every state and ``D`` it
     computed (``2 steps - 1`` evaluations a sample); ``cond``: the rows' conditions, if any."""
-    return _reference_on(denoiser, jnp.asarray(schedules.karras(steps, sigma_min, sigma_max), x_T.dtype),
-                         x_T, cond)
+    return _REFERENCE(denoiser, jnp.asarray(schedules.karras(steps, sigma_min, sigma_max), x_T.dtype),
+                      x_T, cond)
 
 
 def _reference_on(denoiser, sigmas, x_T, cond):
@@ -422,7 +422,6 @@ class _Candidates:
     """
 
     def __init__(self, denoiser, solver, spec, config, key, fingerprint, train, judge, judge_end, phase):
-        self.tally = _Tally
         self.denoiser = _Counted(denoiser)
         self.solver, self.spec, self.config, self.key = solver, spec, config, key
         self.fingerprint = fingerprint
@@ -446,18 +445,20 @@ class _Candidates:
 
     def fit(self, name, sigmas):
         """The ordinary fit on the training rows, then its median error on the judge rows."""
-        t0, before = time.perf_counter(), self.tally.count
-        if name not in self.median_base:
-            self.rank(name, sigmas)
+        t0, before = time.perf_counter(), _Tally.count
         same = self._same(name, sigmas)
         if same is not None:
+            self.grids[name] = sigmas
             self.coeffs[name], self.median[name] = self.coeffs[same], self.median[same]
+            self.median_base[name] = self.median_base[same]
         else:
+            if name not in self.median_base:
+                self.rank(name, sigmas)
             x, c = self.train
             fitted = fit(self.denoiser, make_plan(self.solver, sigmas), x, self.config, cond=c,
                          key=self.key, fingerprint=self.fingerprint, progress=False).coeffs
             self.coeffs[name], self.median[name] = fitted, self._judge_error(sigmas, fitted.values)
-        self.phase(f"fit {name}", self.tally.count - before, t0)
+        self.phase(f"fit {name}", _Tally.count - before, t0)
 
 
 def _objective_and_grad(denoiser, params, ref, cond, w_fit, w_obj, *, solver, spec, sigma_min, sigma_max,
@@ -577,8 +578,7 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     # judge's (end points).
     t0 = time.perf_counter()
     ref_x, ref_c = _take((x_T, cond), np.concatenate([search_idx, judge_idx]))
-    ref = jax.block_until_ready(_REFERENCE(
-        denoiser, jnp.asarray(schedules.karras(reference_steps, sigma_min, sigma_max), x_T.dtype), ref_x, ref_c))
+    ref = jax.block_until_ready(reference_solution(denoiser, ref_x, sigma_min, sigma_max, reference_steps, ref_c))
     search_ref = Reference(ref.log_sigmas, ref.states[:, :n_search], ref.slopes[:, :n_search],
                            ref.end[:n_search])
     phase("reference", ref_x.shape[0] * solvers.get("heun").nfe(reference_steps), t0)
@@ -586,10 +586,10 @@ def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | Non
     # Rank every family by its base sampler on the judge rows; fit the shortlist (and init).
     cands = _Candidates(denoiser, solver, spec, config, key, fingerprint, _take((x_T, cond), train_idx),
                         _take((x_T, cond), judge_idx), ref.end[n_search:], phase)
-    t0, before = time.perf_counter(), cands.tally.count
+    t0, before = time.perf_counter(), _Tally.count
     for name in families:
         cands.rank(name, family_grid(name, num_steps, sigma_min, sigma_max, schedule))
-    phase("rank", cands.tally.count - before, t0)
+    phase("rank", _Tally.count - before, t0)
     ranked = sorted(families, key=cands.median_base.__getitem__)
     fitted_families = tuple(dict.fromkeys(((init,) if init != "best" else ()) + tuple(ranked[:shortlist])))
     pbar.total = 3 + len(fitted_families) + search_steps
