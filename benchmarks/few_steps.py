@@ -1,8 +1,9 @@
 """IIA against the peers at NFE 3, 4 and 5 on the shipped digits model, with enough draws for the
 quality verdicts to resolve (docs/few_steps.md).
 
-    python benchmarks/few_steps.py            # everything (about an hour on 2 CPU cores)
-    python benchmarks/few_steps.py --table    # the page from the saved results, nothing run
+    python benchmarks/few_steps.py              # everything (about two hours on 2 CPU cores)
+    python benchmarks/few_steps.py --nfes 5     # NFE 5 again, the other NFE's rows kept from the results
+    python benchmarks/few_steps.py --table      # the page from the saved results, nothing run
 
 Setting: evaluation noise ``80 N(0, I)`` (``--n`` draws, ``PRNGKey(21)``), fit noise 1,024 draws
 (``PRNGKey(20)``), sigma 80 -> 0.002.  Every method samples the same evaluation noise, so every
@@ -15,6 +16,9 @@ difference is paired.
   fitted with the library defaults (``iia_jax.fit(D, plan, x_fit)``: fine_steps 16, the quality
   guard), its fitting time recorded.  Karras is left out: there IIA is behind its own VP-quadratic
   cell for every base at NFE 3-5 (docs/digits.md, the guarantee table).
+* **IIA on a fitted grid**: every base with ``iia_jax.fit_plan`` (library defaults on the same 1,024
+  fit draws: it ranks the grid families, fits the best, searches the grid from it and returns the
+  searched grid only if it beats the family on its judge rows), its fitting time recorded.
 * **Judges**: ``digits_score`` (docs/metrics.md; real digits about 0, the model's own 64-step
   samples about 4.5) with the paired jackknife se of a difference, and the median per-sample ODE
   error against heun with 64 Karras steps from the same noise.
@@ -85,7 +89,20 @@ def iia_samples(denoiser, solver: str, nfe: int, x_fit, x):
     return out, seconds, [int(i) for i in np.flatnonzero(np.asarray(res.coeffs.kept))], p.nfe
 
 
-def measure(args) -> dict:
+def fit_plan_samples(denoiser, solver: str, nfe: int, x_fit, x):
+    """``(samples, fit seconds, kept steps, NFE, grid name, sigmas)`` of ``solver`` + IIA on the grid
+    :func:`iia_jax.fit_plan` returns (library defaults)."""
+    t = time.perf_counter()
+    pf = iia_jax.fit_plan(denoiser, solver, steps_for(nfe, solver), x_fit, sigma_min=SIGMA_MIN,
+                          sigma_max=SIGMA_MAX, progress=False)
+    seconds = time.perf_counter() - t
+    out = run_batched(jax.jit(lambda r: iia_jax.iia_sample(denoiser, pf.plan, pf.coeffs, r)), x, batch=BATCH)
+    kept = [int(i) for i in np.flatnonzero(np.asarray(pf.coeffs.kept))]
+    name = "fitted" if pf.report.chosen == "fitted" else pf.report.chosen
+    return out, seconds, kept, pf.plan.nfe, name, [float(s) for s in np.asarray(pf.plan.sigmas)]
+
+
+def measure(args, saved: dict | None) -> dict:
     denoiser = pretrained.digits()
     x, x_fit = noise(args.n, 21), noise(1024, 20)
     SAMPLES.mkdir(parents=True, exist_ok=True)
@@ -96,8 +113,8 @@ def measure(args) -> dict:
         rp = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
         ref = run_batched(jax.jit(lambda r: iia_jax.sample(denoiser, rp, r)), x, batch=BATCH)
         np.save(cache, ref)
-    rows = []
-    for nfe in NFES:
+    rows = [r for r in (saved or {}).get("rows", []) if r["nfe"] not in args.nfes]
+    for nfe in args.nfes:
         for name in PEERS:
             for g in GRIDS:
                 s = peer_samples(denoiser, name, g, nfe, x)
@@ -115,21 +132,40 @@ def measure(args) -> dict:
                              file=f"{nfe}_{solver}_iia.npy"))
             print(f"NFE {nfe} {name:20s} {IIA_GRID:12s} score {rows[-1]['score']:7.1f} median "
                   f"{rows[-1]['median']:.4f} (NFE {real_nfe}, fit {seconds:.0f} s, kept {kept})", flush=True)
-    return dict(rows=rows, verdicts=compare(rows), n=args.n, reference_score=digits_score(ref))
+        for solver in IIA_SOLVERS:
+            s, seconds, kept, real_nfe, grid_name, sigmas = fit_plan_samples(denoiser, solver, nfe, x_fit, x)
+            name = f"{solver} + IIA, fit_plan"
+            np.save(SAMPLES / f"{nfe}_{solver}_fit_plan.npy", s)
+            rows.append(dict(nfe=nfe, kind="fit_plan", method=name, grid=grid_name, score=digits_score(s),
+                             median=ode_error(s, ref).median, fit_s=seconds, kept=kept, real_nfe=real_nfe,
+                             sigmas=sigmas, file=f"{nfe}_{solver}_fit_plan.npy"))
+            print(f"NFE {nfe} {name:20s} {grid_name:12s} score {rows[-1]['score']:7.1f} median "
+                  f"{rows[-1]['median']:.4f} (NFE {real_nfe}, fit {seconds:.0f} s, kept {kept})", flush=True)
+    old = {v["nfe"]: v for v in (saved or {}).get("verdicts", [])}
+    out = dict(rows=rows, verdicts=compare(rows, old), n=args.n, reference_score=digits_score(ref),
+               nfes=list(args.nfes))
+    if saved:   # where the kept rows came from
+        out["kept_from"] = dict(nfes=[n for n in NFES if n not in args.nfes], provenance=saved["provenance"],
+                                note=saved.get("note"))
+    return out
 
 
-def compare(rows: list) -> list:
-    """Per NFE the best IIA row that keeps a step against the best peer row, from the saved
-    samples: the paired ``digits_score`` difference and both median ODE errors."""
+def compare(rows: list, old: dict) -> list:
+    """Per NFE the best IIA row (fixed or fitted grid) that keeps a step against the best peer row,
+    from the saved samples: the paired ``digits_score`` difference and both median ODE errors
+    (``old[nfe]``, the saved verdict, where that NFE's samples are not on disk)."""
     verdicts = []
     for nfe in NFES:
         mine = [r for r in rows if r["nfe"] == nfe]
+        if not all((SAMPLES / r["file"]).exists() for r in mine):
+            verdicts.append(old[nfe])
+            continue
         # an IIA row that kept no step is its base sampler: the best IIA row is one that keeps a step
-        best_iia = min((r for r in mine if r["kind"] == "iia" and r["kept"]), key=lambda r: r["score"])
+        best_iia = min((r for r in mine if r["kind"] != "peer" and r["kept"]), key=lambda r: r["score"])
         best_peer = min((r for r in mine if r["kind"] == "peer"), key=lambda r: r["score"])
         d, se = score_difference(np.load(SAMPLES / best_iia["file"]), np.load(SAMPLES / best_peer["file"]),
                                  paired=True)
-        verdicts.append(dict(nfe=nfe, iia=best_iia["method"], peer=f"{best_peer['method']}, {best_peer['grid']}",
+        verdicts.append(dict(nfe=nfe, iia=f"{best_iia['method']}, {best_iia['grid']}", peer=f"{best_peer['method']}, {best_peer['grid']}",
                              diff=d, diff_se=se, iia_median=best_iia["median"], peer_median=best_peer["median"],
                              fit_s=best_iia["fit_s"], real_nfe=best_iia["real_nfe"]))
     return verdicts
@@ -159,7 +195,7 @@ def page(res: dict) -> str:
              f"64-step samples {res['reference_score']:.1f} on these draws, so below about 10 little room is "
              "left. Setup and method in `benchmarks/few_steps.py`; the command: "
              "`python benchmarks/few_steps.py`.", "",
-             "| NFE | best IIA (VP-quadratic grid) | its fit | best peer | digits_score IIA - peer | "
+             "| NFE | best IIA, its grid | its fit | best peer | digits_score IIA - peer | "
              "median ODE error IIA / peer | verdict |",
              "|---:|---|---:|---|---:|---:|---|"]
     for v in res["verdicts"]:
@@ -168,31 +204,53 @@ def page(res: dict) -> str:
                      f"{v['diff']:+.1f} +- {v['diff_se']:.1f} | {v['iia_median']:.4f} / {v['peer_median']:.4f} | "
                      f"{verdict(v)} |")
     lines += ["", "Every row (`digits_score`, median ODE error; IIA rows: fitted with the library defaults "
-              "on 1,024 other draws, the wall time of that fit and the steps it kept):", "",
+              "on 1,024 other draws, the wall time of that fit and the steps it kept; `fit_plan` rows: "
+              "the grid it returned, `fitted` for a searched one, whose sigmas are below):", "",
               "| NFE | method | grid | digits_score | median ODE error | fit |", "|---:|---|---|---:|---:|---|"]
     for r in sorted(res["rows"], key=lambda r: (r["nfe"], r["score"])):
         fit = (f"{r['fit_s']:.0f} s, kept {r['kept']}" + (f", NFE {r['real_nfe']}" if r["real_nfe"] != r["nfe"] else "")
-               if r["kind"] == "iia" else "")
+               if r["kind"] != "peer" else "")
         lines.append(f"| {r['nfe']} | {r['method']} | {r['grid']} | {r['score']:.1f} | {r['median']:.4f} | {fit} |")
-    meta = res["provenance"]
-    lines += ["", f"*Made by `{meta['command']}` ({meta['date']}); {meta['machine']}; {meta['versions']}; "
-              f"revision {meta['revision']}.* " + (f"{res['note']} " if res.get("note") else "")
-              + "Fit times are wall times, compilation included. heun has odd NFE only: its NFE 4 row is its "
-              "NFE 3 (2 steps).", ""]
+    searched = [r for r in res["rows"] if r.get("sigmas") and r["grid"] == "fitted"]
+    if searched:
+        lines += ["", "Grids `fit_plan` searched (sigma_max ... 0):", ""]
+        lines += [f"- NFE {r['nfe']} {r['method']}: " + ", ".join(f"{s:.3g}" for s in r["sigmas"])
+                  for r in sorted(searched, key=lambda r: (r["nfe"], r["method"]))]
+    lines.append("")
+    for what, meta, note in _runs(res):
+        lines += [f"*{what} `{meta['command']}` ({meta['date']}); {meta['machine']}; {meta['versions']}; "
+                  f"revision {meta['revision']}.* " + (f"{note}" if note else ""), ""]
+    lines[-2] += (" Fit times are wall times, compilation included. heun has odd NFE only: its NFE 4 row is its "
+              "NFE 3 (2 steps).")
     return "\n".join(lines)
+
+
+def _runs(res: dict) -> list:
+    """``(what, provenance, note)`` of the run that made each NFE's rows."""
+    kept = res.get("kept_from")
+    if not kept:
+        return [("Made by", res["provenance"], res.get("note"))]
+    made = ", ".join(str(n) for n in res["nfes"])
+    return [(f"NFE {made} made by", res["provenance"], res.get("note")),
+            (f"NFE {', '.join(str(n) for n in kept['nfes'])} made by", kept["provenance"], kept.get("note"))]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="evaluation draws")
+    ap.add_argument("--nfes", type=int, nargs="+", choices=NFES, default=list(NFES),
+                    help="run these NFE; the others' rows and verdicts are kept from the saved results")
     ap.add_argument("--table", action="store_true", help="write the page from docs/few_steps.json and stop")
     ap.add_argument("--note", help="with --table: the run's conditions, kept in the results and shown on the page")
     args = ap.parse_args(argv)
     if not args.table:
-        provenance.save_json(RESULTS, measure(args), provenance.command_line("benchmarks/few_steps.py", argv))
+        saved = json.loads(RESULTS.read_text()) if set(args.nfes) != set(NFES) and RESULTS.exists() else None
+        if saved is not None and saved["n"] != args.n:
+            ap.error(f"--n {args.n}: the saved results have {saved['n']} draws; run every NFE")
+        provenance.save_json(RESULTS, measure(args, saved), provenance.command_line("benchmarks/few_steps.py", argv))
     res = json.loads(RESULTS.read_text())
     if args.table and SAMPLES.exists():    # the verdicts again from the saved samples; the run's provenance kept
-        res["verdicts"] = compare(res["rows"])
+        res["verdicts"] = compare(res["rows"], {v["nfe"]: v for v in res["verdicts"]})
         res["note"] = args.note or res.get("note")
         tmp = RESULTS.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1, default=float))

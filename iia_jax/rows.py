@@ -15,7 +15,8 @@ the rows over devices cannot disagree about which row is which.
   label holds out rows of every label.  Rows of a trailing incomplete group are training rows.
   Shuffling the whole batch instead would move every row between devices.
 - **Chunks.** Chunk ``c`` holds the groups ``c, c + C, c + 2C, ...`` (strided), laid out as
-  ``[C, chunk_rows, ...]``; its held-out rows are the sub-view ``[C, chunk_hold, ...]``.  On a batch
+  ``[C, chunk_rows, ...]``; its held-out rows are the sub-view ``[C, chunk_hold, ...]``.  The fit
+  reads the rows one chunk at a time (:meth:`FitRows.chunk`), never as a stacked copy.  On a batch
   sharded along its rows each device holds its own share of every chunk: chunking is per device,
   and no layout step moves samples between devices.
 """
@@ -249,23 +250,60 @@ def make_layout(rows: int, holdout: float, chunk_size: int | None,
 
 
 class FitRows(NamedTuple):
-    """A fit batch after :func:`split_batch`: chunked rows ``x``/``cond`` ``[C, b, ...]``, row
-    weights ``[C, 2, b]`` (training, held-out), the held-out rows of each chunk
-    ``hold_x``/``hold_cond`` ``[C, h, ...]`` with weights ``hold_weights [C, h]`` (0 on padding),
-    and the in-group held-out ``positions``."""
+    """A fit batch after :func:`split_batch`: its rows, read chunk by chunk (:meth:`chunk`,
+    :meth:`held`: gathered when asked for, so the fit never holds a chunked copy of the whole
+    batch), row weights ``[C, 2, b]`` (training, held-out), the held-out rows' weights
+    ``hold_weights [C, h]`` (0 on padding) and the in-group held-out ``positions``.  ``source`` is
+    ``(x_T, cond)`` as given, or padded and placed on the devices for a host batch with ``mesh=``."""
 
     layout: Layout
-    x: jax.Array
-    cond: Any
+    source: Any
     weights: jax.Array
-    hold_x: jax.Array
-    hold_cond: Any
     hold_weights: jax.Array
     positions: jax.Array
+
+    def chunk(self, c: int):
+        """``(x, cond)`` of chunk ``c``: ``[chunk_rows, ...]`` (padding: copies of row 0)."""
+        return _take(self.source, self.positions, jnp.int32(c), layout=self.layout, held=False)
+
+    def cond_of(self, c: int):
+        """The conditions of chunk ``c`` alone (None for an unconditional batch)."""
+        cond = self.source[1]
+        return None if cond is None else _take(cond, self.positions, jnp.int32(c), layout=self.layout, held=False)
+
+    def held(self, c: int):
+        """``(x, cond)`` of chunk ``c``'s held-out rows ``[chunk_hold, ...]``."""
+        return _take(self.source, self.positions, jnp.int32(c), layout=self.layout, held=True)
 
     def holdout_indices(self) -> np.ndarray:
         """Indices into the batch of the real held-out rows."""
         return self.layout.split_indices(to_host(self.positions))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "held"))
+def _take(source, positions, c, *, layout: Layout, held: bool):
+    """Chunk ``c``'s rows (``held``: its held-out rows) of every leaf of ``source``, in the order of
+    :meth:`Layout.to_chunks` and :meth:`Layout.holdout_of_chunks` (compiled once per layout; the
+    chunk is data).  On one device a gather from the unpadded rows, padding pointing at row 0; on
+    a sharding, a slice of the padded rows that every device takes from its own share."""
+    def of_chunk(a):    # [padded // group * ...] -> chunk c's [groups_per_chunk, ...], laid out as the rows
+        a = a.reshape((layout.groups_per_chunk, layout.chunks) + a.shape[1:])
+        return jax.lax.dynamic_index_in_dim(a, c, axis=1, keepdims=False)
+
+    g = layout.groups_per_chunk
+    offsets = of_chunk(positions) if held else jnp.broadcast_to(jnp.arange(layout.group), (g, layout.group))
+    if layout.sharding is None:
+        groups = jnp.arange(g) * layout.chunks + c
+        idx = (groups[:, None] * layout.group + offsets).reshape(-1)
+        idx = jnp.where(idx < layout.rows, idx, 0)
+        return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), source)
+
+    def local(a):
+        rows = of_chunk(a.reshape((-1, layout.group) + a.shape[1:]))            # [g, group, ...]
+        rows = jnp.take_along_axis(rows, offsets.reshape(offsets.shape + (1,) * (a.ndim - 1)), axis=1)
+        return layout.constrain(rows.reshape((-1,) + a.shape[1:]), 0)
+
+    return jax.tree_util.tree_map(local, source)
 
 
 def to_host(a) -> np.ndarray:
@@ -297,24 +335,20 @@ def split_batch(x_T, cond, holdout: float, chunk_size: int | None, key=None, mes
                          f"{layout.group * sharding.shards * layout.chunks} "
                          f"rows, got {layout.rows}: pass a host array with mesh= (padded with "
                          "zero-weight rows for you) or trim the batch")
-    rows = (x_T, cond)
+    source = (x_T, cond)
     if mesh is not None:          # a host batch: pad with zero-weight rows, then shard
-        rows = shard_rows(layout.pad(rows), sharding)
-    elif sharding is None:
-        rows = layout.pad(rows)
-
-    return FitRows(layout, *_split(rows, key, layout=layout, dtype=jnp.dtype(x_T.dtype)))
+        source = shard_rows(layout.pad(source), sharding)
+    return FitRows(layout, source, *_weights(key, layout=layout, dtype=jnp.dtype(x_T.dtype)))
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "dtype"))
-def _split(rows, key, *, layout: Layout, dtype):
-    """The chunked rows, weights and held-out views of :func:`split_batch` (compiled once per
-    layout and shapes)."""
+def _weights(key, *, layout: Layout, dtype):
+    """The chunked row weights, the held-out rows' weights and the held-out positions of
+    :func:`split_batch` (compiled once per layout)."""
     positions = layout.holdout_positions(key)
     weights = layout.to_chunks(layout.weights(positions, dtype), row_axis=1)
-    x, c = layout.to_chunks(rows)
-    hold_x, hold_c, hold_w = layout.holdout_of_chunks((x, c, weights[1]), positions)
-    return x, c, jnp.swapaxes(weights, 0, 1), hold_x, hold_c, hold_w, positions
+    hold_w = layout.holdout_of_chunks(weights[1], positions)
+    return jnp.swapaxes(weights, 0, 1), hold_w, positions
 
 
 def split_indices(rows: int, holdout: float, key=None) -> tuple[np.ndarray, np.ndarray]:

@@ -136,9 +136,12 @@ def test_one_chunk_held_out_rows_are_those_of_all_chunks(rows, chunk):
     x = jnp.arange(rows * 3, dtype=jnp.float32).reshape(rows, 3)
     fit_rows = split_batch(x, None, 0.25, chunk, jax.random.PRNGKey(2))
     layout = fit_rows.layout
-    every = layout.holdout_of_chunks(fit_rows.x, fit_rows.positions)
+    chunked = layout.to_chunks(layout.pad(x))
+    every = layout.holdout_of_chunks(chunked, fit_rows.positions)
     for c in range(layout.chunks):
-        np.testing.assert_array_equal(layout.holdout_of_chunk(fit_rows.x[c], fit_rows.positions, c), every[c])
+        np.testing.assert_array_equal(fit_rows.chunk(c)[0], chunked[c])     # gathered one at a time
+        np.testing.assert_array_equal(fit_rows.held(c)[0], every[c])
+        np.testing.assert_array_equal(layout.holdout_of_chunk(chunked[c], fit_rows.positions, c), every[c])
     real = np.asarray(fit_rows.hold_weights).reshape(-1) > 0
     held = np.asarray(every).reshape(-1, 3)[real]
     np.testing.assert_array_equal(np.sort(held[:, 0]), np.sort(np.asarray(x)[fit_rows.holdout_indices(), 0]))

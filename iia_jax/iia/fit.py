@@ -226,19 +226,20 @@ class _Passes:
     def check(self, ok, what="non-finite model output"):
         _raise_if_bad(ok, self.sigmas, what)
 
-    def reference(self, x, cond, weights, spread=False, ends=None):
-        """The fine trajectory of chunked rows ``x [C, b, ...]``, chunk by chunk: Gram statistics
+    def reference(self, take, weights, spread=False, ends=None):
+        """The fine trajectory of the rows ``take(c) -> (x [b, ...], cond)`` of each chunk ``c``
+        (:meth:`~iia_jax.rows.FitRows.chunk` or ``.held``), chunk by chunk: Gram statistics
         summed over chunks for each row of ``weights [C, W, b]`` (and
         :class:`~iia_jax.iia.solve.SpreadSums` of the first row, or None).  Each chunk's fine
         state at sigma = 0 goes to ``ends.add`` (an :class:`_Ends`); without ``ends`` they are
         returned stacked ``[C, b, ...]``.  A chunk's states on the way are dropped with the chunk."""
         stats, every = None, []
-        for c in range(x.shape[0]):
-            part = jax.tree_util.tree_map(lambda a, c=c: a[c], cond)
-            part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x[c], part, weights[c],
+        for c in range(weights.shape[0]):
+            x, cond = take(c)
+            part_stats, part_states, ok = _TEACHER(self.denoiser, self.sigmas, x, cond, weights[c],
                                                    keep_features=False, spread=spread, **self.static)
             self.check(ok, "non-finite model output or reference")
-            self.spend(x.shape[1] * self.reference_row)
+            self.spend(x.shape[0] * self.reference_row)
             stats = part_stats if stats is None else jax.tree_util.tree_map(jnp.add, stats, part_stats)
             if ends is None:
                 every.append(part_states[-1])
@@ -269,27 +270,25 @@ class _Passes:
         not only their sums.  ``on [N]`` (bool, default all): steps whose coefficients are fitted;
         the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
-        chunks = [(jax.tree_util.tree_map(lambda a, c=c: a[c], rows.cond), rows.weights[c])
-                  for c in range(rows.layout.chunks)]
         with _ChunkStore(spill_dir) as carries, _ChunkStore(spill_dir) as fines:
             for c in range(rows.layout.chunks):
-                x = rows.x[c]
+                x = rows.chunk(c)[0]
                 carries[c] = (solver.init(x), x, spec.init_history(x))
                 fines[c] = x if target == "trajectory" else None
             values, all_stats = [], []
             for i in range(self.sigmas.shape[0] - 1):
                 final = i == self.sigmas.shape[0] - 2
-                stats, sums, kept = self._measure(i, final, chunks, carries, fines, solve)
+                stats, sums, kept = self._measure(i, final, rows, carries, fines, solve)
                 exact_rows = (kept[1], kept[2], rows.weights[0, 0]) if exact else None
                 c_i = _solve_step(stats, sums, exact_rows, solve=solve)
                 if on is not None and not on[i]:
                     c_i = jnp.zeros_like(c_i)
-                for c, (cond, _) in enumerate(chunks):   # in place: a chunk's old carry goes at once
+                for c in range(rows.layout.chunks):   # in place: a chunk's old carry goes at once
                     carries[c] = (_apply_kept(kept[0], kept[1], c_i) if kept is not None else
-                                  _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], cond, c_i,
+                                  _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], rows.cond_of(c), c_i,
                                                final=final, solver=solver, spec=spec))
                 if kept is None:
-                    self.spend(rows.x.shape[0] * rows.x.shape[1] * self.coarse // (self.sigmas.shape[0] - 1))
+                    self.spend(rows.layout.padded * self.coarse // (self.sigmas.shape[0] - 1))
                 values.append(c_i)
                 all_stats.append(stats)
             if target == "trajectory":
@@ -298,16 +297,17 @@ class _Passes:
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *all_stats)
         return jnp.stack(values), stacked
 
-    def _measure(self, i, final, chunks, carries, fines, solve):
+    def _measure(self, i, final, rows, carries, fines, solve):
         """Step ``i`` over every chunk before its coefficients exist: the summed statistics and
         spread sums, and (one chunk) the chunk's base step, features and residuals, else None.
         The trajectory target's fine states in ``fines`` move on to ``sigma_{i+1}``."""
         stats = sums = kept = None
         oks = []
-        for c, (cond, weights) in enumerate(chunks):
+        for c in range(rows.layout.chunks):
             carry, fine = carries[c], fines[c]
-            s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fine, cond, weights,
-                                                final=final, spread=solve.needs_spread, keep=len(chunks) == 1,
+            s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fine, rows.cond_of(c),
+                                                rows.weights[c], final=final, spread=solve.needs_spread,
+                                                keep=rows.layout.chunks == 1,
                                                 **self.static)
             oks.append(ok)
             self.spend(carry[1].shape[0] * (self.reference_row - 1) // (self.sigmas.shape[0] - 1))
@@ -460,12 +460,12 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on
     exact = rows.layout.chunks == 1 and rows.layout.sharding is None   # the solve may see the rows
     ends = _Ends(rows, judged) if mode == "teacher_forced" or target == "trajectory" else None
     if mode == "teacher_forced" and exact:
-        feats, residual, states = passes.features(rows.x[0], _first(rows.cond), rows.weights[0])
+        feats, residual, states = passes.features(*rows.chunk(0), rows.weights[0])
         values, stats = _solve_rows(feats, residual, states, rows.weights[0], solve=solve)
         ends.add(0, states[-1])
         return values, stats, ends
     if mode == "teacher_forced":
-        (stats, sums), ends = passes.reference(rows.x, rows.cond, rows.weights, solve.needs_spread, ends)
+        (stats, sums), ends = passes.reference(rows.chunk, rows.weights, solve.needs_spread, ends)
         return _solve_steps(stats, sums, None, solve=solve), stats, ends
     values, stats = passes.sequential(rows, target, solve, exact, ends, on, spill_dir)
     return values, stats, ends
@@ -505,11 +505,7 @@ def _holdout_reference(passes: _Passes, rows: FitRows, ends):
     if ends is not None:
         return ends.held()
     held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
-    return passes.reference(rows.hold_x, rows.hold_cond, held)[1]
-
-
-def _first(tree):
-    return jax.tree_util.tree_map(lambda a: a[0], tree)
+    return passes.reference(rows.held, held)[1]
 
 
 def _local_errors(stats, values, layout: Layout, per_sample: int):
@@ -558,29 +554,29 @@ class _EndToEnd:
         return _ERRORS(p.denoiser, p.sigmas, vals, x, cond, reference, solver=p.static["solver"],
                        spec=p.static["spec"])
 
-    def _over_chunks(self, fn, x, cond, real, *extra, limit=None):
-        """``fn`` chunk by chunk, in order, on the host: its real rows only, and with ``limit`` the
-        first ``limit`` of them (later chunks are not run)."""
+    def _over_chunks(self, fn, take, real, *extra, limit=None):
+        """``fn(x, cond, *extra[c])`` on the rows ``take(c)`` of chunk by chunk, in order, on the
+        host: its real rows only, and with ``limit`` the first ``limit`` of them (later chunks are
+        not run)."""
         real = real.reshape(self.rows.layout.chunks, -1)
         parts, count = [], 0
         for c in range(self.rows.layout.chunks):
             if limit is not None and count >= limit:
                 break
-            out = _host(fn(x[c], jax.tree_util.tree_map(lambda a, c=c: a[c], cond), *(e[c] for e in extra)))
+            out = _host(fn(*take(c), *(e[c] for e in extra)))
             parts.append(out[real[c]])
             count += len(parts[-1])
         return np.concatenate(parts)[:limit]
 
     def errors(self, vals):
         rows = self.rows
-        return self._over_chunks(lambda x, c, ref: self._errors(vals, x, c, ref), rows.hold_x,
-                                 rows.hold_cond, self._real_held, self.hold_reference)
+        return self._over_chunks(lambda x, c, ref: self._errors(vals, x, c, ref), rows.held, self._real_held,
+                                 self.hold_reference)
 
     def samples(self, vals, limit=None):
         """Samples at sigma = 0 of the real rows (the first ``limit``)."""
         rows = self.rows
-        return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.x, rows.cond, self._real_all,
-                                 limit=limit)
+        return self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.chunk, self._real_all, limit=limit)
 
     def judged_rows(self, limit=None):
         """``(samples(vals), reference)`` for a judge that compares with the fine reference: the
@@ -589,9 +585,9 @@ class _EndToEnd:
         rows = self.rows
         if self._ends is not None:
             return (lambda vals: self.samples(vals, limit)), self._ends.first()   # kept for this limit
-        held = lambda vals: self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.hold_x,  # noqa: E731
-                                              rows.hold_cond, self._real_held, limit=limit)
-        return held, self._over_chunks(lambda x, c, e: e, rows.hold_x, rows.hold_cond, self._real_held,
+        held = lambda vals: self._over_chunks(lambda x, c: self._samples(vals, x, c), rows.held,  # noqa: E731
+                                              self._real_held, limit=limit)
+        return held, self._over_chunks(lambda x, c, e: e, rows.held, self._real_held,
                                        self.hold_reference, limit=limit)
 
 
