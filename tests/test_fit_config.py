@@ -147,6 +147,18 @@ def test_one_chunk_held_out_rows_are_those_of_all_chunks(rows, chunk):
     np.testing.assert_array_equal(np.sort(held[:, 0]), np.sort(np.asarray(x)[fit_rows.holdout_indices(), 0]))
 
 
+def test_the_split_holds_the_batch_itself_not_a_chunked_copy():
+    """The fit reads its rows chunk by chunk from the batch as given (one device, padding needed):
+    besides it the split keeps a few scalars a row (weights, held-out positions), never a copy of
+    the rows, which grew a fit's memory by a row-sized array a row."""
+    x = jnp.ones((1000, 64))
+    fit_rows = split_batch(x, None, 0.25, 128, jax.random.PRNGKey(0))
+    assert fit_rows.layout.padded > 1000 and fit_rows.source[0] is x
+    kept = jax.tree_util.tree_leaves((fit_rows.weights, fit_rows.hold_weights, fit_rows.positions))
+    assert sum(a.size for a in kept) <= 3 * fit_rows.layout.padded
+    assert fit_rows.chunk(0)[0].shape == (fit_rows.layout.chunk_rows, 64)
+
+
 def _count_compilations():
     from jax import monitoring
     counter = {"n": 0}
