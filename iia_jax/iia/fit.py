@@ -555,9 +555,9 @@ class _EndToEnd:
                        spec=p.static["spec"])
 
     def _over_chunks(self, fn, take, real, *extra, limit=None):
-        """``fn(x, cond, *extra[c])`` on the rows ``take(c)`` of chunk by chunk, in order, on the
-        host: its real rows only, and with ``limit`` the first ``limit`` of them (later chunks are
-        not run)."""
+        """``fn(x, cond, *extra[c])`` on each chunk's rows ``(x, cond) = take(c)``, in order, on
+        the host: its real rows only, and with ``limit`` the first ``limit`` of them (later chunks
+        are not run)."""
         real = real.reshape(self.rows.layout.chunks, -1)
         parts, count = [], 0
         for c in range(self.rows.layout.chunks):
