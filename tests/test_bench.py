@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -228,3 +229,25 @@ def test_table_aligns_columns():
     assert report.table(["solver", "NFE"], [["euler", 5]], "lr") == ["| solver | NFE |", "|---|---:|", "| euler | 5 |"]
     with pytest.raises(ValueError, match="align has 3 columns"):
         report.table(["solver", "NFE"], [], "lrr")
+
+
+def test_few_steps_is_a_bench_command_that_rewrites_its_page_from_saved_results(tmp_path):
+    """``iia-jax bench few-steps --table`` writes the page from the saved results alone (no samples on
+    disk: the saved verdicts stand), and a missing results file is a clear error naming it."""
+    from iia_jax.bench import few_steps
+    saved = json.loads((Path(__file__).resolve().parents[1] / "docs" / "few_steps.json").read_text())
+    (tmp_path / "few_steps.json").write_text(json.dumps(saved))
+    args = ["few-steps", "--table", "--out", str(tmp_path), "--samples", str(tmp_path / "no_samples")]
+    assert main(args) == 0
+    page = (tmp_path / "few_steps.md").read_text()
+    for v in saved["verdicts"]:
+        assert f"| {v['nfe']} | {v['iia']}" in page and f"{v['diff']:+.1f} +- {v['diff_se']:.1f}" in page
+    assert "iia-jax bench few-steps" in page
+    with pytest.raises(SystemExit):
+        main(["few-steps", "--table", "--out", str(tmp_path / "empty")])
+    # the verdict needs both: quality beyond 2 se and the lower ODE error
+    v = dict(diff=-3.0, diff_se=1.0, iia_median=0.1, peer_median=0.2)
+    assert few_steps.verdict(v) == "**IIA wins**"
+    assert few_steps.verdict(dict(v, iia_median=0.3)) == "quality to IIA, ODE error to the peer"
+    assert few_steps.verdict(dict(v, diff=1.0)) == "tie"
+    assert few_steps.verdict(dict(v, diff=2.5)) == "**peer wins**"

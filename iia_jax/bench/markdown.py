@@ -367,7 +367,7 @@ def markdown(results, cfg, meta, images) -> str:
     if meta.get("few_steps"):
         lines += ["", "The digits model at NFE 3-5 with 2,000 paired draws per method, enough for quality "
                   "verdicts (this report's digits rows have 128): [few_steps.md](few_steps.md) "
-                  "(`python benchmarks/few_steps.py`)."]
+                  f"(`iia-jax bench few-steps --out {cfg.out}`)."]
     lines += [""] + [f"![{name}]({name})" for name in images] + [""]
     lines += summary(results, cfg) + [""]
     lines += _setup(cfg, results, meta) + [""]

@@ -114,15 +114,16 @@ def config(args) -> Config:
         # on the mixtures, Karras + quadratic (its best other grid) on digits.  IIA where the goals
         # are decided (NFE <= 10): euler, heun, dpmpp_2m, unipc on the mixtures' Karras and
         # quadratic grids, euler and dpmpp_2m on their other grids at NFE 5 and 10; on digits euler
-        # and dpmpp_2m at every NFE <= 10 on Karras and at 5 and 10 on quadratic.  The variants of
+        # and dpmpp_2m at every NFE <= 10 on both its grids (the peers run both; a verdict against
+        # a peer's best grid needs IIA there too).  The variants of
         # euler, heun and dpmpp_2m at NFE 5 and 10 on the mixtures, and heun's target at NFE 5 on
         # digits (its default changed).  Fit time for euler only (two fits per mode, own process).
         nfes = (3, 4, 5, 6, 8, 10, 15, 20)
         mix = (IIASet(("karras", "vp_quadratic"), main, (3, 4, 5, 6, 8, 10)),
                IIASet(("logsnr_uniform", "vp_time_uniform"), euler_and_2m, (5, 10)))
         heun = tuple(s for s in ("heun",) if s in solvers)
-        digits_iia = (IIASet(("karras",), euler_and_2m, (3, 4, 5, 6, 8, 10)),
-                      IIASet(("vp_quadratic",), euler_and_2m, (5, 10)), IIASet(("karras",), heun, (5,)))
+        digits_iia = (IIASet(("karras", "vp_quadratic"), euler_and_2m, (3, 4, 5, 6, 8, 10)),
+                      IIASet(("karras",), heun, (5,)))
         tuned = tuple(s for s in ("euler", "heun", "dpmpp_2m") if s in solvers)
         per = {"separated": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
                "overlapping": ModelSettings(nfes, GRIDS, 512, 512, mix, tuned, (5, 10), 1024),
@@ -215,8 +216,15 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv=None) -> int:
-    """``python -m iia_jax.bench [--quick]``: run, print progress, write the report and plots."""
-    ap = argparse.ArgumentParser(prog="iia-jax bench", description=__doc__, formatter_class=_Help)
+    """``python -m iia_jax.bench [--quick]``: run, print progress, write the report and plots;
+    ``iia-jax bench few-steps ...``: :mod:`.few_steps` (NFE 3-5 with 2,000 draws)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["few-steps"]:
+        from .few_steps import main as few_steps_main
+        return few_steps_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="iia-jax bench", formatter_class=_Help,
+                                 description=__doc__ + " 'iia-jax bench few-steps --help': NFE 3-5 on the "
+                                 "digits model with 2,000 draws each, every base with IIA and fit_plan.")
     ap.add_argument("--quick", action="store_true", help="smaller batches, fewer NFE (a few minutes)")
     ap.add_argument("--out", default=str(DEFAULT_OUT),
                     help="directory for benchmarks.md, bench_*.png and the raw results ('docs' for the "
@@ -251,7 +259,7 @@ def main(argv=None) -> int:
             results, command = rerun(cfg, results, command, argv)
             cfg = config(argparse.Namespace(**{**vars(args), "models": None, "sections": None}))
     else:
-        command = ("python -m iia_jax.bench " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
+        command = ("python -m iia_jax.bench " + shlex.join(argv)).strip()
         cfg.out.mkdir(parents=True, exist_ok=True)
         raw = raw_path(cfg)
         print(f"raw results (written after every section, model and grid): {raw}", flush=True)
@@ -279,7 +287,7 @@ def save_raw(path: Path, command: str, results: dict) -> None:
 def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
     """Run ``cfg.sections`` for ``cfg.models`` again and put them in place of the saved ones
     (saved to the raw results after every section, model and grid, like a run)."""
-    again = shlex.join(sys.argv[1:] if argv is None else argv)
+    again = shlex.join(argv)
     command = f"{command.strip()}; then python -m iia_jax.bench {again}"
     old = dict(results)
 
@@ -325,6 +333,6 @@ def write(results, cfg: Config, command: str) -> list:
                 revision=results.get("revision") or f"{git_revision()} (when the report was written)",
                 machine_short=results.get("machine_short") or machine_short(),
                 versions_short=results.get("versions_short") or versions_short(),
-                few_steps=(out / "few_steps.md").exists())   # benchmarks/few_steps.py's page beside it
+                few_steps=(out / "few_steps.md").exists())   # `iia-jax bench few-steps`'s page beside it
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths
