@@ -243,6 +243,13 @@ def test_few_steps_is_a_bench_command_that_rewrites_its_page_from_saved_results(
     for v in saved["verdicts"]:
         assert f"| {v['nfe']} | {v['iia']}" in page and f"{v['diff']:+.1f} +- {v['diff_se']:.1f}" in page
     assert "iia-jax bench few-steps" in page
+    # rows that carry their difference to the best peer are drawn, and the page shows the plot
+    for r in saved["rows"]:
+        r["vs_best_peer"] = [r["score"] - min(q["score"] for q in saved["rows"] if q["nfe"] == r["nfe"]), 1.0]
+    (tmp_path / "few_steps.json").write_text(json.dumps(saved))
+    assert main(args) == 0
+    assert "![few_steps.png](few_steps.png)" in (tmp_path / "few_steps.md").read_text()
+    assert (tmp_path / "few_steps.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         main(["few-steps", "--table", "--out", str(tmp_path / "empty")])
     # the verdict needs both: quality beyond 2 se and the lower ODE error

@@ -143,6 +143,7 @@ def measure(args, saved: dict | None) -> dict:
             print(f"NFE {nfe} {name:20s} {grid_name:12s} score {rows[-1]['score']:7.1f} median "
                   f"{rows[-1]['median']:.4f} (NFE {real_nfe}, fit {seconds:.0f} s, kept {kept})", flush=True)
     old = {v["nfe"]: v for v in (saved or {}).get("verdicts", [])}
+    against_best_peer(rows, samples)
     out = dict(rows=rows, verdicts=compare(rows, old, samples), n=args.n, reference_score=digits_score(ref),
                nfes=list(args.nfes))
     if saved:   # where the kept rows came from
@@ -172,6 +173,54 @@ def compare(rows: list, old: dict, samples: Path) -> list:
     return verdicts
 
 
+def against_best_peer(rows: list, samples: Path) -> None:
+    """Set each row's ``vs_best_peer``: ``[digits_score difference, se]`` to its NFE's best peer row,
+    paired, from the samples saved under ``samples`` (an NFE whose samples are not all on disk keeps
+    the values it has)."""
+    for nfe in NFES:
+        mine = [r for r in rows if r["nfe"] == nfe]
+        if not mine or not all((samples / r["file"]).exists() for r in mine):
+            continue
+        best = np.load(samples / min((r for r in mine if r["kind"] == "peer"), key=lambda r: r["score"])["file"])
+        for r in mine:
+            r["vs_best_peer"] = [float(v) for v in score_difference(np.load(samples / r["file"]), best, paired=True)]
+
+
+KIND_STYLE = {"peer": ("0.45", "peer"), "iia": ("C0", "IIA, fixed grid"), "fit_plan": ("C1", "IIA, fit_plan grid")}
+
+
+def plot(res: dict, path: Path) -> bool:
+    """One panel per NFE: every row's paired ``digits_score`` difference to the best peer with
+    +- 2 se (the verdict's bar), best first; False (nothing drawn) where no row has it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    nfes = [n for n in NFES if any(r["nfe"] == n and "vs_best_peer" in r for r in res["rows"])]
+    if not nfes:
+        return False
+    height = max(sum(r["nfe"] == n for r in res["rows"]) for n in nfes)
+    fig, axes = plt.subplots(1, len(nfes), figsize=(5.2 * len(nfes), 0.22 * height + 1.6), squeeze=False)
+    for ax, nfe in zip(axes[0], nfes):
+        mine = sorted((r for r in res["rows"] if r["nfe"] == nfe and "vs_best_peer" in r),
+                      key=lambda r: r["score"], reverse=True)
+        for y, r in enumerate(mine):
+            d, se = r["vs_best_peer"]
+            ax.errorbar(d, y, xerr=2 * se, fmt="o", color=KIND_STYLE[r["kind"]][0], markersize=3, capsize=2)
+        ax.set_yticks(range(len(mine)), [f"{r['method']}, {r['grid']}" + ("" if r["kind"] == "peer" or r["kept"]
+                                          else " (kept no step: its base)") for r in mine], fontsize=6)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xscale("symlog", linthresh=10.0)
+        ax.set_title(f"NFE {nfe}", fontsize=10)
+        ax.set_xlabel("digits_score - best peer's (paired, +- 2 se)", fontsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=label) for c, label in KIND_STYLE.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def verdict(v: dict) -> str:
     if v["diff_se"] == 0:
         return "tie (the same samples)"
@@ -183,7 +232,7 @@ def verdict(v: dict) -> str:
     return "tie" if abs(z) <= 2 else "quality to IIA, ODE error to the peer"
 
 
-def page(res: dict) -> str:
+def page(res: dict, image: str | None = None) -> str:
     n = res["n"]
     lines = ["# IIA against the peers at NFE 3-5", "",
              f"The shipped digits model, {n:,} evaluation draws from the same noise for every method. "
@@ -204,6 +253,10 @@ def page(res: dict) -> str:
         lines.append(f"| {v['nfe']} | {v['iia']}{nfe_note} | {v['fit_s']:.0f} s | {v['peer']} | "
                      f"{v['diff']:+.1f} +- {v['diff_se']:.1f} | {v['iia_median']:.4f} / {v['peer_median']:.4f} | "
                      f"{verdict(v)} |")
+    if image:
+        lines += ["", f"![{image}]({image})", "",
+                  "Every row against its NFE's best peer: the paired `digits_score` difference with +- 2 se "
+                  "(left of 0 and clear of it: better than the best peer beyond the verdict's bar)."]
     lines += ["", "Every row (`digits_score`, median ODE error; IIA rows: fitted with the library defaults "
               "on 1,024 other draws, the wall time of that fit and the steps it kept; `fit_plan` rows: "
               "the grid it returned, `fitted` for a searched one, whose sigmas are below):", "",
@@ -262,10 +315,12 @@ def main(argv=None):
     res = json.loads(results.read_text())
     if args.table and samples.exists():    # the verdicts again from the saved samples; the run's provenance kept
         res["verdicts"] = compare(res["rows"], {v["nfe"]: v for v in res["verdicts"]}, samples)
+        against_best_peer(res["rows"], samples)
         res["note"] = args.note or res.get("note")
         tmp = results.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1, default=float))
         tmp.replace(results)
-    page_path.write_text(page(res))
+    image = out / "few_steps.png"
+    page_path.write_text(page(res, image.name if plot(res, image) else None))
     print(page_path.read_text())
     return 0
