@@ -258,3 +258,25 @@ def test_few_steps_is_a_bench_command_that_rewrites_its_page_from_saved_results(
     assert few_steps.verdict(dict(v, iia_median=0.3)) == "quality to IIA, ODE error to the peer"
     assert few_steps.verdict(dict(v, diff=1.0)) == "tie"
     assert few_steps.verdict(dict(v, diff=2.5)) == "**peer wins**"
+
+
+def test_a_rerun_replaces_its_models_and_an_earlier_rerun_of_them(monkeypatch, tmp_path):
+    """``--replot RAW --rerun --models digits``: digits' rows are the new run's, the other models'
+    stay, and an earlier rerun of the same models and sections drops out with its time."""
+    import argparse
+    from iia_jax.bench import runner
+    cfg = runner.config(argparse.Namespace(quick=True, out=str(tmp_path), models=["digits"], grids=None, nfe=None,
+                                           solvers=None, peers=None, batch=None, sections=["accuracy"]))
+    row = lambda model, median: accuracy.Row(model, "ours", "euler", "base", "karras", 5, median, median)
+    earlier = dict(started="s0", seconds=30.0, revision="r0", command="--rerun", models=["digits"],
+                   sections=["accuracy"])
+    old = dict(rows=[row("separated", 1.0), row("digits", 2.0)], extra={"digits": {"seconds": 30.0}},
+               seconds=100.0, load=[1.0], reruns=[earlier])
+    new = dict(rows=[row("digits", 3.0)], extra={"digits": {"seconds": 40.0}}, seconds=40.0, load=[2.0],
+               started="s1", revision="r1", speed={}, fitcost={}, speed_model="digits")
+    monkeypatch.setattr(runner, "run", lambda cfg, log, save: (save(new), new)[1])
+    merged, command = runner.rerun(cfg, old, "python -m iia_jax.bench", ["--rerun", "--models", "digits"])
+    assert [(r.model, r.median) for r in merged["rows"]] == [("separated", 1.0), ("digits", 3.0)]
+    assert merged["seconds"] == 100.0 - 30.0 + 40.0
+    assert [r["started"] for r in merged["reruns"]] == ["s1"]
+    assert command.endswith("then python -m iia_jax.bench --rerun --models digits")

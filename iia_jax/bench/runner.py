@@ -300,10 +300,14 @@ def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
             if section in cfg.sections:
                 out[section] = new[section]
                 out["speed_model"] = new["speed_model"]
-        out["seconds"] = old["seconds"] + new["seconds"]
+        # an earlier rerun of no more than these models and sections is replaced whole: its time goes
+        earlier = [r for r in old.get("reruns", []) if set(r.get("models", ())) <= set(cfg.models)
+                   and set(r.get("sections", ())) <= set(cfg.sections) and r.get("models")]
+        out["seconds"] = old["seconds"] - sum(r["seconds"] for r in earlier) + new["seconds"]
         out["load"] = old.get("load", []) + new["load"]
-        out["reruns"] = old.get("reruns", []) + [dict(started=new["started"], seconds=new["seconds"],
-                                                      revision=new["revision"], command=again)]
+        out["reruns"] = [r for r in old.get("reruns", []) if r not in earlier] + [
+            dict(started=new["started"], seconds=new["seconds"], revision=new["revision"], command=again,
+                 models=list(cfg.models), sections=list(cfg.sections))]
         return out
     raw = raw_path(cfg)
     new = run(cfg, lambda s: print(s, flush=True), lambda new: save_raw(raw, command, merged(new)))
