@@ -26,10 +26,12 @@ difference is paired.
   error against heun with 64 Karras steps from the same noise.
 
 Per NFE the best IIA row that keeps a step (lowest ``digits_score``; a fit that keeps none is its
-base sampler) is set against the best peer row (any peer, any of the two grids): a win needs the paired difference below -2 se *and* a lower median ODE error.
-Both bests are picked on the same draws they are judged on, which flatters each side alike.
-Results go to ``OUT/few_steps.json`` (samples to ``--samples``, by default ``checkpoints/few_steps/``
-under the working directory: in the repository, untracked), the page to ``OUT/few_steps.md``.
+base sampler) is set against the best peer row (any peer, any of the two grids): a win needs the
+paired difference below -2 se *and* a lower median ODE error.  Both bests are picked on the same
+draws they are judged on, which flatters each side alike.  Every row's paired difference to its
+NFE's best peer, with +- 2 se, is drawn in ``few_steps.png``.  Results go to ``OUT/few_steps.json``
+(samples to ``--samples``, by default ``checkpoints/few_steps/`` under the working directory: in
+the repository, untracked), the page and plot to ``OUT/few_steps.md`` and ``OUT/few_steps.png``.
 """
 from __future__ import annotations
 
