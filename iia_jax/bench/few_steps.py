@@ -293,7 +293,8 @@ def _runs(res: dict) -> list:
 
 def main(argv=None):
     """``iia-jax bench few-steps``: run (or with ``--table`` only re-judge) and write the page."""
-    ap = argparse.ArgumentParser(prog="iia-jax bench few-steps", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="iia-jax bench few-steps", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="evaluation draws")
     ap.add_argument("--nfes", type=int, nargs="+", choices=NFES, default=list(NFES),
                     help="run these NFE; the others' rows and verdicts are kept from the saved results")
