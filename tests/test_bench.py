@@ -273,7 +273,7 @@ def test_a_rerun_replaces_its_models_and_an_earlier_rerun_of_them(monkeypatch, t
     old = dict(rows=[row("separated", 1.0), row("digits", 2.0)], extra={"digits": {"seconds": 30.0}},
                seconds=100.0, load=[1.0], reruns=[earlier])
     new = dict(rows=[row("digits", 3.0)], extra={"digits": {"seconds": 40.0}}, seconds=40.0, load=[2.0],
-               started="s1", revision="r1", speed={}, fitcost={}, speed_model="digits")
+               started="s1", revision="r1", speed={}, fitcost={}, speed_model="digits", machine_short="m1")
     monkeypatch.setattr(runner, "run", lambda cfg, log, save: (save(new), new)[1])
     merged, command = runner.rerun(cfg, old, "python -m iia_jax.bench", ["--rerun", "--models", "digits"])
     assert [(r.model, r.median) for r in merged["rows"]] == [("separated", 1.0), ("digits", 3.0)]

@@ -151,7 +151,8 @@ def _setup(cfg, results, meta):
         "the quick one `iia-jax bench --quick` (written to `./iia_jax_bench` unless `--out` says otherwise); "
         "`--replot docs/bench_results_full.json --out docs` rewrites this report from the saved raw results.",
         *[f"- **Rerun**: `python -m iia_jax.bench {r['command']}`, started {r['started']}, took "
-          f"{r['seconds'] / 60:.1f} min (library revision {r['revision']}); its sections and models replace the "
+          f"{r['seconds'] / 60:.1f} min (library revision {r['revision']}"
+          f"{'; ' + r['machine'] if r.get('machine') else ''}); its sections and models replace the "
           "first run's." for r in results.get("reruns", [])],
         *[f"- **Note**: {note}" for note in results.get("notes", [])],
         f"- **Machine**: {meta['machine']}; the cores were shared with other jobs (1-minute system load "

@@ -307,7 +307,7 @@ def rerun(cfg: Config, results: dict, command: str, argv) -> tuple:
         out["load"] = old.get("load", []) + new["load"]
         out["reruns"] = [r for r in old.get("reruns", []) if r not in earlier] + [
             dict(started=new["started"], seconds=new["seconds"], revision=new["revision"], command=again,
-                 models=list(cfg.models), sections=list(cfg.sections))]
+                 models=list(cfg.models), sections=list(cfg.sections), machine=new["machine_short"])]
         return out
     raw = raw_path(cfg)
     new = run(cfg, lambda s: print(s, flush=True), lambda new: save_raw(raw, command, merged(new)))
