@@ -83,9 +83,8 @@ def _goal_defaults(rows, cfg) -> list:
     for model in dict.fromkeys(r[0] for r in gv):
         picks = [f"{r[1]} {r[-1]}" for r in gv if r[0] == model]
         out.append(f"grid for IIA on {model} (best geometric mean over the NFE <= {GOAL_NFE} its grids share): "
-                   + ", ".join(picks) + (" (so `iia-jax fit/sample --model digits` now default to `--grid vp_quadratic`; "
-                                         "it was karras when this report ran)"
-                                        if model == "digits" else ""))
+                   + ", ".join(picks) + (" (so `iia-jax fit/sample --model digits` default to `--grid vp_quadratic`)"
+                                         if model == "digits" else ""))
     return out
 
 
