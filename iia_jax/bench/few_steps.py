@@ -22,7 +22,7 @@ difference is paired.
   fit draws: it ranks the grid families, fits the best, searches the grid from it and returns the
   searched grid only if it beats the family on its judge rows), its fitting time recorded.
 * **Judges**: ``digits_score`` (docs/metrics.md; real digits about 0, the model's own 64-step
-  samples about 4.5) with the paired jackknife se of a difference, and the median per-sample ODE
+  samples 0.4 on these draws) with the paired jackknife se of a difference, and the median per-sample ODE
   error against heun with 64 Karras steps from the same noise.
 
 Per NFE the best IIA row that keeps a step (lowest ``digits_score``; a fit that keeps none is its
@@ -81,7 +81,7 @@ def peer_samples(denoiser, name: str, grid_name: str, nfe: int, x):
 
 
 def iia_samples(denoiser, solver: str, nfe: int, x_fit, x):
-    """``(samples, fit seconds, kept steps)`` of ``solver`` + IIA (library defaults) at ``nfe``."""
+    """``(samples, fit seconds, kept steps, NFE)`` of ``solver`` + IIA (library defaults) at ``nfe``."""
     n = steps_for(nfe, solver)
     p = iia_jax.plan(solver, grid(IIA_GRID, n, SIGMA_MIN, SIGMA_MAX))
     t = time.perf_counter()
@@ -100,8 +100,7 @@ def fit_plan_samples(denoiser, solver: str, nfe: int, x_fit, x):
     seconds = time.perf_counter() - t
     out = run_batched(jax.jit(lambda r: iia_jax.iia_sample(denoiser, pf.plan, pf.coeffs, r)), x, batch=BATCH)
     kept = [int(i) for i in np.flatnonzero(np.asarray(pf.coeffs.kept))]
-    name = "fitted" if pf.report.chosen == "fitted" else pf.report.chosen
-    return out, seconds, kept, pf.plan.nfe, name, [float(s) for s in np.asarray(pf.plan.sigmas)]
+    return out, seconds, kept, pf.plan.nfe, pf.report.chosen, [float(s) for s in np.asarray(pf.plan.sigmas)]
 
 
 def measure(args, saved: dict | None) -> dict:
