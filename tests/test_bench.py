@@ -280,3 +280,39 @@ def test_a_rerun_replaces_its_models_and_an_earlier_rerun_of_them(monkeypatch, t
     assert merged["seconds"] == 100.0 - 30.0 + 40.0
     assert [r["started"] for r in merged["reruns"]] == ["s1"]
     assert command.endswith("then python -m iia_jax.bench --rerun --models digits")
+
+
+def test_median_interval_is_the_sign_test_interval_and_covers_the_median():
+    from iia_jax.bench.speed import median_interval
+    values = np.arange(1.0, 26.0)
+    # n = 25 at 95 %: the 8th and 18th order statistics (the sign test's tables)
+    assert median_interval(values) == (8.0, 18.0)
+    assert median_interval(np.arange(5.0)) == (0.0, 4.0)   # too few for 95 %: the extremes
+    rng = np.random.default_rng(0)
+    draws = rng.lognormal(0.0, 0.5, size=(2000, 25))       # true median 1
+    covered = np.mean([lo <= 1.0 <= hi for lo, hi in map(median_interval, draws)])
+    assert 0.95 <= covered <= 0.99                          # exact coverage at n = 25: 0.957
+
+
+def test_overhead_verdict_reads_the_medians_interval():
+    from iia_jax.bench.speed import within_limit as _within
+    row = dict(ratio=1.01, q25=0.96, q75=1.06)
+    assert _within({**row, "ci_lo": 1.0, "ci_hi": 1.02}, 1.03) == "yes"
+    assert _within({**row, "ci_lo": 1.04, "ci_hi": 1.08}, 1.03) == "**no**"
+    assert _within({**row, "ci_lo": 1.0, "ci_hi": 1.04}, 1.03).startswith("inconclusive")
+    assert _within(row, 1.03).startswith("inconclusive")    # saved without an interval: the IQR
+
+
+def test_captions_name_the_machine_that_measured_their_rows():
+    from iia_jax.bench.markdown import measured_on
+    meta = dict(machine_short="A", reruns=[
+        dict(models=["digits"], sections=["accuracy"], machine="B"),
+        dict(models=["digits"], sections=["speed"], machine="C"),
+        dict(models=["overlapping"], sections=["accuracy"])])          # an older rerun: machine unknown
+    assert measured_on(meta, models=("separated",)) == "A"
+    assert measured_on(meta, models=("digits",)) == "B"
+    assert measured_on(meta, section="speed") == "C"
+    assert measured_on(meta, section="fitcost") == "A"
+    assert measured_on(meta, models=("separated", "overlapping", "digits")) == \
+        "separated on A; overlapping on machine not recorded; digits on B"
+    assert measured_on(dict(machine_short="A"), models=("separated", "digits")) == "A"

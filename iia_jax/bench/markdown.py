@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .peers import DIFFRAX_ADAPTIVE, DIFFUSERS_PEERS, TAIL_RATIO
+from .speed import interval_text, within_limit
 from .report import GOAL_NFE, fmt, goal_rows, goals, grid_verdict, nfe_table, table, variant_verdict
 
 TIE = 0.1     # a variant beats the defaults when its geometric-mean error ratio is below 1 - TIE
@@ -101,12 +102,13 @@ def summary(results, cfg) -> list:
         lines.append(f"- (a) digits, digits_score (a win counts beyond 2 se): {text}.")
     over = results["speed"].get("overhead")
     if over:
-        verdicts = [_within(r, 1.03) for r in over]
+        verdicts = [within_limit(r, 1.03) for r in over]
         overall = "met" if all(v == "yes" for v in verdicts) else (
             "not met" if any(v == "**no**" for v in verdicts) else "inconclusive")
-        lines.append(f"- (b) `iia_sample` / `sample` at NFE {over[0]['nfe']} (median of paired ratios, IQR): "
-                     + ", ".join(f"{r['solver']} {r['ratio']:.3f} ({r['q25']:.3f}-{r['q75']:.3f})" for r in over)
-                     + f": **{overall}** (within 3 % when the IQR is below 1.03).")
+        what = "95 % interval" if "ci_hi" in over[0] else "IQR"
+        lines.append(f"- (b) `iia_sample` / `sample` at NFE {over[0]['nfe']} (median of paired ratios, {what}): "
+                     + ", ".join(f"{r['solver']} {r['ratio']:.3f} ({interval_text(r)})" for r in over)
+                     + f": **{overall}** (within 3 % when the {what} is below 1.03).")
     for r in results["fitcost"].get("time", []):
         lines.append(f"- (c) fit / unavoidable evaluations, {r['solver']} {r['mode']} NFE {r['nfe']} "
                      f"batch {r['batch']}: "
@@ -268,25 +270,21 @@ def _accuracy(cfg, results, meta):
     return lines
 
 
-def _within(r, limit):
-    """yes / no when the interquartile range is on one side of ``limit``, else inconclusive."""
-    if r["q75"] <= limit:
-        return "yes"
-    return "**no**" if r["q25"] > limit else "inconclusive (noise)"
-
-
 def _speed(cfg, results, meta):
     s, model = results["speed"], results.get("speed_model")
     if not s:
         return []
-    cap = _caption(meta, f"model {model}, Karras grid")
+    cap = _caption(meta, f"model {model}, Karras grid", section="speed")
+    pairs = s["overhead"][0].get("pairs", cfg.repeats)
     lines = ["## Speed (ratios within this run)", "",
-             f"Model: {model}, batch {cfg.speed_batch}, Karras grid; ratios are medians (and interquartile ranges) of "
-             f"{cfg.repeats} interleaved pairs, warm.", ""]
-    lines += table(["solver", "NFE", "iia_sample / sample", "IQR", "sample s", "within 3 %",
+             f"Model: {model}, batch {cfg.speed_batch}, Karras grid; `iia_sample` / `sample` is the median of the "
+             f"time ratios of {pairs} interleaved pairs (warm; the order inside a pair alternates), with the "
+             "median's 95 % interval (sign test) and the ratios' interquartile range. Within 3 %: yes when the "
+             "interval lies below 1.03, no when above, else inconclusive.", ""]
+    lines += table(["solver", "NFE", "iia_sample / sample", "95 % interval", "IQR", "sample s", "within 3 %",
                     "compile sample s", "compile iia_sample s"],
-                   [[r["solver"], r["nfe"], f"{r['ratio']:.3f}", f"{r['q25']:.3f}-{r['q75']:.3f}",
-                     f"{r['base_s']:.3f}", _within(r, 1.03),
+                   [[r["solver"], r["nfe"], f"{r['ratio']:.3f}", interval_text(r) if "ci_hi" in r else "—",
+                     f"{r['q25']:.3f}-{r['q75']:.3f}", f"{r['base_s']:.3f}", within_limit(r, 1.03),
                      f"{r['compile_sample']:.2f}", f"{r['compile_iia']:.2f}"] for r in s["overhead"]])
     lines += ["", cap + f" Batch {cfg.speed_batch}, noise `PRNGKey(3)`; coefficients fitted on its first 16 rows.",
               "", "Python loop stepping a diffusers scheduler around the same jitted `eps` over our jitted "
@@ -326,7 +324,8 @@ def _fitcost(cfg, results, meta):
                          f"{r['compile_s']:.2f}", f"{r['ratio']:.2f}", f"{r['fit_warm_s']:.2f}",
                          f"{r['ratio_warm']:.2f}", f"{_yes(r['ratio'] <= 1.2)}, {_yes(r['ratio_warm'] <= 1.2)}"]
                         for r in f["time"]])
-        lines += ["", _caption(meta, f"model {model}") + f" Fit batch {cfg.fit_batch_time}, noise `PRNGKey(7)`."]
+        lines += ["", _caption(meta, f"model {model}", section="fitcost") + f" Fit batch {cfg.fit_batch_time}, "
+                  "noise `PRNGKey(7)`."]
     if f.get("memory"):
         lines += ["", f"Peak memory of one fit (model {f['memory_model']}, euler, NFE 5, fine_steps 16): peak RSS "
                   "of a fresh process (`VmHWM`, reset just before `fit`) minus its resident set just before `fit` "
@@ -334,7 +333,8 @@ def _fitcost(cfg, results, meta):
         lines += table(["mode", "fit batch", "chunk_size", "fit's peak MiB", "fit s"],
                        [[r["mode"], r["batch"], r["chunk"] or "none", f"{r['fit_mb']:.0f}", f"{r['fit_s']:.1f}"]
                         for r in f["memory"]])
-        lines += ["", _caption(meta, f"model {f['memory_model']}") + " Fit batches as listed, noise `PRNGKey(8)`."]
+        lines += ["", _caption(meta, f"model {f['memory_model']}", section="fitcost")
+                  + " Fit batches as listed, noise `PRNGKey(8)`."]
     return lines
 
 
@@ -342,22 +342,42 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def _caption(meta, what: str) -> str:
-    """The line under a table: machine, versions, model; batch and seeds follow."""
-    return f"*{meta['machine_short']}; {meta['versions_short']}; {what}.*"
+def measured_on(meta, *, models=(), section=None) -> str:
+    """The machine that measured a table: the last rerun of ``section`` (speed, fitcost) or of the
+    accuracy rows of ``models`` where one replaced the first run's, else the first run's; a table
+    whose models were measured on different machines names each."""
+    def machine(model):
+        found = meta["machine_short"]
+        for r in meta.get("reruns", []):
+            covers = (section in r.get("sections", ()) if section else
+                      model in r.get("models", ()) and "accuracy" in r.get("sections", ()))
+            if covers:
+                found = r.get("machine") or "machine not recorded"
+        return found
+    by = {}
+    for model in (models if not section else (None,)):
+        by.setdefault(machine(model), []).append(model)
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{', '.join(ms)} on {m}" for m, ms in by.items())
+
+
+def _caption(meta, what: str, *, models=(), section=None) -> str:
+    """The line under a table: the machine that measured it, versions, model; batch and seeds follow."""
+    return f"*{measured_on(meta, models=models, section=section)}; {meta['versions_short']}; {what}.*"
 
 
 def _model_caption(cfg, meta, model) -> str:
     s = cfg.per_model[model]
-    return _caption(meta, f"model {model}") + (
+    return _caption(meta, f"model {model}", models=(model,)) + (
         f" Evaluation batch {s.eval_batch} (noise `80 N(0, I)`, `PRNGKey(1)`), fit batch {s.fit_batch} "
         f"(`PRNGKey(0)`, shuffle `PRNGKey(2)`), reference heun with {s.ref_steps} Karras steps.")
 
 
 def _all_models_caption(cfg, meta) -> str:
     batches = ", ".join(f"{m} {s.eval_batch}/{s.fit_batch}" for m, s in cfg.per_model.items())
-    return _caption(meta, "models as named") + (f" Evaluation/fit batch: {batches}; noise `PRNGKey(1)`, fit "
-                                                "`PRNGKey(0)`, shuffle `PRNGKey(2)`.")
+    return _caption(meta, "models as named", models=tuple(cfg.per_model)) + (
+        f" Evaluation/fit batch: {batches}; noise `PRNGKey(1)`, fit `PRNGKey(0)`, shuffle `PRNGKey(2)`.")
 
 
 def markdown(results, cfg, meta, images) -> str:

@@ -69,6 +69,7 @@ class Config(NamedTuple):
     speed_solvers: tuple
     speed_batch: int
     repeats: int
+    overhead_pairs: int        # iia_sample / sample: enough pairs for the median's interval to resolve 3 %
     fit_time_solvers: tuple
     fit_batch_time: int
     memory_batches: tuple
@@ -147,6 +148,7 @@ def config(args) -> Config:
         sections=tuple(args.sections or SECTIONS),
         speed_solvers=tuple(s for s in (("euler", "dpmpp_2m") if args.quick else MAIN_SOLVERS) if s in solvers),
         speed_batch=32 if args.quick else 128, repeats=5 if args.quick else 7,
+        overhead_pairs=9 if args.quick else 25,
         fit_time_solvers=("euler",),
         fit_batch_time=32 if args.quick else 128,
         memory_batches=(512, 8192) if args.quick else (256, 1024, 4096, 16384),
@@ -175,7 +177,7 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
     if "speed" in cfg.sections:
         t = time.perf_counter()
         s = results["speed"]
-        s["overhead"] = speed.iia_overhead(model, cfg.speed_solvers, 10, cfg.speed_batch, cfg.repeats)
+        s["overhead"] = speed.iia_overhead(model, cfg.speed_solvers, 10, cfg.speed_batch, cfg.overhead_pairs)
         s["peer"] = speed.peer_loop(model, [("euler", "DDIM"), ("dpmpp_2m", "DPM++2M"), ("unipc", "UniPC")]
                                     if "unipc" in cfg.solvers else [("euler", "DDIM")], 10, cfg.speed_batch,
                                     max(3, cfg.repeats // 3))
@@ -337,6 +339,7 @@ def write(results, cfg: Config, command: str) -> list:
                 revision=results.get("revision") or f"{git_revision()} (when the report was written)",
                 machine_short=results.get("machine_short") or machine_short(),
                 versions_short=results.get("versions_short") or versions_short(),
-                few_steps=(out / "few_steps.md").exists())   # `iia-jax bench few-steps`'s page beside it
+                few_steps=(out / "few_steps.md").exists(),   # `iia-jax bench few-steps`'s page beside it
+                reruns=results.get("reruns", []))             # captions name the machine of their rows
     paths[0].write_text(markdown(results, cfg, meta, [p.name for p in paths[1:]]))
     return paths

@@ -1,8 +1,9 @@
 """Speed, as ratios measured in one process (docs/design.md §5).
 
 * ``iia_sample`` over ``sample`` at equal NFE: interleaved pairs (base, IIA) on the same noise;
-  the median of the per-pair time ratios and its interquartile range, which a slow drift of a
-  shared machine does not move the way it moves a ratio of two separate medians.
+  the median of the per-pair time ratios, its 95 % interval and the ratios' interquartile range.
+  A slow drift of a shared machine does not move a median of paired ratios the way it moves a
+  ratio of two separate medians.
 * Our jitted ``lax.scan`` sampler against a Python loop stepping a `diffusers` scheduler around
   the same jitted network (the peer's per-step cost: torch/numpy transfers and scheduler code).
 * Compile time of one plan (``jit(...).lower(...).compile()``), per solver, batch and NFE.
@@ -10,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -27,15 +29,51 @@ def _timed(fn, *args):
     return time.perf_counter() - t
 
 
-def paired_ratio(fn_base, fn_other, args_base, args_other, repeats: int) -> tuple:
-    """Median and quartiles of ``time(other) / time(base)`` over interleaved pairs (warm)."""
+def median_interval(values, level: float = 0.95) -> tuple:
+    """Distribution-free confidence interval of a median: the order statistics ``(k, n + 1 - k)``
+    with ``k`` the largest for which ``P(Binomial(n, 1/2) < k) <= (1 - level) / 2`` (the sign
+    test's interval); the sample's extremes when ``n`` is too small for ``level``."""
+    v, n = np.sort(np.asarray(values, float)), len(values)
+    below = np.cumsum([math.comb(n, j) for j in range(n + 1)]) / 2.0 ** n   # P(B <= j)
+    k = max(1, int(np.searchsorted(below, (1 - level) / 2, side="right")))  # P(B <= k - 1) <= alpha/2
+    return float(v[k - 1]), float(v[n - k])
+
+
+def paired_ratio(fn_base, fn_other, args_base, args_other, repeats: int) -> dict:
+    """``time(other) / time(base)`` over ``repeats`` interleaved pairs (warm): median, quartiles
+    and the median's 95 % interval (:func:`median_interval`).  The order inside a pair alternates,
+    so whichever call of a pair runs second (warmer caches, or a drifting machine) favours
+    neither side; ``base_s`` is the median base time."""
     _timed(fn_base, *args_base), _timed(fn_other, *args_other)
-    ratios = []
-    for _ in range(repeats):
-        tb = _timed(fn_base, *args_base)
-        ratios.append(_timed(fn_other, *args_other) / tb)
+    ratios, base = [], []
+    for i in range(repeats):
+        if i % 2:
+            to = _timed(fn_other, *args_other)
+            tb = _timed(fn_base, *args_base)
+        else:
+            tb = _timed(fn_base, *args_base)
+            to = _timed(fn_other, *args_other)
+        ratios.append(to / tb)
+        base.append(tb)
     q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
-    return float(q50), float(q25), float(q75), tb
+    lo, hi = median_interval(ratios)
+    return dict(ratio=float(q50), q25=float(q25), q75=float(q75), ci_lo=lo, ci_hi=hi, pairs=repeats,
+                base_s=float(np.median(base)))
+
+
+def within_limit(r, limit: float = 1.03) -> str:
+    """A ratio's verdict against ``limit``: yes / no when the median's 95 % interval lies on one
+    side of it, else inconclusive (results saved before the interval was kept: their quartiles)."""
+    lo, hi = r.get("ci_lo", r["q25"]), r.get("ci_hi", r["q75"])
+    if hi <= limit:
+        return "yes"
+    return "**no**" if lo > limit else "inconclusive (noise)"
+
+
+def interval_text(r, digits: int = 3) -> str:
+    """The median's 95 % interval, or the quartiles where no interval was saved."""
+    lo, hi = r.get("ci_lo", r["q25"]), r.get("ci_hi", r["q75"])
+    return f"{lo:.{digits}f}-{hi:.{digits}f}"
 
 
 def _compiled(fn, x):
@@ -55,8 +93,7 @@ def iia_overhead(model, solvers, nfe: int, batch: int, repeats: int) -> list:
         coeffs = fit(model.denoiser, p, x[:16], fine_steps=2, holdout=0.0, progress=False).coeffs
         base, base_compile = _compiled(lambda y, p=p: sample(model.denoiser, p, y), x)
         iia, iia_compile = _compiled(lambda y, p=p, c=coeffs: iia_sample(model.denoiser, p, c, y), x)
-        q50, q25, q75, tb = paired_ratio(base, iia, (x,), (x,), repeats)
-        out.append(dict(solver=solver, nfe=p.nfe, ratio=q50, q25=q25, q75=q75, base_s=tb,
+        out.append(dict(solver=solver, nfe=p.nfe, **paired_ratio(base, iia, (x,), (x,), repeats),
                         compile_sample=base_compile, compile_iia=iia_compile))
     return out
 
@@ -72,8 +109,8 @@ def peer_loop(model, pairs, nfe: int, batch: int, repeats: int) -> list:
         peer = peers.DIFFUSERS_BY_NAME[peer_name]
         ours = jax.jit(lambda y, p=p: sample(model.denoiser, p, y))
         theirs = lambda y, peer=peer, s=np.asarray(p.sigmas): peers.run_diffusers(peer, eps, s, y)[0]  # noqa: E731
-        q50, q25, q75, tb = paired_ratio(ours, theirs, (x,), (x_np,), repeats)
-        out.append(dict(ours=solver, peer=peer_name, nfe=p.nfe, ratio=q50, q25=q25, q75=q75, ours_s=tb))
+        r = paired_ratio(ours, theirs, (x,), (x_np,), repeats)
+        out.append(dict(ours=solver, peer=peer_name, nfe=p.nfe, ours_s=r.pop("base_s"), **r))
     return out
 
 
