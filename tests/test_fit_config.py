@@ -160,13 +160,19 @@ def test_the_split_holds_the_batch_itself_not_a_chunked_copy():
 
 
 def _count_compilations():
+    """Programs built: compiled, or loaded from the persistent compilation cache (tests/conftest.py),
+    which skips the compilation but is as much a new program as one."""
     from jax import monitoring
     counter = {"n": 0}
 
-    def listen(name, duration, **kwargs):
+    def compiled(name, duration, **kwargs):
         counter["n"] += name == "/jax/core/compile/backend_compile_duration"
 
-    monitoring.register_event_duration_secs_listener(listen)
+    def loaded(name, **kwargs):
+        counter["n"] += name == "/jax/compilation_cache/cache_hits"
+
+    monitoring.register_event_duration_secs_listener(compiled)
+    monitoring.register_event_listener(loaded)
     return counter
 
 
