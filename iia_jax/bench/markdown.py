@@ -289,10 +289,12 @@ def _speed(cfg, results, meta):
     lines += ["", cap + f" Batch {cfg.speed_batch}, noise `PRNGKey(3)`; coefficients fitted on its first 16 rows.",
               "", "Python loop stepping a diffusers scheduler around the same jitted `eps` over our jitted "
               "`lax.scan` sampler (same model, NFE and grid):", ""]
-    lines += table(["ours", "peer", "NFE", "peer / ours", "IQR", "ours s"],
-                   [[r["ours"], r["peer"], r["nfe"], f"{r['ratio']:.2f}", f"{r['q25']:.2f}-{r['q75']:.2f}",
-                     f"{r['ours_s']:.3f}"] for r in s["peer"]])
-    lines += ["", cap + f" Batch {cfg.speed_batch}, noise `PRNGKey(4)`, {max(3, cfg.repeats // 3)} pairs.",
+    lines += table(["ours", "peer", "NFE", "peer / ours", "95 % interval", "IQR", "ours s"],
+                   [[r["ours"], r["peer"], r["nfe"], f"{r['ratio']:.2f}", interval_text(r, 2) if "ci_hi" in r else "—",
+                     f"{r['q25']:.2f}-{r['q75']:.2f}", f"{r['ours_s']:.3f}"] for r in s["peer"]])
+    peer_pairs = s["peer"][0].get("pairs", max(3, cfg.repeats // 3)) if s["peer"] else 0
+    lines += ["", cap + f" Batch {cfg.speed_batch}, noise `PRNGKey(4)`, {peer_pairs} interleaved pairs (the order "
+              "alternating); the median's 95 % interval as above.",
               "", "Jitted `sample` (euler) over batch and NFE: compile time of the plan "
               "(`jax.jit(...).lower(x).compile()`) and warm wall time (median of 3):", ""]
     lines += table(["NFE", "batch", "compile s", "seconds", "µs per sample-evaluation"],

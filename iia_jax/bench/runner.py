@@ -69,7 +69,7 @@ class Config(NamedTuple):
     speed_solvers: tuple
     speed_batch: int
     repeats: int
-    overhead_pairs: int        # iia_sample / sample: enough pairs for the median's interval to resolve 3 %
+    overhead_pairs: int        # iia_sample / sample and the peer loop: pairs for the median's 95 % interval
     fit_time_solvers: tuple
     fit_batch_time: int
     memory_batches: tuple
@@ -180,7 +180,7 @@ def run(cfg: Config, log=print, save=lambda results: None) -> dict:
         s["overhead"] = speed.iia_overhead(model, cfg.speed_solvers, 10, cfg.speed_batch, cfg.overhead_pairs)
         s["peer"] = speed.peer_loop(model, [("euler", "DDIM"), ("dpmpp_2m", "DPM++2M"), ("unipc", "UniPC")]
                                     if "unipc" in cfg.solvers else [("euler", "DDIM")], 10, cfg.speed_batch,
-                                    max(3, cfg.repeats // 3))
+                                    cfg.overhead_pairs)
         s["scaling"] = speed.scaling(model, "euler", (8, 32, 128) if cfg.quick else (8, 32, 128, 512),
                                      (5, 20) if cfg.quick else (5, 10, 20), 3)
         log(f"speed done ({time.perf_counter() - t:.0f} s)")
