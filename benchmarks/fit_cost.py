@@ -14,7 +14,7 @@ first fit (compiling) and a second fit of the same shapes, and the fit's own eva
 
 **Memory** (:func:`iia_jax.bench.fitcost.memory_probe`): the 8x8 overlapping mixture (exact
 denoiser, so the model's own memory is nil and what grows is the fit's), dpmpp_2m NFE 9, chunks
-of 1,024 rows; 1,024, 2,048 (the smallest chunked batch), 16,384 and 102,400 rows, each fit in a
+of 1,024 rows; 1,024 (one chunk, on the same path as many), 16,384 and 102,400 rows, each fit in a
 fresh process: peak resident set during the fit minus the resident set before it; the sequential
 fit also with ``spill_dir`` (its carried state on disk).  ``--memory --memory-modes M`` re-measures only mode M.
 
@@ -39,7 +39,7 @@ from iia_jax.bench.models import MODELS  # noqa: E402
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODES = (("sequential", None), ("teacher_forced", None))
 TIME = dict(model="digits", solver="heun", nfes=(5, 9), batch=1024, fine_steps=16)
-MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 2048, 16384, 102400), chunk=1024, repeats=3,
+MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024, repeats=3,
               modes=("sequential", "sequential, spill_dir", "teacher_forced"))
 SAMPLING = dict(solvers=("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"), nfes=(5, 10), batch=128,
                 repeats=25)
@@ -144,23 +144,18 @@ def page(sections: dict) -> str:
                   "*compiled*: after a fit of 2,048 of the rows (1,024: all of them) compiled the same "
                   "programs, the memory of the fit's data alone. Each the median of "
                   f"{MEMORY['repeats']} processes, their range in brackets; within 1.25x: the first fit's "
-                  "peak against the smallest batch's (the goal: memory flat in the batch). One chunk of rows "
-                  "takes another path than several: its solve sees the rows themselves, and it compiles "
-                  "none of the programs that add up the chunks' statistics; / 2,048: the first fit's peak "
-                  "against that of the smallest chunked batch, 2,048 rows (where measured).", "",
-                  "| mode | rows | first fit MiB | / smallest | / 2,048 | compiled MiB | per extra row, compiled "
+                  "peak against the smallest batch's (the goal: memory flat in the batch). With `chunk_size` "
+                  "one chunk takes the same path as many, so every batch compiles the same programs.", "",
+                  "| mode | rows | first fit MiB | / smallest | compiled MiB | per extra row, compiled "
                   "| compiled fit s | within 1.25x |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         rng = lambda runs: f"{min(runs):.0f}-{max(runs):.0f}"  # noqa: E731
         for r in memory:
             first = next(m for m in memory if m["mode"] == r["mode"])
             per_row = ((r["data_mb"] - first["data_mb"]) * 2 ** 20 / (r["rows"] - first["rows"])
                        if r["rows"] > first["rows"] else float("nan"))
             ratio = r["fit_mb"] / first["fit_mb"]
-            two = next((m for m in memory if m["mode"] == r["mode"] and m["rows"] == 2 * MEMORY["chunk"]), None)
-            from_two = f"{r['fit_mb'] / two['fit_mb']:.2f}" if two and r["rows"] > two["rows"] else ""
             lines.append(f"| {r['mode']} | {r['rows']:,} | {r['fit_mb']:.0f} ({rng(r['fit_mb_runs'])}) | {ratio:.2f} | "
-                         f"{from_two} | "
                          f"{r['data_mb']:.0f} ({rng(r['data_mb_runs'])}) | "
                          + ("" if per_row != per_row else f"{per_row / 1024:.2f} KiB") + f" | {r['fit_s']:.1f} | "
                          + ("" if r is first else "yes" if ratio <= 1.25 else "**no**") + " |")

@@ -114,7 +114,7 @@ def fit_evaluations(layout, plan, fine_steps: int, mode: str, target: str) -> di
     rows = layout.padded
     held = layout.chunks * layout.chunk_hold if layout.hold_rows else 0
     passes = rows * (coarse + fine)
-    if mode == "sequential" and layout.chunks > 1:
+    if mode == "sequential" and layout.chunked:
         passes += rows * coarse
     if mode == "sequential" and target == "local":
         passes += held * (coarse + fine)

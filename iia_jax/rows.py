@@ -132,6 +132,15 @@ class Layout(NamedTuple):
     chunks: int
     padded: int
     sharding: Sharding | None = None
+    chunked: bool = False       # a chunk_size was given: the rows go chunk by chunk, even one chunk
+
+    @property
+    def whole(self) -> bool:
+        """One pass over every row on one device (no ``chunk_size``, no sharding): only then may
+        a fit keep every row's features and solve from the rows themselves.  With ``chunk_size``
+        even a single chunk takes the chunked path, so fits of any batch with the same chunk run
+        the same compiled programs (docs/scaling.md)."""
+        return not self.chunked and self.sharding is None
 
     @property
     def groups_per_chunk(self) -> int:
@@ -246,7 +255,7 @@ def make_layout(rows: int, holdout: float, chunk_size: int | None,
     unit = group * shards
     chunks = 1 if chunk_size is None else max(1, math.ceil(rows / max(chunk_size, unit)))
     padded = math.ceil(rows / (unit * chunks)) * unit * chunks
-    return Layout(rows, group, hold, chunks, padded, sharding)
+    return Layout(rows, group, hold, chunks, padded, sharding, chunk_size is not None)
 
 
 class FitRows(NamedTuple):

@@ -196,6 +196,26 @@ def test_a_second_grid_compiles_nothing(options):
     assert counts[1:] == [0, 0], counts
 
 
+@pytest.mark.parametrize("mode", ["sequential", "teacher_forced"])
+def test_with_chunk_size_a_bigger_batch_builds_no_program_that_calls_the_model(mode):
+    """With ``chunk_size`` one chunk takes the chunked path too, so a fit of three chunks after a
+    fit of one traces the model in no new program (only the small row gathers of its layout)."""
+    traces = {"n": 0}
+
+    def denoiser(x, sigma):
+        traces["n"] += isinstance(x, jax.core.Tracer)
+        return DENOISER(x, sigma)
+
+    plan = iia_jax.plan("heun", schedules.karras(4, 0.01, SIGMA_MAX))
+    counts = []
+    for rows in (32, 96):
+        before = traces["n"]
+        x = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(rows), (rows, 2))
+        iia_jax.fit(denoiser, plan, x, fine_steps=4, chunk_size=32, mode=mode, progress=False)
+        counts.append(traces["n"] - before)
+    assert counts[0] > 0 and counts[1] == 0, counts
+
+
 def test_a_second_fit_plan_compiles_nothing():
     """fit_plan's reference, candidates' fits and search programs are compiled once per model,
     solver, options and shapes: a second call with other noise and another key compiles nothing,

@@ -13,7 +13,8 @@ never-worse check :func:`_never_worse`; again while ``refit`` changes the kept s
 quality guard (:func:`_quality_guard`, with the config's judge), and build the result.
 Numerics: columns are scaled to unit norm and a small ridge is added; with ``chunk_size`` the
 Gram statistics are summed chunk by chunk (memory bounded by the chunk) and the same normal
-equations are solved (:mod:`iia_jax.iia.solve`).
+equations are solved (:mod:`iia_jax.iia.solve`), for one chunk as for many, so that fits of any
+batch with the same chunk run the same compiled programs.
 
 Modes: ``teacher_forced`` (states from the fine trajectory; all steps independent, solved at
 once) and ``sequential`` (states from the IIA sampler with the earlier coefficients; one solve
@@ -265,8 +266,9 @@ class _Passes:
         carries (its state, the solver's and the features' history) and, for the trajectory target,
         one fine state, in a :class:`_ChunkStore` (on disk with ``spill_dir``); a step's features
         are recomputed for the correction (one more coarse step, ``1 / fine_steps`` of the step's
-        evaluations) instead of being kept for every row, except with a single chunk, whose
-        features are kept.  ``exact`` (one chunk, one device): the solve sees the rows themselves,
+        evaluations) instead of being kept for every row, except without ``chunk_size``, where
+        the one chunk's features are kept.  ``exact`` (:attr:`~iia_jax.rows.Layout.whole`: no
+        ``chunk_size``, one device): the solve sees the rows themselves,
         not only their sums.  ``on [N]`` (bool, default all): steps whose coefficients are fitted;
         the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
@@ -299,7 +301,8 @@ class _Passes:
 
     def _measure(self, i, final, rows, carries, fines, solve):
         """Step ``i`` over every chunk before its coefficients exist: the summed statistics and
-        spread sums, and (one chunk) the chunk's base step, features and residuals, else None.
+        spread sums, and (without ``chunk_size``) the one chunk's base step, features and residuals,
+        else None.
         The trajectory target's fine states in ``fines`` move on to ``sigma_{i+1}``."""
         stats = sums = kept = None
         oks = []
@@ -307,7 +310,7 @@ class _Passes:
             carry, fine = carries[c], fines[c]
             s, m, goal, ok, kept = _SEQ_MEASURE(self.denoiser, self.sigmas, i, carry, fine, rows.cond_of(c),
                                                 rows.weights[c], final=final, spread=solve.needs_spread,
-                                                keep=rows.layout.chunks == 1,
+                                                keep=not rows.layout.chunked,
                                                 **self.static)
             oks.append(ok)
             self.spend(carry[1].shape[0] * (self.reference_row - 1) // (self.sigmas.shape[0] - 1))
@@ -457,7 +460,7 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on
     integrated it for every row; None for the local target, whose reference pass runs over the
     held-out rows only (:func:`_holdout_reference`).  ``on``: the sequential steps to fit (the
     others held at zero)."""
-    exact = rows.layout.chunks == 1 and rows.layout.sharding is None   # the solve may see the rows
+    exact = rows.layout.whole   # the solve may see the rows
     ends = _Ends(rows, judged) if mode == "teacher_forced" or target == "trajectory" else None
     if mode == "teacher_forced" and exact:
         feats, residual, states = passes.features(*rows.chunk(0), rows.weights[0])
@@ -797,7 +800,7 @@ def _expected_evaluations(passes: _Passes, layout, config: FitConfig, target) ->
     two runs of its judged rows."""
     n, rows, held = passes.sigmas.shape[0] - 1, layout.padded, layout.chunks * layout.chunk_hold
     total = rows * passes.reference_row
-    if config.mode == "sequential" and layout.chunks > 1:
+    if config.mode == "sequential" and layout.chunked:
         total += rows * passes.coarse                    # the coarse step again, to apply it
     if config.mode == "sequential" and target == "local":
         total += held * passes.reference_row             # the held-out rows' own reference
