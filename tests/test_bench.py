@@ -266,7 +266,8 @@ def test_a_rerun_replaces_its_models_and_an_earlier_rerun_of_them(monkeypatch, t
     import argparse
     from iia_jax.bench import runner
     cfg = runner.config(argparse.Namespace(quick=True, out=str(tmp_path), models=["digits"], grids=None, nfe=None,
-                                           solvers=None, peers=None, batch=None, sections=["accuracy"]))
+                                           solvers=None, peers=None, batch=None, sections=["accuracy"],
+                                           pairs=None))
     row = lambda model, median: accuracy.Row(model, "ours", "euler", "base", "karras", 5, median, median)
     earlier = dict(started="s0", seconds=30.0, revision="r0", command="--rerun", models=["digits"],
                    sections=["accuracy"])

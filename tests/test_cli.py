@@ -124,9 +124,17 @@ def test_fit_options_reach_the_fit(tmp_path, monkeypatch):
 def test_bench_writes_outside_the_repository_by_default():
     from iia_jax.bench.runner import DEFAULT_OUT, config
     args = argparse.Namespace(quick=True, out=None, models=None, grids=None, nfe=None, solvers=None,
-                              peers=None, batch=None, sections=None)
+                              peers=None, batch=None, sections=None, pairs=None)
     assert config(args).out == DEFAULT_OUT and not DEFAULT_OUT.is_absolute()
     assert config(argparse.Namespace(**{**vars(args), "out": "docs"})).out.name == "docs"
+
+
+def test_bench_pairs_sets_the_speed_sections_pairs():
+    from iia_jax.bench.runner import config
+    args = argparse.Namespace(quick=False, out=None, models=None, grids=None, nfe=None, solvers=None,
+                              peers=None, batch=None, sections=None, pairs=None)
+    assert config(args).overhead_pairs == 25
+    assert config(argparse.Namespace(**{**vars(args), "pairs": 101})).overhead_pairs == 101
 
 
 def test_json_values():
