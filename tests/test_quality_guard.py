@@ -55,6 +55,20 @@ def test_matches_brute_force_and_any_block_size():
         np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
+def test_the_judge_clips_copies_not_the_callers_samples():
+    """reference_mmd clips in place, so it must own what it clips: float64 inputs with values
+    beyond the reference's range come back untouched, and the verdict is that of clipped copies."""
+    c, b, r = (3.0 * a for a in sets(seed=5))
+    kept = [a.copy() for a in (c, b, r)]
+    got = reference_mmd(c, b, r)
+    for a, k in zip((c, b, r), kept):
+        np.testing.assert_array_equal(a, k)
+    lo, hi = np.quantile(r, [1e-3, 1 - 1e-3])
+    cc, bb, rr = (np.clip(a, lo, hi) for a in (c, b, r))
+    want = paired_mmd_difference(cc, bb, rr, 0.5 * median_bandwidth_of(rr))
+    np.testing.assert_allclose(got, 1000.0 * np.array(want), rtol=1e-12)
+
+
 def test_any_kernel_matches_brute_force():
     c, b, r = sets(seed=3)
     cubic = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3  # noqa: E731
