@@ -133,7 +133,7 @@ def test_bench_pairs_sets_the_speed_sections_pairs():
     from iia_jax.bench.runner import config
     args = argparse.Namespace(quick=False, out=None, models=None, grids=None, nfe=None, solvers=None,
                               peers=None, batch=None, sections=None, pairs=None)
-    assert config(args).overhead_pairs == 25
+    assert config(args).overhead_pairs == 100
     assert config(argparse.Namespace(**{**vars(args), "pairs": 101})).overhead_pairs == 101
 
 
