@@ -12,8 +12,8 @@ a fit chooses once and every pass calls ``solve(stats, sums, rows)``:
 
 - :class:`PlainSolve`: ridge least squares, the conditional mean of the target given the
   features.  From the Gram statistics (:func:`solve_gram`), or, when a fit without
-  ``chunk_size`` holds every row on one device, ``jnp.linalg.lstsq`` on the weighted features themselves (:func:`solve_lstsq`;
-  the same problem, better conditioned).
+  ``chunk_size`` holds every row on one device, ``jnp.linalg.lstsq`` on the weighted features
+  themselves (:func:`solve_lstsq`; the same problem, better conditioned).
 - :class:`MatchedSolve` (the default): the same problem under the constraint that the corrected
   samples spread across the batch like the target (:func:`solve_matched`): least squares alone
   shrinks each step toward the mean image by the part of the target the features cannot predict
