@@ -42,7 +42,7 @@ TIME = dict(model="digits", solver="heun", nfes=(5, 9), batch=1024, fine_steps=1
 MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024, repeats=3,
               modes=("sequential", "sequential, spill_dir", "teacher_forced"))
 SAMPLING = dict(solvers=("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"), nfes=(5, 10), batch=128,
-                repeats=25)
+                repeats=100)   # 25 left 7 of 12 intervals undecided on a shared 2-core CPU
 
 
 def time_rows(smoke: bool) -> list:
