@@ -100,13 +100,14 @@ def paired_mmd_difference(candidate, base, reference, bandwidth: float | None, b
     n = c.shape[0]
     if n < 4:
         raise ValueError(f"the paired MMD needs at least 4 rows, got {n}")
+    sets = (c, b, r)
     if kernel is None:
         if not (bandwidth is not None and np.isfinite(bandwidth) and bandwidth > 0):
             raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
-        norms = [np.einsum("ij,ij->i", a, a) for a in (c, b, r)]    # once, not a full temporary a call
-        k = lambda i, e, j: _gauss((c, b, r)[i][e], (c, b, r)[j], norms[i][e], norms[j], bandwidth)  # noqa: E731
+        norms = [np.einsum("ij,ij->i", a, a) for a in sets]    # once, not a full temporary a call
+        k = lambda i, e, j: _gauss(sets[i][e], sets[j], norms[i][e], norms[j], bandwidth)  # noqa: E731
     else:
-        k = lambda i, e, j: kernel((c, b, r)[i][e], (c, b, r)[j])  # noqa: E731
+        k = lambda i, e, j: kernel(sets[i][e], sets[j])  # noqa: E731
     rows = np.zeros(n)          # row sums of H = h_C - h_B, diagonal excluded
     for s in range(0, n, block):
         e = slice(s, min(s + block, n))     # k(i, e, j): set i's rows e against every row of set j
