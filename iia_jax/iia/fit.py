@@ -487,24 +487,28 @@ class _Ends:
     def add(self, chunk: int, end):
         """Chunk ``chunk``'s fine states at sigma = 0 ``[b, ...]``."""
         rows = self._rows
-        self._held.append(rows.layout.holdout_of_chunk(end, rows.positions, chunk))
+        self._held.append(rows.layout.constrain(rows.layout.holdout_of_chunk(end, rows.positions, chunk), 0))
         if self._limit is None or self._count < self._limit:
             part = _host(end)[_host(rows.weights[chunk].sum(axis=0)) > 0]     # its real rows
             self._first.append(part)
             self._count += len(part)
 
     def held(self):
-        """The held-out rows' ``[C, h, ...]``."""
-        return self._rows.layout.constrain(jnp.stack(self._held), 1)
+        """The held-out rows', chunk by chunk: a list of ``[h, ...]`` (stacked, every chunk's would
+        be held twice while the list lives on)."""
+        return self._held
 
     def first(self):
-        """The first ``limit`` real rows' (all for None), in chunk order."""
-        return np.concatenate(self._first)[:self._limit]
+        """The first ``limit`` real rows' (all for None), in chunk order, joined once (the parts go)."""
+        if len(self._first) > 1:
+            self._first = [np.concatenate(self._first)[:self._limit]]
+        return self._first[0][:self._limit]
 
 
 def _holdout_reference(passes: _Passes, rows: FitRows, ends):
-    """The fine reference at sigma = 0 of the held-out rows ``[C, h, ...]``: kept in ``ends``
-    when the fit integrated every row's, else integrated for those rows alone."""
+    """The fine reference at sigma = 0 of the held-out rows, indexed by chunk (``[C, h, ...]`` or
+    a list of ``[h, ...]``): kept in ``ends`` when the fit integrated every row's, else integrated
+    for those rows alone."""
     if ends is not None:
         return ends.held()
     held = jnp.stack([jnp.zeros_like(rows.hold_weights), rows.hold_weights], axis=1)
