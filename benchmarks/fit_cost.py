@@ -52,11 +52,11 @@ def time_rows(smoke: bool) -> list:
             fitcost.fit_time(TIME["model"], TIME["solver"], nfe, TIME["batch"], TIME["fine_steps"], MODES)]
 
 
-def memory_rows(smoke: bool, modes=MEMORY["modes"]) -> list:
+def memory_rows(smoke: bool, modes=MEMORY["modes"], repeats=MEMORY["repeats"]) -> list:
     """Per mode (``"sequential, spill_dir"``: the sequential fit with its carried state on disk)
     and batch: the fit's own peak, first fit in a process and with its programs compiled, each
-    the median of ``MEMORY["repeats"]`` fresh processes (the runs are kept)."""
-    rows, chunk, repeats = ((256, 1024), 128, 1) if smoke else (MEMORY["rows"], MEMORY["chunk"], MEMORY["repeats"])
+    the median of ``repeats`` fresh processes (the runs are kept)."""
+    rows, chunk, repeats = ((256, 1024), 128, 1) if smoke else (MEMORY["rows"], MEMORY["chunk"], repeats)
     out = []
     for label in modes:
         mode, spill = label.split(",")[0], label.endswith("spill_dir")
@@ -143,25 +143,26 @@ def page(sections: dict) -> str:
                   "in a fresh process, so compilation is included (it moves by tens of MiB from run to run); "
                   "*compiled*: after a fit of 2,048 of the rows (1,024: all of them) compiled the same "
                   "programs, the memory of the fit's data alone. Each the median of "
-                  f"{MEMORY['repeats']} processes, their range in brackets; within 1.25x: the first fit's "
+                  "its row's fresh processes (`runs`), their range in brackets; within 1.25x: the first fit's "
                   "peak against the smallest batch's (the goal: memory flat in the batch). With `chunk_size` "
                   "one chunk takes the same path as many, so every batch compiles the same programs.", "",
-                  "| mode | rows | first fit MiB | / smallest | compiled MiB | per extra row, compiled "
+                  "| mode | rows | runs | first fit MiB | / smallest | compiled MiB | per extra row, compiled "
                   "| compiled fit s | within 1.25x |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         rng = lambda runs: f"{min(runs):.0f}-{max(runs):.0f}"  # noqa: E731
         for r in memory:
             first = next(m for m in memory if m["mode"] == r["mode"])
             per_row = ((r["data_mb"] - first["data_mb"]) * 2 ** 20 / (r["rows"] - first["rows"])
                        if r["rows"] > first["rows"] else float("nan"))
             ratio = r["fit_mb"] / first["fit_mb"]
-            lines.append(f"| {r['mode']} | {r['rows']:,} | {r['fit_mb']:.0f} ({rng(r['fit_mb_runs'])}) | {ratio:.2f} | "
+            lines.append(f"| {r['mode']} | {r['rows']:,} | {len(r['fit_mb_runs'])} | "
+                         f"{r['fit_mb']:.0f} ({rng(r['fit_mb_runs'])}) | {ratio:.2f} | "
                          f"{r['data_mb']:.0f} ({rng(r['data_mb_runs'])}) | "
                          + ("" if per_row != per_row else f"{per_row / 1024:.2f} KiB") + f" | {r['fit_s']:.1f} | "
                          + ("" if r is first else "yes" if ratio <= 1.25 else "**no**") + " |")
-        revisions = {r["mode"]: r["revision"] for r in memory if "revision" in r}
-        earlier = ("" if len(set(revisions.values())) < 2 else " Rows by mode measured at revision: "
-                   + ", ".join(f"{m} {rev}" for m, rev in revisions.items()) + ".")
+        made = {r["mode"]: (r.get("command"), r.get("revision")) for r in memory}
+        earlier = ("" if len(set(made.values())) < 2 else " Rows by mode: "
+                   + "; ".join(f"{m}: `{cmd}` at revision {rev}" for m, (cmd, rev) in made.items()) + ".")
         lines += ["", setup("memory") + " Noise `PRNGKey(8)`; a row is 64 float32 (256 B)." + earlier, ""]
     if sampling:
         lines += ["## Sampling with IIA", "",
@@ -196,6 +197,8 @@ def main():
     ap.add_argument("--memory", action="store_true", help="the memory table only")
     ap.add_argument("--memory-modes", nargs="+", choices=MEMORY["modes"], default=MEMORY["modes"],
                     help="with --memory: measure these modes, keep the others' rows from fit_cost.json")
+    ap.add_argument("--repeats", type=int, default=MEMORY["repeats"],
+                    help="with --memory: fresh processes a point (the first fit's peak moves by tens of MiB)")
     ap.add_argument("--sampling", action="store_true", help="the sampling table only")
     ap.add_argument("--out", type=Path, default=DOCS, help="folder for fit_cost.md and fit_cost.json")
     args = ap.parse_args()
@@ -208,9 +211,12 @@ def main():
         if every or asked:
             if name == "memory":   # rows kept from an earlier run name their revision
                 meta = provenance.provenance(command)
-                kept = [dict(r, revision=r.get("revision", sections["memory"]["provenance"]["revision"]))
+                earlier = sections.get("memory", {}).get("provenance", {})
+                kept = [dict(r, revision=r.get("revision", earlier.get("revision")),
+                             command=r.get("command", earlier.get("command")))
                         for r in sections.get("memory", {}).get("rows", []) if r["mode"] not in args.memory_modes]
-                new = [dict(r, revision=meta["revision"]) for r in memory_rows(args.smoke, args.memory_modes)]
+                new = [dict(r, revision=meta["revision"], command=meta["command"])
+                       for r in memory_rows(args.smoke, args.memory_modes, args.repeats)]
                 rows = sorted(kept + new, key=lambda r: (MEMORY["modes"].index(r["mode"]), r["rows"]))
                 sections[name] = dict(rows=rows, provenance=meta)
             else:
