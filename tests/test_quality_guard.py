@@ -77,6 +77,21 @@ def test_any_kernel_matches_brute_force():
                                    brute(c, b, r, None, cubic), rtol=1e-10)
 
 
+def test_a_kernel_that_returns_float32_or_read_only_blocks_is_summed_in_float64():
+    """The block sums are made in the judge's own float64 buffer: a kernel's float32 result is not
+    accumulated in float32, and a read-only result is not written to."""
+    c, b, r = sets(seed=4)
+    cubic = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3  # noqa: E731
+
+    def frozen32(x, y):
+        out = cubic(x, y).astype(np.float32)
+        out.flags.writeable = False
+        return out
+
+    want = brute(c, b, r, None, lambda x, y: cubic(x, y).astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(paired_mmd_difference(c, b, r, None, block=16, kernel=frozen32), want, rtol=1e-9)
+
+
 def test_feature_judge_compares_in_the_features_it_is_given():
     """``feature_judge(f)``: a reference judge whose verdict is the cubic-kernel paired MMD in
     ``f``'s features (x1000, as brute force computes it): samples shrunk along one axis are worse

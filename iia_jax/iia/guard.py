@@ -120,7 +120,7 @@ def paired_mmd_difference(candidate, base, reference, bandwidth: float | None, b
     for s in range(0, n, block):
         e = slice(s, min(s + block, n))     # k(i, e, j): set i's rows e against every row of set j
         # h_C(i, j) - h_B(i, j) for i in the block, all j, summed in place (one more block at a time)
-        h = k(0, e, 0)
+        h = np.array(k(0, e, 0), np.float64)    # our own float64 buffer, whatever a kernel returns
         h -= k(1, e, 1)
         h -= k(0, e, 2)
         h += k(1, e, 2)
