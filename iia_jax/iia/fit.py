@@ -500,9 +500,8 @@ class _Ends:
 
     def first(self):
         """The first ``limit`` real rows' (all for None), in chunk order, joined once (the parts go)."""
-        if len(self._first) > 1:
-            self._first = [np.concatenate(self._first)[:self._limit]]
-        return self._first[0][:self._limit]
+        self._first = [np.concatenate(self._first)[:self._limit]]
+        return self._first[0]
 
 
 def _holdout_reference(passes: _Passes, rows: FitRows, ends):

@@ -100,7 +100,7 @@ def paired_mmd_difference(candidate, base, reference, bandwidth: float | None, b
     U-statistic over distinct rows and its closed-form row jackknife), or with ``kernel(a, b) ->
     [len(a), len(b)]`` on the flattened rows instead (``bandwidth`` None).  Each block's
     kernel terms are summed in place, so about two ``[block, n]`` float64 buffers live at once (4
-    MiB at 4,096 rows, where a temporary a term had made the judge the fit's peak: 16 MiB)."""
+    MiB at 4,096 rows; a temporary for every term would hold 16 MiB)."""
     c, b, r = _flat("candidate", candidate), _flat("base", base), _flat("reference", reference)
     if not c.shape == b.shape == r.shape:
         raise ValueError(f"candidate, base and reference must have the same shape [n, ...] (paired rows), "
