@@ -7,8 +7,7 @@ arenas for reuse instead of returning it.  On the 8x8 mixture (docs/fit_cost.md)
 more worker threads fill as more chunks run.  ``malloc_trim(0)`` returns the free pages of every
 arena; it takes 1-20 ms, so :class:`Trimmer` calls it at most at a rate that keeps it to a
 ``share`` (1 %) of the time: after a trim that took ``t`` seconds, the next waits ``t / share``.
-The fit calls :data:`release_free_memory` after each chunk's run, and always once after its model
-passes, before the checks compile their programs.  Where the C library has no
+The fit calls :data:`release_free_memory` after each chunk's run.  Where the C library has no
 ``malloc_trim`` (macOS, musl) it does nothing.
 """
 from __future__ import annotations
@@ -44,12 +43,12 @@ class Trimmer:
     def available(self) -> bool:
         return self._trim is not None
 
-    def __call__(self, force: bool = False) -> bool:
-        """Trim now if it is due (or ``force``: between a fit's phases); True if it did."""
+    def __call__(self) -> bool:
+        """Trim now if it is due; True if it did."""
         if self._trim is None:
             return False
         start = self._clock()
-        if start < self._next and not force:
+        if start < self._next:
             return False
         self._trim()
         self._next = start + (self._clock() - start) / self._share

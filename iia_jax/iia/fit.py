@@ -776,7 +776,6 @@ def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, bar,
     if not rows.layout.hold_rows:
         return _Checked(values, stats, None, _Selection(values, np.ones(len(values), bool), None, None))
     runs = _EndToEnd(passes, rows, ends)
-    release_free_memory(force=True)     # the passes' freed memory, before the checks compile theirs
     bar.phase("never-worse check")
     return _Checked(values, stats, runs, _never_worse(runs, values))
 
