@@ -144,7 +144,9 @@ def page(sections: dict) -> str:
                   "(`VmHWM`, reset just before it) minus the resident set before it. *First fit*: the first "
                   "in a fresh process, so compilation is included (it moves by tens of MiB from run to run); "
                   "*compiled*: after a fit of 2,048 of the rows (1,024: all of them) compiled the same "
-                  "programs, the memory of the fit's data alone. Each the median of "
+                  "programs, the memory of the fit's data alone (the fit hands freed memory back to the "
+                  "system between chunks, at most 1 % of the time, so this moves with when those trims fall: "
+                  "[scaling.md](scaling.md#the-digits-model-from-16k-to-100k-rows)). Each the median of "
                   "its row's fresh processes (`runs`), their range in brackets; within 1.25x: the first fit's "
                   "peak against the smallest batch's (the goal: memory flat in the batch). With `chunk_size` "
                   "one chunk takes the same path as many, so every batch compiles the same programs.", "",
