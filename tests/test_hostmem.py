@@ -49,7 +49,7 @@ def test_a_trim_returns_what_a_worker_thread_freed():
 
 
 class _Clock:
-    """A fake clock; each trim advances it by ``cost`` seconds."""
+    """A fake clock (seconds) that the test moves by hand."""
 
     def __init__(self):
         self.now = 0.0
