@@ -23,7 +23,7 @@ def _malloc_trim():
     """``malloc_trim(0)`` of the running C library as a function of no arguments, or None."""
     try:
         fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):    # TypeError: Windows has no CDLL(None)
         return None
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: fn(0)
