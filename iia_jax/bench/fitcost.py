@@ -2,16 +2,15 @@
 
 **Time.** A fit must at least integrate the fine reference: about ``batch x fine_steps x NFE``
 model evaluations.  We time exactly that many evaluations, warm, as the Euler sampler on a grid of
-``fine_steps x NFE`` steps over the same batch, and divide the fit's wall time by it.  The fit's
-own evaluations (coarse passes, the never-worse check and the quality guard's samplers on top of
-the fine reference) are counted too, in a third, untimed fit of the same rows with a denoiser that
-adds up the rows it is called on (a host callback a call, which would slow a timed fit), so the
-ratio splits into evaluations the fit makes beyond the reference and time beyond its evaluations.  Every fit
-compiles its programs (a user pays that once per plan and shape), which dominates small fits; so
-each fit runs twice in a fresh process with JAX's persistent compilation cache in an empty
-directory: the first fit compiles (and fills the cache), the second, on the same shapes, loads
-the compiled programs.  The time JAX reports spending in tracing, lowering and XLA compilation
-during the first fit is recorded too.
+``fine_steps x NFE`` steps over the same batch (the floor), and divide the fit's wall time by it.
+Each mode runs in a fresh process: a first fit compiles its programs (a user pays that once per
+plan and shape; the time JAX reports in tracing, lowering and XLA compilation is recorded), then
+later fits of the same shapes compile nothing; these are timed in pairs with the floor, the order
+inside a pair alternating, and each pair gives a ratio, so that the load of a shared machine, which
+moves both sides of a pair alike, moves the ratio less than it moves either time.  The fit's own
+evaluations (coarse passes, the never-worse check and the quality guard's samplers on top of the
+fine reference) are counted in a last, untimed fit of the same rows with a denoiser that adds up
+the rows it is called on (a host callback a call, which would slow a timed fit).
 
 **Memory.** A fresh Python process per batch size: its resident-set high-water mark (``VmHWM``,
 reset just before ``fit``) minus its resident set just before ``fit`` (imports, noise, one model
@@ -62,12 +61,11 @@ def counting(denoiser):
 
 
 def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, mode: str,
-               target: str | None) -> None:
-    """Run in a fresh process: print the evaluation floor, two fits' times and the model
-    evaluations of a third (untimed, counted) fit of the same rows as JSON."""
-    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="iia_jax_bench_cache_"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+               target: str | None, repeats: int = 3) -> None:
+    """Run in a fresh process: print as JSON the first fit's time (it compiles), ``repeats``
+    interleaved pairs of a second fit and the evaluation floor (the order inside a pair
+    alternating, so that a slow spell of a shared machine falls on both sides), and the model
+    evaluations of a last, untimed and counted fit of the same rows."""
     compile_s = defaultdict(float)
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **_: compile_s.__setitem__(event, compile_s[event] + secs))
@@ -75,45 +73,58 @@ def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: i
     m = MODELS[model_name]()
     p = plan_for(solver, nfe, m.sigma_min, m.sigma_max, exact=True)
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(7), (batch,) + m.shape)
-    evals = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr_uniform", fine_steps * p.nfe, m.sigma_min,
-                                                                     m.sigma_max)), y))
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        jax.block_until_ready(evals(x))
-        times.append(time.perf_counter() - t)
+    floor = jax.jit(lambda y: sample(m.denoiser, plan("euler", grid("logsnr_uniform", fine_steps * p.nfe, m.sigma_min,
+                                                                     m.sigma_max)), y)).lower(x).compile()
     options = dict(mode=mode, target=target, fine_steps=fine_steps, progress=False)
-    fits = []
-    for _ in range(2):                  # timed with the plain model: a counting callback costs ~4 %
+
+    def timed_fit():
         compile_s.clear()
         res = fit(m.denoiser, p, x, **options)
         jax.block_until_ready(res.coeffs.values)
-        fits.append((res.report.fit_seconds, sum(compile_s[e] for e in COMPILE_EVENTS)))
-    counted, count = counting(m.denoiser)   # a third, untimed fit of the same work counts it
+        return res.report.fit_seconds, sum(compile_s[e] for e in COMPILE_EVENTS)
+
+    def timed_floor():
+        t = time.perf_counter()
+        jax.block_until_ready(floor(x))
+        return time.perf_counter() - t
+
+    first = timed_fit()
+    pairs = []                          # (floor s, fit s, fit's compile s)
+    for r in range(repeats):
+        if r % 2:
+            f = timed_fit()
+            pairs.append((timed_floor(),) + f)
+        else:
+            t = timed_floor()
+            pairs.append((t,) + timed_fit())
+    counted, count = counting(m.denoiser)   # timed fits use the plain model: a callback costs ~4 %
     jax.block_until_ready(fit(counted, p, x, **options).coeffs.values)
     jax.effects_barrier()
-    print(json.dumps(dict(nfe=p.nfe, evals_cold_s=times[0], evals_s=float(np.median(times[1:])),
-                          floor_evals=batch * fine_steps * p.nfe, fit_evals=count[0],
-                          fit_s=fits[0][0], compile_s=fits[0][1], fit_warm_s=fits[1][0], compile_warm_s=fits[1][1])))
+    print(json.dumps(dict(nfe=p.nfe, floor_evals=batch * fine_steps * p.nfe, fit_evals=count[0],
+                          fit_s=first[0], compile_s=first[1], evals_runs=[a for a, _, _ in pairs],
+                          fit_warm_runs=[b for _, b, _ in pairs], compile_warm_s=max(c for _, _, c in pairs))))
 
 
-def fit_time(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, modes, log=print) -> list:
-    """Per mode: the fit's wall time (first and second fit) over the warm time of
-    ``batch x fine_steps x NFE`` evaluations, each mode in a fresh process."""
+def fit_time(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, modes, repeats: int = 3,
+             log=print) -> list:
+    """Per mode, in a fresh process (:func:`time_probe`): the first fit's time and ``repeats``
+    interleaved (second fit, floor) pairs; ``ratio_warm_runs`` the pairs' ratios, ``ratio`` the
+    first fit over the floors' median."""
     out = []
     for mode, target in modes:
         r = _in_fresh_process(f"from iia_jax.bench.fitcost import time_probe; time_probe({model_name!r}, "
-                              f"{solver!r}, {nfe}, {batch}, {fine_steps}, {mode!r}, {target!r})")
+                              f"{solver!r}, {nfe}, {batch}, {fine_steps}, {mode!r}, {target!r}, {repeats})")
         label = mode if target is None else f"{mode}/{target}"
-        per_eval = r["evals_s"] / r["floor_evals"]
-        out.append(dict(r, solver=solver, batch=batch, fine_steps=fine_steps, mode=label,
-                        ratio=r["fit_s"] / r["evals_s"], ratio_warm=r["fit_warm_s"] / r["evals_s"],
-                        eval_ratio=r["fit_evals"] / r["floor_evals"],
-                        beyond_evals=r["fit_warm_s"] / (per_eval * r["fit_evals"])))
-        log(f"fit time {solver} {label} NFE {r['nfe']}: {r['fit_s']:.1f} s (compiling {r['compile_s']:.1f} s), "
-            f"second fit {r['fit_warm_s']:.1f} s, floor evaluations {r['evals_s']:.1f} s; "
-            f"ratios {out[-1]['ratio']:.2f} / {out[-1]['ratio_warm']:.2f}; the fit's evaluations "
-            f"{out[-1]['eval_ratio']:.2f}x the floor's, its time {out[-1]['beyond_evals']:.2f}x theirs")
+        evals_s = float(np.median(r["evals_runs"]))
+        ratios = [w / e for w, e in zip(r["fit_warm_runs"], r["evals_runs"])]
+        out.append(dict(r, solver=solver, batch=batch, fine_steps=fine_steps, mode=label, evals_s=evals_s,
+                        fit_warm_s=float(np.median(r["fit_warm_runs"])), ratio=r["fit_s"] / evals_s,
+                        ratio_warm=float(np.median(ratios)), ratio_warm_runs=ratios,
+                        eval_ratio=r["fit_evals"] / r["floor_evals"]))
+        log(f"fit time {solver} {label} NFE {r['nfe']}: first fit {r['fit_s']:.1f} s (compiling "
+            f"{r['compile_s']:.1f} s), second fits {', '.join(f'{t:.1f}' for t in r['fit_warm_runs'])} s against "
+            f"floors {', '.join(f'{t:.1f}' for t in r['evals_runs'])} s; ratios {out[-1]['ratio']:.2f} / "
+            f"{out[-1]['ratio_warm']:.2f}; the fit's evaluations {out[-1]['eval_ratio']:.2f}x the floor's")
     return out
 
 
@@ -134,7 +145,6 @@ def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int,
     the first ``min(batch, 2 chunk)`` rows (the same programs) runs first, so the measured fit
     compiles nothing and its peak is the memory of its data alone.  ``spill``: the sequential fit
     keeps its carried state in a temporary folder (``spill_dir``)."""
-    import tempfile
     from .models import MODELS
     m = MODELS[model_name]()
     p = plan_for(solver, nfe, m.sigma_min, m.sigma_max, exact=True)
