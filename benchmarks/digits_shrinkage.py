@@ -62,7 +62,7 @@ FINDINGS = """
   check on 500 fresh selection draws (neither fit nor evaluation noise) picks exactly that subset.
   The other target, teacher-forced mode and fine_steps 16 stay worse (+14 to +24).
 
-**The fix, made since (session 4).** `iia_jax.fit(..., quality=judge)`: after the greedy error
+**The fix, made since.** `iia_jax.fit(..., quality=judge)`: after the greedy error
 check, while a paired judge of the samples finds IIA worse than the base by more than one
 standard error, the kept step whose removal lowers that most is switched off (docs/iia.md).
 `iia-jax fit --model digits` and the demo use `iia_jax.metrics.digits_check` on 1,024 fit rows.

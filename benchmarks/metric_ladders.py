@@ -106,7 +106,7 @@ def nfe9_samples(solver: str, n: int, seed: int, fit_batch: int = 256, fine_step
         return harness.iia_samples(denoiser, plan, coeffs, draws.eval, batch=BATCH)
 
     # the cache name carries the target (heun's default changed from local to trajectory) and the
-    # spread-matched least squares (the default since session 5)
+    # spread-matched least squares (now the default)
     suffix = f"_{DEFAULT_TARGET[solver]}_judged_spread" if judged else ""
     iia = _cached(f"iia_{tag}_fit{fit_batch}_m{fine_steps}{suffix}", make_iia)
     return base, iia
@@ -594,7 +594,7 @@ MMD, precision, recall, density and IS each fail at least one). Why each choice:
   held-out ones (ladder (d); not significant by its own wide bootstrap errors, z = 1.2).
 
 **Base vs IIA at NFE 9** (the tables above; n = 1,000, paired differences; IIA fitted with the
-library defaults, which since session 5 include the spread-matched least squares (`match_spread`,
+library defaults, which now include the spread-matched least squares (`match_spread`,
 docs/iia.md), and the digits judge in its never-worse check, which switched off step 5 of dpmpp_2m
 and nothing else). **Every judge that passes the ladders prefers IIA or ties, for all three
 solvers, and the direction agrees everywhere.** *euler*: digits_score and the judge's FD prefer
@@ -603,7 +603,7 @@ coverage prefers IIA; the ODE error is 0.096 -> 0.059. *heun*: the judge's FD pr
 errors (1.75 -> 1.41) and coverage by 10 (0.76 -> 0.96); digits_score leans the same way, -22 +-
 20, a tie by the 2-error rule.
 
-*What changed for heun.* With plain least squares (session 4) these judges split: digits_score
+*What changed for heun.* With plain least squares (the earlier default) these judges split: digits_score
 tied (+16 +- 25), the judge's FD preferred the base by 2.0 errors, coverage preferred IIA. The base
 overshoots the contrast (1.25 of the fine reference's, stored) and plain least squares shrank it
 (0.91); on the contrast ladder of model samples KID and FD forgive overshoot more than shrinkage
