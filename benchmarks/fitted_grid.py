@@ -270,8 +270,7 @@ def goals(fixed, fitted):
                    f"start family, inside the same call; rows with fit_plan's own defaults); "
                    f"goal <= 5x **{'met' if ok else 'not met'}** for a first call in its process (a "
                    f"second call against a second fit: Notes, 2). Longest `fit_plan` "
-                   f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}, 1-minute system load "
-                   f"{longest['load'][0]:.1f} before, {longest['load'][3]:.1f} after).")
+                   f"{longest['wall'] / 60:.1f} min ({longest['solver']} NFE {longest['nfe']}).")
     earlier = {}   # per solver: the earlier default (every family fitted, 25 steps over 128 rows)
     for r in everything:
         label = r.get("search", "")

@@ -156,8 +156,7 @@ def _setup(cfg, results, meta):
           f"{'; ' + r['machine'] if r.get('machine') else ''}); its sections and models replace the "
           "first run's." for r in results.get("reruns", [])],
         *[f"- **Note**: {note}" for note in results.get("notes", [])],
-        f"- **Machine**: {meta['machine']}; the cores were shared with other jobs (1-minute system load "
-        f"{min(results['load']):.1f}..{max(results['load']):.1f}, sampled between sections): only ratios "
+        f"- **Machine**: {meta['machine']}; the cores were shared with other jobs: only ratios "
         "measured within this run are reported for speed, and the run took longer than it would alone.",
         f"- **Versions**: {meta['versions']}; library revision {meta['revision']}.",
         f"- **Models** (EDM denoisers, sigma {0.002}..{80.0}): `separated` = exact 2-D mixture, 8 modes on "
