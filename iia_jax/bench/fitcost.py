@@ -93,10 +93,11 @@ def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: i
     for r in range(repeats):
         if r % 2:
             f = timed_fit()
-            pairs.append((timed_floor(),) + f)
+            t = timed_floor()
         else:
             t = timed_floor()
-            pairs.append((t,) + timed_fit())
+            f = timed_fit()
+        pairs.append((t,) + f)
     counted, count = counting(m.denoiser)   # timed fits use the plain model: a callback costs ~4 %
     jax.block_until_ready(fit(counted, p, x, **options).coeffs.values)
     jax.effects_barrier()
@@ -108,8 +109,8 @@ def time_probe(model_name: str, solver: str, nfe: int, batch: int, fine_steps: i
 def fit_time(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int, modes, repeats: int = 3,
              log=print) -> list:
     """Per mode, in a fresh process (:func:`time_probe`): the first fit's time and ``repeats``
-    interleaved (second fit, floor) pairs; ``ratio_warm_runs`` the pairs' ratios, ``ratio`` the
-    first fit over the floors' median."""
+    interleaved (second fit, floor) pairs; ``ratio_warm`` the median of the pairs' ratios, ``ratio``
+    the first fit over the floors' median."""
     out = []
     for mode, target in modes:
         r = _in_fresh_process(f"from iia_jax.bench.fitcost import time_probe; time_probe({model_name!r}, "
@@ -119,8 +120,7 @@ def fit_time(model_name: str, solver: str, nfe: int, batch: int, fine_steps: int
         ratios = [w / e for w, e in zip(r["fit_warm_runs"], r["evals_runs"])]
         out.append(dict(r, solver=solver, batch=batch, fine_steps=fine_steps, mode=label, evals_s=evals_s,
                         fit_warm_s=float(np.median(r["fit_warm_runs"])), ratio=r["fit_s"] / evals_s,
-                        ratio_warm=float(np.median(ratios)), ratio_warm_runs=ratios,
-                        eval_ratio=r["fit_evals"] / r["floor_evals"]))
+                        ratio_warm=float(np.median(ratios)), eval_ratio=r["fit_evals"] / r["floor_evals"]))
         log(f"fit time {solver} {label} NFE {r['nfe']}: first fit {r['fit_s']:.1f} s (compiling "
             f"{r['compile_s']:.1f} s), second fits {', '.join(f'{t:.1f}' for t in r['fit_warm_runs'])} s against "
             f"floors {', '.join(f'{t:.1f}' for t in r['evals_runs'])} s; ratios {out[-1]['ratio']:.2f} / "
