@@ -5,6 +5,7 @@
     python benchmarks/quality_guard.py --model overlapping --nfe 3 4 5 6 8 10   # the exact mixture
     python benchmarks/quality_guard.py --table [--model overlapping]            # the markdown of what is done
     python benchmarks/quality_guard.py --model overlapping --ladder             # the distance's own check
+    python benchmarks/quality_guard.py --recheck        # refit every cell; measure again where the kept steps changed
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -34,7 +35,8 @@ Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation 
 Results are appended, one JSON line per cell, to ``--out`` (default: the tracked
 ``docs/quality_guard_<model>.jsonl``, from which ``--table`` builds the page's table; cells already
 there are skipped), so the table can be completed over several runs.  The digits samples go to
-``checkpoints/quality_guard/`` (untracked) for ``--agreement``, ``--views`` and ``--refit-variants``.
+``checkpoints/quality_guard/`` (untracked) for ``--agreement``, ``--views``, ``--spread`` and
+``--refit-variants``.
 """
 from __future__ import annotations
 
@@ -152,6 +154,34 @@ def cell(setup: dict, solver, grid, nfe, args) -> dict:
 
 WORSE_Z = 1.0    # the guarantee: never worse than the base by more than one paired se
 BETTER_Z = 2.0   # a gain is claimed as the project's verdicts are: by more than two paired se
+
+
+def recheck(setup: dict, args) -> None:
+    """Fit every digits cell of ``--out`` again with the library's present defaults, the cells
+    whose guarded IIA was flattest first (the recorded contrast; cells without one last); where
+    the steps kept differ from the row's, measure the cell again (:func:`cell`) and append it, so
+    the table follows a change of the default guard.  Prints what each fit kept."""
+    rows = load(args.out)
+    rows.sort(key=lambda r: r["guarded"].get("contrast", 2.0))
+    command = " ".join(["python", "benchmarks/quality_guard.py", "--recheck"])
+    for r in rows:
+        plan = iia_jax.plan(r["solver"], GRIDS[r["grid"]](r["steps"]))
+        t = time.perf_counter()
+        rep = iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=r["fine_steps"], progress=False).report
+        kept = [int(i) for i in np.flatnonzero(np.asarray(rep.kept))]
+        same = kept == r["guarded"]["kept"]
+        print(f"{r['solver']:9s} {r['grid']:12s} NFE {r['nfe']:2d}  kept {kept} (was {r['guarded']['kept']}) "
+              f"fit-judge {rep.quality_difference}  {time.perf_counter() - t:.0f} s", flush=True)
+        if same:
+            continue
+        new = cell(setup, r["solver"], r["grid"], r["nfe"], args)
+        new.update(command=command, commit=commit(), n=args.n, fit_batch=args.fit_batch,
+                   fine_steps=args.fine_steps, seed=args.seed)
+        with args.out.open("a") as f:
+            f.write(json.dumps(new, default=float) + "\n")
+        g = new["guarded"]
+        print(f"  measured again: IIA - base {g['diff']:+.3g} +- {g['diff_se']:.2g}, kept {g['kept']}, "
+              f"median {r['median_base']:.4f} -> {g['median']:.4f}", flush=True)
 
 
 def verdict(diff: float, se: float) -> str:
@@ -323,6 +353,35 @@ def views(path: Path) -> str:
     return "\n".join(lines)
 
 
+SPREAD_CELLS = VIEW_CELLS + ("dpmpp_2m:karras:5", "unipc:karras:5", "dpmpp_3m:vp_quadratic:5",
+                             "heun:karras:5", "ipndm:karras:5")
+
+
+def spread_floor(path: Path) -> str:
+    """The default judge's two views on the unguarded fit against the base sampler, on the saved
+    samples of ``SPREAD_CELLS`` against the 64-step reference: the MMD (z) and the spread floor
+    (``iia_jax.iia.guard.spread_deficit``: the spreads of IIA and base over the reference's, the
+    deficit with its se), and the default verdict ``reference_verdict`` (the larger z)."""
+    from iia_jax.iia.guard import clip_to_reference, reference_verdict, spread_deficit
+    ref = np.load(ROOT / "checkpoints" / "quality_cause" / "reference_seed0_n1000.npy")
+    lo, hi = clip_to_reference(ref)
+    spread = lambda a: np.sqrt(np.mean(np.var(np.clip(a.reshape(len(a), -1), lo, hi), axis=0)))  # noqa: E731
+    rows = {(r["solver"], r["grid"], r["nfe"]): r for r in load(path)}
+    lines = ["| solver | grid | NFE | digits_score IIA - base (z) | MMD (z) | spread IIA / base (of the reference's) | "
+             "deficit | default verdict (z) |", "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for c in SPREAD_CELLS:
+        solver, grid, nfe = c.split(":")
+        p = rows[(solver, grid, int(nfe))]["plain"]
+        z = np.load(SAMPLES / f"{solver}_{grid}_{nfe}.npz")
+        plain, base = z["plain"], z["base"]
+        d, se = reference_mmd(plain, base, ref)
+        f, f_se = spread_deficit(plain, base, ref)
+        lines.append(f"| {solver} | {grid} | {nfe} | {p['diff']:+.1f} +- {p['diff_se']:.1f} ({p['diff'] / p['diff_se']:+.1f}) | "
+                     f"{d / se:+.1f} | {spread(plain) / spread(ref):.3f} / {spread(base) / spread(ref):.3f} | "
+                     f"{f:+.3f} +- {f_se:.3f} | {reference_verdict(plain, base, ref)[0]:+.1f} |")
+    return "\n".join(lines)
+
+
 def with_feature_judge(setup: dict, args) -> str:
     """``VIEW_CELLS`` fitted with ``quality=iia_jax.feature_judge(judge_features)`` (the judge
     network's features, the fit's own reference; otherwise the table's setting) against the base
@@ -484,9 +543,13 @@ def main(argv=None):
     ap.add_argument("--ladder", action="store_true", help="print the mixture distance's ladder check and stop")
     ap.add_argument("--explain", metavar="SOLVER:GRID:NFE", help="why a measured digits cell misses "
                     "(its saved samples, per kept step, the judge's references) and stop")
+    ap.add_argument("--recheck", action="store_true", help="fit every cell of --out again with the present "
+                    "defaults and measure again those whose kept steps changed")
     ap.add_argument("--agreement", action="store_true", help="print the judge vs digits_score table and stop")
     ap.add_argument("--views", action="store_true", help="print IIA vs base in model-agnostic views and in the "
                     "judge's features on the saved samples of the cells that miss, and stop")
+    ap.add_argument("--spread", action="store_true", help="print the default judge's two views (MMD, spread "
+                    "floor) on the cells of --views and a few more")
     ap.add_argument("--feature-judge", action="store_true", help="fit the cells of --views with the judge "
                     "network's features as the guard's judge (iia_jax.feature_judge), print the table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
@@ -506,12 +569,18 @@ def main(argv=None):
     if args.views:
         print(views(args.out))
         return
+    if args.spread:
+        print(spread_floor(args.out))
+        return
     if args.refit_variants:
         print(refit_variants(args.out))
         return
     if args.explain:
         solver, grid, nfe = args.explain.split(":")
         print(explain(setup_for(args.model, args), solver, grid, int(nfe), args))
+        return
+    if args.recheck:
+        recheck(setup_for(args.model, args), args)
         return
     if args.ladder:
         if args.model != "overlapping":

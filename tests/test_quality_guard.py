@@ -13,7 +13,8 @@ import pytest
 import iia_jax
 from iia_jax import schedules
 from iia_jax.iia.config import REFERENCE_JUDGE
-from iia_jax.iia.guard import median_bandwidth_of, paired_mmd_difference, reference_mmd
+from iia_jax.iia.guard import (SPREAD_TOLERANCE, clip_to_reference, median_bandwidth_of,
+                               paired_mmd_difference, reference_mmd, reference_verdict, spread_deficit)
 from iia_jax.metrics.quality import jackknife_se, median_bandwidth, mmd2_jackknife, rbf_kernel
 from iia_jax.models import gmm
 from iia_jax.models.gmm import gmm_sample
@@ -182,6 +183,63 @@ def test_judge_threshold_and_refusals():
         median_bandwidth_of(np.zeros((5, 2)))
 
 
+def brute_deficit(c, b, r):
+    """``1 - s(C) / min(s(B), s(R))`` on samples clipped to the reference's range, and its row
+    jackknife by deleting each row from all three sets and recomputing."""
+    lo, hi = clip_to_reference(r)
+    c, b, r = (np.clip(a.reshape(len(a), -1), lo, hi) for a in (c, b, r))
+    spread = lambda x: np.sqrt(np.mean(np.var(x, axis=0, ddof=1)))  # noqa: E731
+    stat = lambda idx: 1 - spread(c[idx]) / min(spread(b[idx]), spread(r[idx]))  # noqa: E731
+    n = len(c)
+    loo = np.array([stat(np.delete(np.arange(n), i)) for i in range(n)])
+    return stat(np.arange(n)), np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
+
+
+def test_spread_deficit_matches_brute_force():
+    c, b, r = sets(30, 5)
+    np.testing.assert_allclose(spread_deficit(c, b, r), brute_deficit(c, b, r), rtol=1e-9)
+    with pytest.raises(ValueError, match="same shape"):
+        spread_deficit(c[:9], b, r)
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        spread_deficit(c[:3], b[:3], r[:3])
+
+
+def test_spread_floor_blames_flatness_below_the_reference_and_the_base_only():
+    """Shrunk toward its mean by x0.85, a candidate is 15 % below the floor whether the base
+    matches the reference or overshoots it (x1.25); against a base flatter still (x0.7) the same
+    candidate has nothing to answer for; over-spread is never a deficit."""
+    rng = np.random.default_rng(3)
+    r = rng.normal(size=(400, 16))
+    m = r.mean(0)
+    shrunk = lambda a, s: m + s * (a - m)  # noqa: E731
+    other = rng.normal(size=r.shape)          # the same distribution, other draws
+    for base_scale in (1.0, 1.25):
+        f, se = spread_deficit(shrunk(other, 0.85), shrunk(other, base_scale), r)
+        assert abs(f - 0.15) < 0.03 and 0 < se < 0.02
+    assert spread_deficit(shrunk(other, 0.85), shrunk(other, 0.7), r)[0] < -0.1
+    assert spread_deficit(shrunk(other, 1.25), other, r)[0] < 0
+
+
+def test_default_verdict_is_the_worse_of_distribution_and_spread_floor():
+    """``reference_verdict`` is the larger z of the MMD and of the spread floor beyond its tolerance.
+    The case the floor exists for: a base that overshoots the reference's contrast and a candidate
+    that is flatter than it by 12 %, which the MMD alone prefers."""
+    rng = np.random.default_rng(4)
+    r = rng.normal(size=(600, 16))
+    other = rng.normal(size=r.shape)
+    base, candidate = 1.6 * other, 0.88 * other
+    d, se = reference_mmd(candidate, base, r)
+    f, f_se = spread_deficit(candidate, base, r)
+    assert d < -se and f > SPREAD_TOLERANCE + f_se      # the MMD prefers it; the floor does not
+    z, one = reference_verdict(candidate, base, r)
+    assert one == 1.0 and z == pytest.approx(max(d / se, (f - SPREAD_TOLERANCE) / f_se)) and z > 1
+    lenient = reference_verdict(candidate, base, r, tolerance=0.2)[0]     # 12 % is within 20 %
+    assert lenient == pytest.approx(max(d / se, (f - 0.2) / f_se)) and lenient < 0
+    assert reference_verdict(base, base, r) == (0.0, 1.0)           # the base against itself
+    with pytest.raises(ValueError, match="tolerance"):
+        reference_verdict(candidate, base, r, tolerance=1.0)
+
+
 # --------------------------------------------------------------------------- the guard on a model
 
 def grid_mixture():
@@ -223,6 +281,35 @@ def test_default_fit_does_not_shrink_a_mixture():
 
     assert worse_than_base("unguarded") > 3 and out["unguarded"][1] < 0.9     # least squares shrinks
     assert worse_than_base("default") < 1 and 0.95 < out["default"][1] < 1.1
+
+
+def test_default_guard_holds_the_spread_floor_where_the_distance_alone_lets_flattening_through():
+    """On the 8x8 overlapping mixture (dpmpp_2m, Karras, 6 steps) a guard judging by the MMD alone
+    keeps steps that leave IIA's samples about 10 % flatter than the base's and the reference's on
+    fresh draws; the default judge (MMD and spread floor) drops one of them, and its samples are
+    no flatter than the floor and no further from exact samples of the mixture than the base's."""
+    from iia_jax.bench.models import overlapping_mixture
+    denoiser = overlapping_mixture().denoiser
+    plan = iia_jax.plan("dpmpp_2m", schedules.karras(6, 0.002, 80.0))
+    x_fit = 80.0 * jax.random.normal(jax.random.PRNGKey(0), (512, 8, 8, 1))
+    distance_only = iia_jax.fit(denoiser, plan, x_fit, fine_steps=8, progress=False,
+                                quality=iia_jax.Judge(reference_mmd, reference=True))
+    default = iia_jax.fit(denoiser, plan, x_fit, fine_steps=8, progress=False)
+    assert default.report.quality_dropped and not distance_only.report.quality_dropped
+    assert set(np.flatnonzero(default.report.kept)) < set(np.flatnonzero(distance_only.report.kept))
+
+    x_eval = 80.0 * jax.random.normal(jax.random.PRNGKey(1), (1000, 8, 8, 1))
+    fine = np.asarray(iia_jax.sample(denoiser, iia_jax.plan("heun", schedules.karras(256, 0.002, 80.0)), x_eval))
+    base = np.asarray(iia_jax.sample(denoiser, plan, x_eval))
+    samples = {name: np.asarray(iia_jax.iia_sample(denoiser, plan, r.coeffs, x_eval))
+               for name, r in (("distance only", distance_only), ("default", default))}
+    assert spread_deficit(samples["distance only"], base, fine)[0] > 0.08
+    assert spread_deficit(samples["default"], base, fine)[0] < SPREAD_TOLERANCE
+
+    exact = np.asarray(gmm_sample(jax.random.PRNGKey(5), denoiser, 1000)).reshape(1000, -1)
+    kernel = lambda a, b: rbf_kernel(a, b, median_bandwidth(exact))  # noqa: E731
+    (m, loo), (mb, loo_b) = (mmd2_jackknife(kernel, x.reshape(len(x), -1), exact) for x in (samples["default"], base))
+    assert m - mb <= jackknife_se(loo, loo_b, paired=True)
 
 
 def test_the_reference_judge_sees_the_fine_reference_of_its_rows():

@@ -21,7 +21,7 @@ import numpy as np
 from .. import validate
 from .coefficients import FIT_MODES, TARGETS
 from .features import DEFAULT_TARGET, PRESET_SOLVERS
-from .guard import feature_mmd, reference_mmd
+from .guard import feature_mmd, reference_verdict
 from .solve import SOLVES, MatchedSolve, PlainSolve
 
 # How many standard errors of the judge's paired difference count as "worse than the base".
@@ -37,7 +37,7 @@ class Judge(NamedTuple):
     noise; ``difference < 0`` means the candidate is better, ``se`` is the standard error of the
     paired difference (e.g. :func:`iia_jax.metrics.digits_check`).  With ``reference=True`` the
     judge also sees the fit's own fine-reference samples of the same rows,
-    ``compare(candidate, base, reference)`` (e.g. :func:`iia_jax.iia.guard.reference_mmd`).
+    ``compare(candidate, base, reference)`` (e.g. :func:`iia_jax.iia.guard.reference_verdict`).
     Samples count as worse when ``difference > z * se``.  The judge sees at most ``max_rows``
     rows (None: all), the first in the fit's chunk order (a fixed subset of i.i.d. noise draws,
     so a fair one): kernel judges cost ``rows^2`` and the median bandwidth holds ``rows^2 / 2`` distances,
@@ -65,7 +65,7 @@ class Judge(NamedTuple):
 
 # The default judge: model-agnostic, the samples against the fit's own fine reference
 # (docs/iia.md, "Why IIA can cost sample quality"; iia/guard.py).
-REFERENCE_JUDGE = Judge(reference_mmd, QUALITY_Z, reference=True)
+REFERENCE_JUDGE = Judge(reference_verdict, QUALITY_Z, reference=True)
 
 
 def feature_judge(features, z: float = QUALITY_Z, max_rows: int | None = 4096) -> Judge:
@@ -73,8 +73,9 @@ def feature_judge(features, z: float = QUALITY_Z, max_rows: int | None = 4096) -
     the fit's own fine reference, compared by :func:`~iia_jax.iia.guard.feature_mmd` in
     ``features(samples [n, ...]) -> [n, F]`` (a classifier's penultimate layer, an image
     embedding; any function of numpy arrays).  Pass it as ``fit(..., quality=feature_judge(f))``
-    where the default judge is not enough: on the digits model it sees the three losses the
-    default misses (docs/iia.md, "A quality guard with no model-specific judge")."""
+    where the default judge is not enough: on the digits model it sees, as a distance, the three
+    losses that the default's distance misses and only its spread floor names (docs/iia.md, "A
+    quality guard with no model-specific judge")."""
     if not callable(features):
         raise TypeError(f"features must be a callable samples -> [n, F] array, got {type(features).__name__}")
     return Judge(functools.partial(feature_mmd, features=features), z, reference=True, max_rows=max_rows)
@@ -105,7 +106,8 @@ class FitConfig:
       :class:`~iia_jax.iia.solve.PlainSolve`; carries the ridge.
     - ``judge``: the :class:`Judge` of sample quality for the quality guard; by default
       :data:`REFERENCE_JUDGE`, which needs no model-specific judge: it compares the candidate's
-      and the base sampler's samples with the fit's fine-reference samples of the same rows.
+      and the base sampler's samples with the fit's fine-reference samples of the same rows, in
+      distribution and in spread (:func:`~iia_jax.iia.guard.reference_verdict`).
       None: no quality guard (the error check alone).  With ``holdout=0`` (no held-out rows, so
       neither check runs) the default judge is dropped; a judge passed explicitly is refused.
     - ``refit``: after the never-worse check, fit the sequential pass again with the steps it

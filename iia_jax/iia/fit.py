@@ -42,7 +42,8 @@ sampler's by more than the judge's ``z`` standard errors of its paired differenc
 still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  The
 default judge (:data:`~iia_jax.iia.config.REFERENCE_JUDGE`) needs nothing model-specific: it
 compares IIA's and the base's samples with the fit's own fine-reference samples of the same rows
-(every row whose reference the fit integrated).  A judge without a reference (e.g.
+(every row whose reference the fit integrated), in distribution and in spread (IIA may not be
+flatter than both the reference and the base by more than 5 %).  A judge without a reference (e.g.
 ``digits_check``) sees every row of the batch.  If the steps left no longer lower the held-out
 median error, the base sampler is returned (all steps off): never worse in either measure.
 

@@ -31,11 +31,24 @@ h_B``.  The kernel matrices are built in blocks of rows (``block``), so memory i
 (a few MiB a matrix at the fit's cap of 4,096 judged rows, :class:`~iia_jax.iia.config.Judge`)
 and the result does not depend on the block size beyond round-off.
 
-In the fit: :data:`iia_jax.iia.config.REFERENCE_JUDGE` is ``Judge(reference_mmd, reference=True)``,
-the default judge of :class:`~iia_jax.FitConfig`; the fit's quality guard
-(``iia_jax.iia.fit._quality_guard``) hands it the samples of every row whose fine reference the fit
-integrated (the trajectory target and teacher-forced fits; the held-out rows for the local
-target) and drops steps while it finds IIA worse than the base sampler.
+The spread floor.  The MMD weighs the base sampler's excess contrast (over-sharp strokes, values
+pushed to the ends of the range) against IIA's flatness, and where the base overshoots it can prefer
+an IIA that is visibly flatter than the reference (docs/iia.md: three digits cells that lose
+``digits_score``).  Flatness is the one way least squares fails (it predicts a conditional mean),
+so it is checked on its own: with ``s(X)`` the RMS deviation of the clipped samples from their mean
+image,
+
+    deficit = 1 - s(C) / min(s(B), s(R))
+
+is how much less the candidate spreads than the reference, or than the base where the base itself
+is flatter (a correction that only removes part of a blurred base's flatness is not blamed).  Row
+jackknife as above.  A candidate flatter than that floor by more than ``SPREAD_TOLERANCE`` is worse.
+
+In the fit: :data:`iia_jax.iia.config.REFERENCE_JUDGE` is ``Judge(reference_verdict, reference=True)``,
+the default judge of :class:`~iia_jax.FitConfig`: both views, as the larger of their z-scores.  The
+fit's quality guard (``iia_jax.iia.fit._quality_guard``) hands it the samples of every row whose
+fine reference the fit integrated (the trajectory target and teacher-forced fits; the held-out rows
+for the local target) and drops steps while it finds IIA worse than the base sampler.
 """
 from __future__ import annotations
 
@@ -43,12 +56,16 @@ import numpy as np
 
 from ..metrics.quality import polynomial_kernel
 
-__all__ = ["reference_mmd", "feature_mmd", "median_bandwidth_of", "paired_mmd_difference", "clip_to_reference",
-           "CLIP_TAIL", "BANDWIDTH_SCALE"]
+__all__ = ["reference_verdict", "reference_mmd", "spread_deficit", "feature_mmd", "median_bandwidth_of",
+           "paired_mmd_difference", "clip_to_reference", "CLIP_TAIL", "BANDWIDTH_SCALE", "SPREAD_TOLERANCE"]
 
 CLIP_TAIL = 1e-3        # samples are judged clipped to the reference's 0.1 %..99.9 % value range
 BANDWIDTH_SCALE = 0.5   # kernel bandwidth: half the median distance between reference samples
 BANDWIDTH_ROWS = 1024   # ... among the first 1,024 reference rows
+# The spread floor: a candidate may spread less than both the reference and the base sampler by
+# at most this fraction.  On the model's own samples a uniform contrast loss of 3 % is invisible
+# to digits_score and 10 % clearly costs (docs/metrics.md, contrast ladder); 5 % lies between.
+SPREAD_TOLERANCE = 0.05
 
 
 def _flat(name: str, a) -> np.ndarray:
@@ -154,6 +171,13 @@ def _clipped(name: str, a, lo: float, hi: float) -> np.ndarray:
     return np.clip(x, lo, hi, out=x)
 
 
+def _clipped_sets(candidate, base, reference, tail: float):
+    """The three sample sets flattened, each a float64 copy clipped to the reference's range."""
+    lo, hi = clip_to_reference(reference, tail)
+    return tuple(_clipped(name, a, lo, hi) for name, a in
+                 (("candidate", candidate), ("base", base), ("reference", reference)))
+
+
 def reference_mmd(candidate, base, reference, tail: float = CLIP_TAIL,
                   bandwidth_scale: float = BANDWIDTH_SCALE) -> tuple[float, float]:
     """The judge ``compare(candidate, base, reference) -> (difference, se)`` of the fit's quality
@@ -165,13 +189,65 @@ def reference_mmd(candidate, base, reference, tail: float = CLIP_TAIL,
     raw samples, or with the full median bandwidth, the MMD is dominated by the base samplers'
     overshoot beyond the data range and by coarse layout, and preferred IIA where
     ``digits_score`` found it clearly worse (dpmpp_2m at NFE 5, Karras)."""
-    lo, hi = clip_to_reference(reference, tail)
-    c, b, r = (_clipped(name, a, lo, hi) for name, a in
-               (("candidate", candidate), ("base", base), ("reference", reference)))
     if not bandwidth_scale > 0:
         raise ValueError(f"bandwidth_scale must be > 0, got {bandwidth_scale!r}")
+    return _mmd_of_clipped(*_clipped_sets(candidate, base, reference, tail), bandwidth_scale)
+
+
+def _mmd_of_clipped(c, b, r, bandwidth_scale: float):
     d, se = paired_mmd_difference(c, b, r, bandwidth_scale * median_bandwidth_of(r))
     return 1000.0 * d, 1000.0 * se
+
+
+def _spread_loo(x: np.ndarray):
+    """``s(x)`` (RMS over values of the deviation from the mean row) and its ``n`` leave-one-out
+    values, from sums over rows and values (no second ``[n, d]`` array): deleting row ``i``
+    leaves ``sum_j [S2_j - x_ij^2 - (S1_j - x_ij)^2 / (n - 1)] / (n - 2)`` over the ``d`` values."""
+    n, d = x.shape
+    s1 = x.sum(0)
+    s2_total, s1_sq = float(np.einsum("ij,ij->", x, x)), float(s1 @ s1)
+    q, cross = np.einsum("ij,ij->i", x, x), x @ s1          # per row: sum x_ij^2, sum x_ij S1_j
+    full = np.sqrt((s2_total - s1_sq / n) / ((n - 1) * d))
+    without = (s2_total - q - (s1_sq - 2.0 * cross + q) / (n - 1)) / ((n - 2) * d)
+    return full, np.sqrt(np.clip(without, 0.0, None))
+
+
+def _deficit_of_clipped(c, b, r):
+    n = c.shape[0]
+    if not c.shape == b.shape == r.shape:
+        raise ValueError(f"candidate, base and reference must have the same shape [n, ...] (paired rows), "
+                         f"got {c.shape}, {b.shape} and {r.shape}")
+    if n < 4:
+        raise ValueError(f"the spread deficit needs at least 4 rows, got {n}")
+    (sc, c_loo), (sb, b_loo), (sr, r_loo) = (_spread_loo(x) for x in (c, b, r))
+    loo = 1.0 - c_loo / np.minimum(b_loo, r_loo)
+    se = np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
+    return float(1.0 - sc / min(sb, sr)), float(se)
+
+
+def spread_deficit(candidate, base, reference, tail: float = CLIP_TAIL) -> tuple[float, float]:
+    """``(1 - s(C) / min(s(B), s(R)), se)``: how much less the candidate's samples spread around
+    their mean than the reference's, or than the base's where those spread less still (module
+    docstring, "The spread floor").  All three clipped to the reference's range
+    (:func:`clip_to_reference`); rows paired, se by the row jackknife (row ``i`` deleted from all
+    three).  Positive: the candidate is flatter than that floor."""
+    return _deficit_of_clipped(*_clipped_sets(candidate, base, reference, tail))
+
+
+def reference_verdict(candidate, base, reference, tolerance: float = SPREAD_TOLERANCE) -> tuple[float, float]:
+    """The default judge of the fit's quality guard: ``(z, 1.0)`` with ``z`` the larger of the
+    z-scores of :func:`reference_mmd` (the distribution, difference / se) and of the spread floor
+    (``(spread_deficit - tolerance) / se``).  ``z > 1`` (the guard's bar) where either view finds the
+    candidate worse than the base; negative where both find it better or within the tolerance.  A
+    view with se 0 (the candidate is the base: nothing to tell apart) counts as 0.  The samples
+    are clipped once for both views."""
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
+    sets = _clipped_sets(candidate, base, reference, CLIP_TAIL)
+    f, f_se = _deficit_of_clipped(*sets)
+    d, se = _mmd_of_clipped(*sets, BANDWIDTH_SCALE)
+    z = (d / se if se > 0 else 0.0, (f - tolerance) / f_se if f_se > 0 else 0.0)
+    return float(max(z)), 1.0
 
 
 def feature_mmd(candidate, base, reference, features) -> tuple[float, float]:
@@ -182,9 +258,9 @@ def feature_mmd(candidate, base, reference, features) -> tuple[float, float]:
     reference.
 
     Why a user would pass it (:func:`iia_jax.iia.config.feature_judge`): on the digits model three
-    losses of IIA are invisible to :func:`reference_mmd` and to every model-agnostic view tried,
-    yet plain in the features of a network trained on digits (docs/iia.md, "A quality guard with
-    no model-specific judge")."""
+    losses of IIA are invisible to :func:`reference_mmd` and to every model-agnostic distance tried
+    (only the spread floor of :func:`reference_verdict` names them), yet plain in the features of a
+    network trained on digits (docs/iia.md, "A quality guard with no model-specific judge")."""
     f = {name: _flat(name, features(a)) for name, a in (("candidate", candidate), ("base", base),
                                                          ("reference", reference))}
     d, se = paired_mmd_difference(f["candidate"], f["base"], f["reference"], None, kernel=polynomial_kernel)
