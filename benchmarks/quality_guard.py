@@ -157,7 +157,7 @@ BETTER_Z = 2.0   # a gain is claimed as the project's verdicts are: by more than
 
 
 def recheck(setup: dict, args) -> None:
-    """Fit every digits cell of ``--out`` again with the library's present defaults, the cells
+    """Fit every cell of ``--out`` again with the library's present defaults, the digits cells
     whose guarded IIA was flattest first (the recorded contrast; cells without one last); where
     the steps kept differ from the row's, measure the cell again (:func:`cell`) and append it, so
     the table follows a change of the default guard.  Prints what each fit kept."""
