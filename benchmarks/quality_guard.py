@@ -162,12 +162,15 @@ def recheck(setup: dict, args) -> None:
     the steps kept differ from the row's, measure the cell again (:func:`cell`) and append it, so
     the table follows a change of the default guard.  Prints what each fit kept."""
     rows = load(args.out)
+    other = {r["fine_steps"] for r in rows} - {args.fine_steps}
+    if other:
+        raise SystemExit(f"{args.out} holds cells fitted with fine_steps {sorted(other)}: pass --fine-steps to match")
     rows.sort(key=lambda r: r["guarded"].get("contrast", 2.0))
     command = " ".join(["python", "benchmarks/quality_guard.py", "--recheck"])
     for r in rows:
         plan = iia_jax.plan(r["solver"], GRIDS[r["grid"]](r["steps"]))
         t = time.perf_counter()
-        rep = iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=r["fine_steps"], progress=False).report
+        rep = iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=args.fine_steps, progress=False).report
         kept = [int(i) for i in np.flatnonzero(np.asarray(rep.kept))]
         same = kept == r["guarded"]["kept"]
         print(f"{r['solver']:9s} {r['grid']:12s} NFE {r['nfe']:2d}  kept {kept} (was {r['guarded']['kept']}) "
