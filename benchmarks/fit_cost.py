@@ -18,7 +18,8 @@ says which).
 denoiser, so the model's own memory is nil and what grows is the fit's), dpmpp_2m NFE 9, chunks
 of 1,024 rows; 1,024 (one chunk, on the same path as many), 16,384 and 102,400 rows, each fit in a
 fresh process: peak resident set during the fit minus the resident set before it; the sequential
-fit also with ``spill_dir`` (its carried state on disk).  ``--memory --memory-modes M`` re-measures only mode M.
+fit by its defaults (its carried state on disk once it passes ``spill_above``), with the state held
+in memory (``spill_above=None``) and with ``spill_dir`` (on disk whatever its size).  ``--memory --memory-modes M`` re-measures only mode M.
 
 **Sampling** (:func:`iia_jax.bench.speed.iia_overhead`): the digits model, batch 128, every
 solver at NFE 5 and 10 (heun 5 and 9): the median of ``iia_sample`` / ``sample``
@@ -42,7 +43,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODES = (("sequential", None), ("teacher_forced", None))
 TIME = dict(model="digits", solver="heun", nfes=(5, 9), batch=1024, fine_steps=16, repeats=3)
 MEMORY = dict(model="overlapping", solver="dpmpp_2m", nfe=9, rows=(1024, 16384, 102400), chunk=1024, repeats=3,
-              modes=("sequential", "sequential, spill_dir", "teacher_forced"))
+              modes=("sequential", "sequential, in memory", "sequential, spill_dir", "teacher_forced"))
 SAMPLING = dict(solvers=("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"), nfes=(5, 10), batch=128,
                 repeats=100)   # 25 left 7 of 12 intervals undecided on a shared 2-core CPU
 
@@ -56,16 +57,17 @@ def time_rows(smoke: bool) -> list:
 
 
 def memory_rows(smoke: bool, modes=MEMORY["modes"], repeats=MEMORY["repeats"]) -> list:
-    """Per mode (``"sequential, spill_dir"``: the sequential fit with its carried state on disk)
-    and batch: the fit's own peak, first fit in a process and with its programs compiled, each
+    """Per mode (``"sequential, in memory"``/``"sequential, spill_dir"``: the sequential fit with its
+    carried state held in memory or on disk whatever its size; ``"sequential"``: where the
+    fit's defaults put it) and batch: the fit's own peak, first fit in a process and with its programs compiled, each
     the median of ``repeats`` fresh processes (the runs are kept)."""
     rows, chunk, repeats = ((256, 1024), 128, 1) if smoke else (MEMORY["rows"], MEMORY["chunk"], repeats)
     out = []
     for label in modes:
-        mode, spill = label.split(",")[0], label.endswith("spill_dir")
+        mode, _, state = label.partition(", ")
         for n in rows:
             runs = {compiled: [fitcost.fit_memory(MEMORY["model"], MEMORY["solver"], MEMORY["nfe"], n, chunk, mode,
-                                                  compiled, spill) for _ in range(repeats)]
+                                                  compiled, state or "default") for _ in range(repeats)]
                     for compiled in (False, True)}
             first, data = ([r["fit_mb"] for r in runs[c]] for c in (False, True))
             out.append(dict(mode=label, rows=n, chunk=chunk, fit_mb=float(np.median(first)), fit_mb_runs=first,
@@ -149,9 +151,12 @@ def page(sections: dict) -> str:
     if memory:
         lines += ["## Peak memory from 1k to 100k rows", "",
                   f"The 8x8 overlapping mixture (exact denoiser), {MEMORY['solver']} NFE {MEMORY['nfe']}, "
-                  f"`chunk_size={MEMORY['chunk']}`, the fit's defaults (`sequential, spill_dir`: the "
-                  "sequential fit with `spill_dir=` a temporary folder, its carried state on disk between "
-                  "steps): peak resident set during the fit "
+                  f"`chunk_size={MEMORY['chunk']}`, the fit's defaults. Where the sequential fit keeps every "
+                  "row's carried state between steps: `sequential`, by the defaults (on disk, in the "
+                  "system's temporary folder, once it passes `spill_above`, 32 MiB: the 102,400-row fit; "
+                  "else in memory); `in memory`, held in memory whatever its size (`spill_above=None`, "
+                  "the default before it existed); `spill_dir`, on disk whatever its size (a temporary "
+                  "folder passed as `spill_dir`). Measured: peak resident set during the fit "
                   "(`VmHWM`, reset just before it) minus the resident set before it. *First fit*: the first "
                   "in a fresh process, so compilation is included (it moves by tens of MiB from run to run); "
                   "*compiled*: after a fit of 2,048 of the rows (1,024: all of them) compiled the same "

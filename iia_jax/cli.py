@@ -195,6 +195,19 @@ def _say(args, *parts):
     print(*parts, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
 
 
+class _Spill(NamedTuple):
+    bytes: int | None       # FitConfig.spill_above (None: never)
+
+
+def _spill_above(text: str) -> _Spill:
+    """``--spill-above``: whole MiB, or ``never``."""
+    if text == "never":
+        return _Spill(None)
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of MiB or 'never', got {text!r}")
+    return _Spill(int(text) * 2**20)
+
+
 def _refuse_existing(paths, what):
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing:
@@ -214,7 +227,8 @@ def cmd_fit(args):
     args.batch = args.batch or (JUDGED_BATCH if quality else 256)
     fit_kwargs = dict(preset=args.preset, history=args.history, fine_steps=args.fine_steps,
                       mode=args.mode, target=args.target, chunk_size=args.chunk_size,
-                      spill_dir=args.spill_dir,
+                      spill_dir=args.spill_dir, **({} if args.spill_above is None else
+                                                   dict(spill_above=args.spill_above.bytes)),
                       fingerprint=model.fingerprint, progress=not args.json, quality=quality,
                       match_spread=args.spread == "match", refit=args.refit)
     if args.grid == "fitted":
@@ -410,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per model pass, to bound memory (default: all rows in one pass)")
     p.add_argument("--spill-dir", default=None,
                    help="an existing folder where the sequential fit keeps its carried state between "
-                        "steps (with --chunk-size, memory flat in --batch; default: in memory)")
+                        "steps (with --chunk-size, memory flat in --batch; default: the system's "
+                        "temporary folder once the state passes --spill-above)")
+    p.add_argument("--spill-above", type=_spill_above, default=None, metavar="MIB",
+                   help="with --chunk-size and no --spill-dir: the carried state of all rows, in MiB, above "
+                        "which it goes to disk ('never': always in memory; default 32)")
     p.add_argument("--quality", default="auto", choices=["auto", "digits", "reference", "none"],
                    help="sample judge of the fit's quality guard (auto: digits on --model digits, the "
                         "model-agnostic reference judge elsewhere; none: the error check alone)")

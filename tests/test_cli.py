@@ -107,7 +107,7 @@ def test_fit_the_grid_then_sample_it(tmp_path, capsys):
     assert np.load(out / "samples.npz")["samples"].shape == (4, 8, 8, 1)
 
 
-def test_fit_options_reach_the_fit(tmp_path, monkeypatch):
+def test_fit_options_reach_the_fit(tmp_path, monkeypatch, capsys):
     seen = {}
 
     def fake_fit(denoiser, plan, x_T, **options):
@@ -118,7 +118,14 @@ def test_fit_options_reach_the_fit(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="stop before fitting"):
         cli.main([*FIT, "--refit", "--spread", "free", "--spill-dir", str(tmp_path), "--out", str(tmp_path / "c")])
     assert seen["refit"] is True and seen["match_spread"] is False and seen["fine_steps"] == 2
-    assert seen["spill_dir"] == str(tmp_path)
+    assert seen["spill_dir"] == str(tmp_path) and "spill_above" not in seen   # the fit's default
+    for flag, expected in (("never", None), ("8", 8 * 2**20)):
+        with pytest.raises(SystemExit, match="stop before fitting"):
+            cli.main([*FIT, "--spill-above", flag, "--out", str(tmp_path / "c")])
+        assert seen["spill_above"] == expected
+    with pytest.raises(SystemExit):
+        cli.main([*FIT, "--spill-above", "lots", "--out", str(tmp_path / "c")])
+    assert "--spill-above" in capsys.readouterr().err
 
 
 def test_bench_writes_outside_the_repository_by_default():

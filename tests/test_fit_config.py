@@ -5,6 +5,7 @@ least-squares solve written out here with ``numpy.linalg.lstsq`` on a step's own
 denoiser that counts its calls (a bad option must fail before the first one).
 """
 import dataclasses
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +25,25 @@ X_T = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(0), (128, 2))
 
 def test_defaults_are_the_documented_ones():
     c = FitConfig()
-    assert (c.preset, c.history, c.fine_steps, c.mode, c.target, c.holdout, c.chunk_size, c.spill_dir) == (
-        None, 1, 16, "sequential", None, 0.25, None, None)
+    assert (c.preset, c.history, c.fine_steps, c.mode, c.target, c.holdout, c.chunk_size, c.spill_dir,
+            c.spill_above) == (None, 1, 16, "sequential", None, 0.25, None, None, 32 * 2**20)
     assert c.solve == MatchedSolve(1e-4) and c.match_spread and c.ridge == 1e-4
     assert c.judge is iia_jax.iia.REFERENCE_JUDGE and c.judge.reference and c.judge.z == 1.0
     assert FitConfig(holdout=0.0).judge is None     # no held-out rows: no checks, knowingly
     assert c.target_for("heun") == iia_jax.iia.DEFAULT_TARGET["heun"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.fine_steps = 3
+
+
+def test_the_carried_state_spills_where_and_when_the_config_says(tmp_path):
+    """``spill_dir`` wins; by default a state of several chunks above ``spill_above`` bytes goes to
+    the system's temporary folder; one chunk, a smaller state or ``spill_above=None`` stay in memory."""
+    big = FitConfig().spill_above + 1
+    assert FitConfig(spill_dir=tmp_path).spill_folder(1, 1) == tmp_path
+    assert FitConfig().spill_folder(big, 2) == tempfile.gettempdir()
+    assert FitConfig().spill_folder(big - 1, 2) is None and FitConfig().spill_folder(big, 1) is None
+    assert FitConfig(spill_above=None).spill_folder(10 * big, 8) is None
+    assert FitConfig(spill_above=0).spill_folder(1, 2) == tempfile.gettempdir()
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -43,6 +55,7 @@ def test_defaults_are_the_documented_ones():
     (dict(holdout=0.0, judge=Judge(lambda a, b: (0.0, 1.0))), "held-out"),   # would never run
     (dict(spill_dir="/no/such/folder"), "spill_dir"), (dict(spill_dir=3), "spill_dir"),
     (dict(spill_dir=".", mode="teacher_forced"), "spill_dir"),   # carries nothing between steps
+    (dict(spill_above=-1), "spill_above"), (dict(spill_above=1.5e6), "spill_above"),
 ])
 def test_bad_options_are_refused_when_built(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

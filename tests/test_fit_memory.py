@@ -6,9 +6,11 @@ scaling.md).  What it must not keep is a step's features, goals and residuals fo
 those live for one chunk at a time.  Measured by the operating system: the peak resident set of
 a fresh process during a fit of 256 and of 2,048 rows in chunks of 256 (4,096-dimensional rows of
 an exact mixture, so the model itself holds nothing).  The fit kept every row's step temporaries
-before (about 40 row-sized arrays per extra row measured); now about 11.
+before (about 40 row-sized arrays per extra row measured); now about 11 held in memory, and none
+by default once every row's carried state passes ``spill_above`` (it goes to disk).
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +30,11 @@ def status(field):
             return int(line.split()[1]) * 1024
 
 rows, dim, chunk = (int(a) for a in sys.argv[1:4])
-spill_dir = sys.argv[4] if len(sys.argv) > 4 else None
+state = sys.argv[4]   # "memory", "default" or a folder to spill into
+where = dict(memory=dict(spill_above=None), default={}).get(state, dict(spill_dir=state))
 D = gmm(np.asarray(jax.random.normal(jax.random.PRNGKey(0), (4, dim)), np.float32), 0.5)
 plan = iia_jax.plan("dpmpp_2m", schedules.karras(4, 0.01, 20.0))
-options = dict(fine_steps=2, chunk_size=chunk, quality=None, progress=False, spill_dir=spill_dir)
+options = dict(fine_steps=2, chunk_size=chunk, quality=None, progress=False, **where)
 iia_jax.fit(D, plan, 20.0 * jax.random.normal(jax.random.PRNGKey(2), (2 * chunk, dim)), **options)  # compiles
 x = 20.0 * jax.random.normal(jax.random.PRNGKey(1), (rows, dim))
 with open("/proc/self/clear_refs", "w") as f:
@@ -42,10 +45,10 @@ print(json.dumps(dict(grew=status("VmHWM") - before)))
 """
 
 
-def _fit_peak(rows: int, dim: int, chunk: int, spill_dir=None) -> int:
-    extra = [] if spill_dir is None else [str(spill_dir)]
-    out = subprocess.run([sys.executable, "-c", PROBE, str(rows), str(dim), str(chunk), *extra], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+def _fit_peak(rows: int, dim: int, chunk: int, state="memory", env=None) -> int:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(rows), str(dim), str(chunk), str(state)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600,
+                         env=None if env is None else {**os.environ, **env})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["grew"]
 
@@ -70,10 +73,25 @@ def test_a_spilled_sequential_fit_is_flat_in_the_batch(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_the_default_sequential_fit_is_flat_in_the_batch(tmp_path):
+    """By default a chunked fit whose carried state passes ``spill_above`` (32 MiB; here 2,048 rows
+    of 16 KiB carry about 130 MiB) keeps it in the system's temporary folder (``TMPDIR``), which is
+    left as it was."""
+    dim, chunk, small, large = 4096, 256, 512, 2048
+    env = dict(TMPDIR=str(tmp_path))
+    per_row = ((_fit_peak(large, dim, chunk, "default", env) - _fit_peak(small, dim, chunk, "default", env))
+               / (large - small))
+    assert per_row < 3 * dim * 4, f"{per_row / (dim * 4):.1f} row-sized arrays kept per row"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("solver, target", [("dpmpp_2m", "trajectory"), ("ipndm", "local"), ("heun", "trajectory")])
-def test_a_spilled_fit_is_exact(tmp_path, solver, target):
+def test_a_spilled_fit_is_exact(tmp_path, monkeypatch, solver, target):
     """The state read back from disk is the state written: the same coefficients, bit for bit,
-    for multistep solvers (their history is carried) and both targets; the folder is left empty."""
+    for multistep solvers (their history is carried) and both targets, in ``spill_dir`` and in
+    the system's temporary folder (``spill_above=0``); the folders are left empty."""
+    import tempfile
     import jax
     import numpy as np
     import iia_jax
@@ -83,7 +101,13 @@ def test_a_spilled_fit_is_exact(tmp_path, solver, target):
     plan = iia_jax.plan(solver, schedules.karras(4, 0.01, 20.0))
     x = 20.0 * jax.random.normal(jax.random.PRNGKey(1), (300, 16))
     options = dict(fine_steps=3, chunk_size=64, target=target, holdout=0.0, progress=False)   # raw values
-    kept = iia_jax.fit(denoiser, plan, x, **options).coeffs
+    kept = iia_jax.fit(denoiser, plan, x, spill_above=None, **options).coeffs
     spilled = iia_jax.fit(denoiser, plan, x, spill_dir=tmp_path, **options).coeffs
     np.testing.assert_array_equal(np.asarray(spilled.values), np.asarray(kept.values))
     assert np.asarray(kept.values).any() and list(tmp_path.iterdir()) == []
+    system = tmp_path / "system"
+    system.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system))
+    auto = iia_jax.fit(denoiser, plan, x, spill_above=0, **options).coeffs
+    np.testing.assert_array_equal(np.asarray(auto.values), np.asarray(kept.values))
+    assert list(system.iterdir()) == []

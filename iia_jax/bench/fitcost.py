@@ -136,23 +136,28 @@ def _status_mb(field: str) -> float:
     raise OSError(f"{field} not in /proc/self/status")
 
 
+# Where a memory probe's sequential fit keeps its carried state between steps (FitConfig).
+STATE_OPTIONS = {"default": {}, "in memory": dict(spill_above=None), "spill_dir": "a temporary folder"}
+
+
 def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str,
-                 compiled: bool = False, spill: bool = False) -> None:
+                 compiled: bool = False, state: str = "default") -> None:
     """Run in a fresh process (Linux): print ``{"before_mb", "peak_mb", "fit_s"}`` of one fit as JSON.
 
     The resident-set high-water mark is reset just before the fit (``echo 5 > /proc/self/clear_refs``),
     so ``peak_mb - before_mb`` is what the fit itself added at its peak.  With ``compiled``, a fit of
     the first ``min(batch, 2 chunk)`` rows (the same programs) runs first, so the measured fit
-    compiles nothing and its peak is the memory of its data alone.  ``spill``: the sequential fit
-    keeps its carried state in a temporary folder (``spill_dir``)."""
+    compiles nothing and its peak is the memory of its data alone.  ``state``
+    (:data:`STATE_OPTIONS`): where the sequential fit keeps its carried state, by the fit's
+    defaults, in memory (``spill_above=None``) or in a temporary folder (``spill_dir``)."""
     from .models import MODELS
     m = MODELS[model_name]()
     p = plan_for(solver, nfe, m.sigma_min, m.sigma_max, exact=True)
     x = m.sigma_max * jax.random.normal(jax.random.PRNGKey(8), (batch,) + m.shape)
     jax.block_until_ready(m.denoiser(x[:2], 1.0))
-    folder = tempfile.TemporaryDirectory() if spill else None
+    folder = tempfile.TemporaryDirectory() if state == "spill_dir" else None
     options = dict(mode=mode, chunk_size=chunk or None, fine_steps=16, progress=False,
-                   spill_dir=None if folder is None else folder.name)
+                   **(dict(spill_dir=folder.name) if folder is not None else STATE_OPTIONS[state]))
     if compiled:
         warm = fit(m.denoiser, p, x[:min(batch, 2 * (chunk or batch))], **options)
         jax.block_until_ready(warm.coeffs.values)
@@ -166,12 +171,12 @@ def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int,
 
 
 def fit_memory(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str,
-               compiled: bool = False, spill: bool = False) -> dict:
+               compiled: bool = False, state: str = "default") -> dict:
     """``{"fit_mb", "before_mb", "fit_s"}``: one fit's own peak memory (MiB), in a fresh process
-    (``compiled``: after a smaller fit of the same programs; ``spill``: with ``spill_dir``;
-    :func:`memory_probe`)."""
+    (``compiled``: after a smaller fit of the same programs; ``state``: where the sequential fit
+    keeps its carried state; :func:`memory_probe`)."""
     r = _in_fresh_process(f"from iia_jax.bench.fitcost import memory_probe; memory_probe({model_name!r}, "
-                          f"{solver!r}, {nfe}, {batch}, {chunk}, {mode!r}, {compiled}, {spill})")
+                          f"{solver!r}, {nfe}, {batch}, {chunk}, {mode!r}, {compiled}, {state!r})")
     return dict(fit_mb=r["peak_mb"] - r["before_mb"], before_mb=r["before_mb"], fit_s=r["fit_s"])
 
 

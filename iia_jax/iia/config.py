@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import tempfile
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -28,6 +29,13 @@ from .solve import SOLVES, MatchedSolve, PlainSolve
 # 1, not 2: distribution judges are noisy at fit-batch sizes, and a step is only dropped when
 # that lowers the judged difference, so noise cannot drop steps that help quality.
 QUALITY_Z = 1.0
+
+# The carried state (bytes, every row's) above which a chunked sequential fit keeps it on disk
+# unless told otherwise: a quarter of what a JAX process on the CPU holds before it fits anything
+# (about 130 MiB of runtime and compiled programs), so a large batch's peak stays within about
+# 1.25x of a small one's (docs/scaling.md).  Spilling costs a write and a read of each row's
+# state a step, which is small beside the fine reference's fine_steps model calls a row a step.
+SPILL_ABOVE = 32 * 2**20
 
 
 class Judge(NamedTuple):
@@ -96,12 +104,15 @@ class FitConfig:
     - ``holdout``: the fraction of rows kept out of the fit to judge it (never-worse check; a
       fraction ``k / g`` with ``g <= 32``, see :mod:`iia_jax.rows`); 0 switches the check off.
     - ``chunk_size``: at most about this many rows per model pass (memory); None: one pass.
-    - ``spill_dir``: a folder (existing) where the sequential fit keeps each chunk's carried state
-      between steps, in a temporary subfolder removed afterwards, instead of in memory: with
-      ``chunk_size`` the fit then holds one chunk's state at a time, so its memory does not grow
-      with the batch (docs/scaling.md).  Exact: the same coefficients as without it.  None (the
-      default): in memory, about 11 row-sized arrays a row.  One process only (each process of a
-      multi-host fit would need its own folder).
+    - ``spill_dir``/``spill_above``: where the sequential fit keeps each chunk's carried state
+      between steps.  On disk, in a temporary subfolder removed afterwards, a chunked fit holds
+      one chunk's state at a time, so its memory does not grow with the batch (docs/scaling.md);
+      the coefficients are the same, bit for bit.  ``spill_dir`` (an existing folder): always
+      there.  None (the default): in the system's temporary folder (``tempfile.gettempdir()``,
+      ``TMPDIR``) when the fit has more than one chunk and every row's carried state together
+      (about five row-sized arrays a row) would pass ``spill_above`` bytes (default
+      :data:`SPILL_ABOVE`, 32 MiB), else in memory; ``spill_above=None``: always in memory.  One
+      process only: a multi-host fit keeps its state in memory (a ``spill_dir`` is refused there).
     - ``solve``: :class:`~iia_jax.iia.solve.MatchedSolve` (default) or
       :class:`~iia_jax.iia.solve.PlainSolve`; carries the ridge.
     - ``judge``: the :class:`Judge` of sample quality for the quality guard; by default
@@ -128,6 +139,7 @@ class FitConfig:
     holdout: float = 0.25
     chunk_size: int | None = None
     spill_dir: str | os.PathLike | None = None
+    spill_above: int | None = SPILL_ABOVE
     solve: PlainSolve | MatchedSolve = MatchedSolve()
     judge: Judge | None = REFERENCE_JUDGE
     refit: bool = False
@@ -148,6 +160,8 @@ class FitConfig:
             if self.mode != "sequential":
                 raise ValueError(f"spill_dir is for mode='sequential' (the teacher-forced fit carries "
                                  f"nothing between steps), got mode={self.mode!r}")
+        if self.spill_above is not None:
+            fix("spill_above", validate.integer(self.spill_above, "spill_above", 0))
         if self.target is not None and self.target not in TARGETS:
             raise ValueError(f"target must be None or one of {TARGETS}, got {self.target!r}")
         if self.holdout == 0 and self.judge == REFERENCE_JUDGE:
@@ -177,6 +191,15 @@ class FitConfig:
     @property
     def match_spread(self) -> bool:
         return bool(self.solve.needs_spread)
+
+    def spill_folder(self, carried_bytes: int, chunks: int) -> str | os.PathLike | None:
+        """Where a sequential fit of ``chunks`` chunks whose rows carry ``carried_bytes`` between
+        steps keeps that state (None: in memory), by ``spill_dir`` and ``spill_above``."""
+        if self.spill_dir is not None:
+            return self.spill_dir
+        if self.spill_above is None or chunks < 2 or carried_bytes <= self.spill_above:
+            return None
+        return tempfile.gettempdir()
 
     def target_for(self, solver: str) -> str:
         """The target of this fit for ``solver`` (the solver's default when ``target`` is None)."""
@@ -209,8 +232,8 @@ class FitConfig:
         return built
 
 
-_KEYWORDS = ("preset", "history", "fine_steps", "mode", "target", "holdout", "chunk_size", "spill_dir", "solve",
-             "judge", "refit", "ridge", "match_spread", "quality")
+_KEYWORDS = ("preset", "history", "fine_steps", "mode", "target", "holdout", "chunk_size", "spill_dir",
+             "spill_above", "solve", "judge", "refit", "ridge", "match_spread", "quality")
 
 
 def _keyword_value(config: FitConfig, name: str):
@@ -235,4 +258,4 @@ def _solve(match_spread, ridge, current):
     return PlainSolve(ridge)
 
 
-__all__ = ["FitConfig", "Judge", "QUALITY_Z", "REFERENCE_JUDGE", "feature_judge"]
+__all__ = ["FitConfig", "Judge", "QUALITY_Z", "REFERENCE_JUDGE", "SPILL_ABOVE", "feature_judge"]

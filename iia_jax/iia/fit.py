@@ -265,7 +265,7 @@ class _Passes:
         self.spend(x.shape[0] * self.reference_row)
         return feats, residual, states
 
-    def sequential(self, rows: FitRows, target, solve, exact, ends, on=None, spill_dir=None):
+    def sequential(self, rows: FitRows, target, solve, exact, ends, on=None, spill=None):
         """The sequential fit: the IIA sampler over the rows, step by step, each step's
         coefficients solved on the training rows before the next step runs.  Returns the
         coefficients ``[N, K]`` and the statistics (leading ``[N, 2]``); for the trajectory target
@@ -273,7 +273,9 @@ class _Passes:
 
         Memory: every program sees one chunk.  Between steps a row keeps only what the sampler
         carries (its state, the solver's and the features' history) and, for the trajectory target,
-        one fine state, in a :class:`_ChunkStore` (on disk with ``spill_dir``); a step's features
+        one fine state, in a :class:`_ChunkStore`: on disk in the folder
+        ``spill(carried_bytes, chunks)`` names (:meth:`FitConfig.spill_folder`), in memory where
+        it names none.  A step's features
         are recomputed for the correction (one more coarse step, ``1 / fine_steps`` of the step's
         evaluations) instead of being kept for every row, except without ``chunk_size``, where
         the one chunk's features are kept.  ``exact`` (:attr:`~iia_jax.rows.Layout.whole`: no
@@ -281,11 +283,17 @@ class _Passes:
         not only their sums.  ``on [N]`` (bool, default all): steps whose coefficients are fitted;
         the others stay zero (the base step)."""
         solver, spec = self.static["solver"], self.static["spec"]
-        with _ChunkStore(spill_dir) as carries, _ChunkStore(spill_dir) as fines:
+
+        def start(x):   # what a chunk's rows carry into the first step
+            return (solver.init(x), x, spec.init_history(x)), (x if target == "trajectory" else None)
+
+        carried = rows.layout.chunks * sum(
+            leaf.size * leaf.dtype.itemsize
+            for leaf in jax.tree_util.tree_leaves(jax.eval_shape(start, rows.chunk(0)[0])))
+        folder = None if spill is None else spill(carried, rows.layout.chunks)
+        with _ChunkStore(folder) as carries, _ChunkStore(folder) as fines:
             for c in range(rows.layout.chunks):
-                x = rows.chunk(c)[0]
-                carries[c] = (solver.init(x), x, spec.init_history(x))
-                fines[c] = x if target == "trajectory" else None
+                carries[c], fines[c] = start(rows.chunk(c)[0])
             values, all_stats = [], []
             for i in range(self.sigmas.shape[0] - 1):
                 final = i == self.sigmas.shape[0] - 2
@@ -462,13 +470,14 @@ def _solve_steps(stats, sums, rows, *, solve):
     return jax.vmap(solve)(_train_stats(stats), sums, rows)
 
 
-def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on=None, spill_dir=None):
+def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on=None, spill=None):
     """Coefficients ``[N, K]``, Gram statistics ``(F W F^T, F W r, r W r)`` with a leading
     ``[N, 2]`` (training, held-out rows), and what the checks need of the fine reference at
     sigma = 0 (an :class:`_Ends` keeping the first ``judged`` rows for a judge) where the fit
     integrated it for every row; None for the local target, whose reference pass runs over the
     held-out rows only (:func:`_holdout_reference`).  ``on``: the sequential steps to fit (the
-    others held at zero)."""
+    others held at zero); ``spill``: where the sequential fit keeps its carried state
+    (:meth:`_Passes.sequential`)."""
     exact = rows.layout.whole   # the solve may see the rows
     ends = _Ends(rows, judged) if mode == "teacher_forced" or target == "trajectory" else None
     if mode == "teacher_forced" and exact:
@@ -479,7 +488,7 @@ def _fit_steps(passes: _Passes, rows: FitRows, mode, target, solve, judged=0, on
     if mode == "teacher_forced":
         (stats, sums), ends = passes.reference(rows.chunk, rows.weights, solve.needs_spread, ends)
         return _solve_steps(stats, sums, None, solve=solve), stats, ends
-    values, stats = passes.sequential(rows, target, solve, exact, ends, on, spill_dir)
+    values, stats = passes.sequential(rows, target, solve, exact, ends, on, spill)
     return values, stats, ends
 
 
@@ -770,8 +779,9 @@ def _fit_checked(passes: _Passes, rows: FitRows, config: FitConfig, target, bar,
     bar.phase("fit" if on is None else "refit")
     judge = config.judge
     judged = judge.max_rows if judge is not None and judge.reference else 0
-    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, judged, on,
-                                     config.spill_dir)
+    # a multi-host fit's state stays in memory: each process holds only its own rows' share
+    spill = config.spill_folder if jax.process_count() == 1 else None
+    values, stats, ends = _fit_steps(passes, rows, config.mode, target, config.solve, judged, on, spill)
     values = _host(values)
     _raise_if_bad(np.all(np.isfinite(values), axis=1), passes.sigmas, "non-finite coefficients")
     if not rows.layout.hold_rows:
