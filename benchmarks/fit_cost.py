@@ -95,8 +95,7 @@ def page(sections: dict) -> str:
     """The markdown of ``sections`` (``time``/``memory``/``sampling``: ``{"rows", "provenance"}``)."""
     def setup(name):
         meta = sections[name]["provenance"]
-        return (f"*Made by `{meta['command']}` ({meta['date']}); {provenance.machine_short()}; "
-                f"{provenance.versions_short()}; revision {meta['revision']}.*")
+        return f"*Made by `{meta['command']}` ({meta['date']}); {provenance.setup_line(meta)}; revision {meta['revision']}.*"
 
     times, memory, sampling = (sections.get(k, {}).get("rows", []) for k in ("time", "memory", "sampling"))
     lines = ["# What IIA costs", "",

@@ -6,6 +6,7 @@
     python benchmarks/quality_guard.py --table [--model overlapping]            # the markdown of what is done
     python benchmarks/quality_guard.py --model overlapping --ladder             # the distance's own check
     python benchmarks/quality_guard.py --recheck        # refit every cell; measure again where the kept steps changed
+    python benchmarks/quality_guard.py --confirm        # the cells that miss, again on 4,000 fresh draws
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -145,8 +146,9 @@ def cell(setup: dict, solver, grid, nfe, args) -> dict:
              measure_mixture(x0, base, ref, setup["exact"], setup["bandwidth"]))
         out[name] = dict(m, kept=[int(i) for i in np.flatnonzero(np.asarray(coeffs.kept))])
         saved[name], saved[f"{name}_values"] = x0, np.asarray(coeffs.values)
-    if args.model == "digits":    # other fine_steps than the table's keep their samples apart
+    if args.model == "digits":    # other fine_steps or draws than the table's keep their samples apart
         folder = SAMPLES if args.fine_steps == 8 else SAMPLES / f"fine_steps_{args.fine_steps}"
+        folder = folder / f"eval_seed_{args.eval_seed}" if getattr(args, "eval_seed", 0) else folder
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / f"{solver}_{grid}_{plan.nfe}.npz", **saved)
     return out
@@ -185,6 +187,45 @@ def recheck(setup: dict, args) -> None:
         g = new["guarded"]
         print(f"  measured again: IIA - base {g['diff']:+.3g} +- {g['diff_se']:.2g}, kept {g['kept']}, "
               f"median {r['median_base']:.4f} -> {g['median']:.4f}", flush=True)
+
+
+def confirm(args) -> str:
+    """The cells of ``--out`` that miss the guarantee (IIA - base > 1 se) measured again: the same
+    fit (the same fit noise, so the same coefficients), evaluated on ``--n`` fresh draws
+    (``--eval-seed``), appended to ``docs/quality_guard_<model>_confirm.jsonl``; returns the
+    markdown table of that file.  A loss that is real stays above 1 se on fresh draws; one that was
+    the draws' noise regresses toward zero."""
+    out = args.out.with_name(args.out.stem + "_confirm.jsonl")
+    rows = [r for r in load(args.out) if verdict(r["guarded"]["diff"], r["guarded"]["diff_se"]) == "**worse**"]
+    done = {(r["solver"], r["grid"], r["nfe"], r["eval_seed"], r["n"]) for r in
+            (map(json.loads, out.read_text().splitlines()) if out.exists() else [])}
+    todo = [r for r in rows if (r["solver"], r["grid"], r["nfe"], args.eval_seed, args.n) not in done]
+    setup = setup_for(args.model, args) if todo else None
+    for r in todo:
+        new = cell(setup, r["solver"], r["grid"], r["nfe"], args)
+        new.update(command=f"python benchmarks/quality_guard.py --confirm --n {args.n} --eval-seed {args.eval_seed}",
+                   commit=commit(), n=args.n, fit_batch=args.fit_batch, fine_steps=args.fine_steps,
+                   seed=args.seed, eval_seed=args.eval_seed)
+        with out.open("a") as f:
+            f.write(json.dumps(new, default=float) + "\n")
+        g = new["guarded"]
+        print(f"{r['solver']:9s} {r['grid']:12s} NFE {r['nfe']:2d}  kept {g['kept']} (table {r['guarded']['kept']}) "
+              f"IIA - base {g['diff']:+.3g} +- {g['diff_se']:.2g}", flush=True)
+    again = {(r["solver"], r["grid"], r["nfe"]): r for r in map(json.loads, out.read_text().splitlines())} \
+        if out.exists() else {}
+    digits = args.model == "digits"
+    lines = ["| solver | grid | NFE | steps kept (table / again) | table: IIA - base, n | fresh draws: IIA - base, n "
+             "| fresh: in se | fresh verdict |", "| --- | --- | ---: | --- | --- | --- | ---: | --- |"]
+    for r in rows:
+        a = again.get((r["solver"], r["grid"], r["nfe"]))
+        if a is None:
+            continue
+        g, h = r["guarded"], a["guarded"]
+        lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {', '.join(map(str, g['kept']))} / "
+                     f"{', '.join(map(str, h['kept']))} | {plus_minus(g['diff'], g['diff_se'], digits)}, {r['n']:,} | "
+                     f"{plus_minus(h['diff'], h['diff_se'], digits)}, {a['n']:,} | {h['diff'] / h['diff_se']:+.1f} | "
+                     f"{verdict(h['diff'], h['diff_se'])} |")
+    return "\n".join(lines)
 
 
 def verdict(diff: float, se: float) -> str:
@@ -503,10 +544,12 @@ def setup_for(model: str, args) -> dict:
     and for the mixture its exact samples and the kernel bandwidth."""
     denoiser = pretrained.digits() if model == "digits" else overlapping_mixture().denoiser
     key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
+    fresh = getattr(args, "eval_seed", 0)    # 0: the table's evaluation draws; else fresh ones
+    key_eval = jax.random.fold_in(key_eval, fresh) if fresh else key_eval
     x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
     x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
-    cache = (ROOT / "checkpoints" / "quality_cause" / f"reference_seed{args.seed}_n{args.n}.npy" if model == "digits"
-             else SAMPLES / f"{model}_reference_seed{args.seed}_n{args.n}.npy")
+    name = f"reference_seed{args.seed}" + (f"_eval{fresh}" if fresh else "") + f"_n{args.n}.npy"
+    cache = ROOT / "checkpoints" / "quality_cause" / name if model == "digits" else SAMPLES / f"{model}_{name}"
     if cache.exists():
         ref = np.load(cache)
     else:
@@ -539,6 +582,10 @@ def main(argv=None):
     ap.add_argument("--fit-batch", type=int, default=1024)
     ap.add_argument("--fine-steps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-seed", type=int, default=0, help="0: the table's evaluation draws; k > 0: fresh ones "
+                    "(the evaluation key folded with k), for --confirm")
+    ap.add_argument("--confirm", action="store_true", help="measure the cells that miss the guarantee again on "
+                    "--n fresh draws (--eval-seed, default 1; --n default 4000) and print the table")
     ap.add_argument("--out", type=Path, default=None, help="results file (default docs/quality_guard_<model>.jsonl)")
     ap.add_argument("--remeasure", action="store_true", help="measure the transcribed cells of --out again "
                     "(the new rows supersede them)")
@@ -558,10 +605,16 @@ def main(argv=None):
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
     args = ap.parse_args(argv)
+    if args.confirm:
+        args.eval_seed = args.eval_seed or 1
+        args.n = args.n or 4000
     args.n = args.n or (1000 if args.model == "digits" else 2000)
     args.out = args.out or ROOT / "docs" / f"quality_guard_{args.model}.jsonl"
     if args.table:
         print(grid_summary(args.out) + "\n\n" + table(args.out))
+        return
+    if args.confirm:
+        print(confirm(args))
         return
     if args.agreement:
         print(agreement(args.out))

@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -79,6 +80,15 @@ def provenance(command: str) -> dict:
     """The command, UTC date, machine, versions and git revision of a run."""
     return dict(command=command, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 machine=machine(), versions=versions(), revision=git_revision())
+
+
+def setup_line(meta: dict) -> str:
+    """``2-core AMD EPYC, jax on cpu; jax 0.10.2, ...`` of a saved :func:`provenance`: the machine and
+    versions that made the numbers, not those of the process writing the page."""
+    found = re.match(r"[^,]*, (.*), (\d+) CPU cores visible, jax backend (\w+)", meta["machine"])
+    where = f"{found[2]}-core {found[1]}, jax on {found[3]}" if found else meta["machine"]
+    have = dict(part.rsplit(" ", 1) for part in meta["versions"].split(", ") if " " in part)
+    return where + "; " + ", ".join(f"{n} {have.get(n, 'none')}" for n in ("jax", "diffusers", "diffrax", "torch"))
 
 
 def save_json(path: Path, payload: dict, command: str) -> None:
