@@ -152,7 +152,7 @@ def page(sections: dict) -> str:
                   f"The 8x8 overlapping mixture (exact denoiser), {MEMORY['solver']} NFE {MEMORY['nfe']}, "
                   f"`chunk_size={MEMORY['chunk']}`, the fit's defaults. Where the sequential fit keeps every "
                   "row's carried state between steps: `sequential`, by the defaults (on disk, in the "
-                  "system's temporary folder, once it passes `spill_above`, 32 MiB: the 102,400-row fit; "
+                  "system's temporary folder, once it passes `spill_above`, 16 MiB: the 16,384- and 102,400-row fits; "
                   "else in memory); `in memory`, held in memory whatever its size (`spill_above=None`, "
                   "the default before it existed); `spill_dir`, on disk whatever its size (a temporary "
                   "folder passed as `spill_dir`). Measured: peak resident set during the fit "

@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "temporary folder once the state passes --spill-above)")
     p.add_argument("--spill-above", type=_spill_above, default=None, metavar="MIB",
                    help="with --chunk-size and no --spill-dir: the carried state of all rows, in MiB, above "
-                        "which it goes to disk ('never': always in memory; default 32)")
+                        "which it goes to disk ('never': always in memory; default 16)")
     p.add_argument("--quality", default="auto", choices=["auto", "digits", "reference", "none"],
                    help="sample judge of the fit's quality guard (auto: digits on --model digits, the "
                         "model-agnostic reference judge elsewhere; none: the error check alone)")

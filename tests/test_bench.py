@@ -225,6 +225,16 @@ def test_save_json_carries_provenance(tmp_path):
     assert "jax " in meta["versions"] and "CPU" in meta["machine"] and meta["revision"]
 
 
+def test_a_saved_run_is_credited_to_its_own_machine():
+    """A page rewritten on another machine names the one whose numbers it shows."""
+    meta = dict(machine="Linux 6.1, Intel(R) Xeon(R) Processor, 2 CPU cores visible, jax backend cpu (cpu), "
+                        "Python 3.11.7", versions="jax 0.9.0, jaxlib 0.9.0, torch 2.1.0+cpu, diffusers 0.30.0")
+    assert provenance.setup_line(meta) == ("2-core Intel(R) Xeon(R) Processor, jax on cpu; jax 0.9.0, diffusers 0.30.0, "
+                                           "diffrax none, torch 2.1.0+cpu")
+    here = provenance.provenance("x")
+    assert provenance.setup_line(here) == f"{provenance.machine_short()}; {provenance.versions_short()}"
+
+
 def test_table_aligns_columns():
     assert report.table(["solver", "NFE"], [["euler", 5]], "lr") == ["| solver | NFE |", "|---|---:|", "| euler | 5 |"]
     with pytest.raises(ValueError, match="align has 3 columns"):

@@ -26,7 +26,7 @@ X_T = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(0), (128, 2))
 def test_defaults_are_the_documented_ones():
     c = FitConfig()
     assert (c.preset, c.history, c.fine_steps, c.mode, c.target, c.holdout, c.chunk_size, c.spill_dir,
-            c.spill_above) == (None, 1, 16, "sequential", None, 0.25, None, None, 32 * 2**20)
+            c.spill_above) == (None, 1, 16, "sequential", None, 0.25, None, None, 16 * 2**20)
     assert c.solve == MatchedSolve(1e-4) and c.match_spread and c.ridge == 1e-4
     assert c.judge is iia_jax.iia.REFERENCE_JUDGE and c.judge.reference and c.judge.z == 1.0
     assert FitConfig(holdout=0.0).judge is None     # no held-out rows: no checks, knowingly

@@ -75,7 +75,7 @@ def test_a_spilled_sequential_fit_is_flat_in_the_batch(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_the_default_sequential_fit_is_flat_in_the_batch(tmp_path):
-    """By default a chunked fit whose carried state passes ``spill_above`` (32 MiB; here 2,048 rows
+    """By default a chunked fit whose carried state passes ``spill_above`` (16 MiB; here 2,048 rows
     of 16 KiB carry about 130 MiB) keeps it in the system's temporary folder (``TMPDIR``), which is
     left as it was."""
     dim, chunk, small, large = 4096, 256, 512, 2048

@@ -31,11 +31,13 @@ from .solve import SOLVES, MatchedSolve, PlainSolve
 QUALITY_Z = 1.0
 
 # The carried state (bytes, every row's) above which a chunked sequential fit keeps it on disk
-# unless told otherwise: a quarter of what a JAX process on the CPU holds before it fits anything
-# (about 130 MiB of runtime and compiled programs), so a large batch's peak stays within about
-# 1.25x of a small one's (docs/scaling.md).  Spilling costs a write and a read of each row's
-# state a step, which is small beside the fine reference's fine_steps model calls a row a step.
-SPILL_ABOVE = 32 * 2**20
+# unless told otherwise: about a tenth of what a first fit adds to a process on the CPU before its
+# data counts (about 150 MiB of compiled programs and runtime, docs/fit_cost.md); held in memory
+# the state costs up to about twice its bytes (the allocator's slack), so a large batch's peak
+# stays within about 1.25x of a small one's (docs/scaling.md).  Spilling costs a
+# write and a read of each row's state a step, small beside the fine reference's fine_steps
+# model calls a row a step.
+SPILL_ABOVE = 16 * 2**20
 
 
 class Judge(NamedTuple):
@@ -111,7 +113,7 @@ class FitConfig:
       there.  None (the default): in the system's temporary folder (``tempfile.gettempdir()``,
       ``TMPDIR``) when the fit has more than one chunk and every row's carried state together
       (about five row-sized arrays a row) would pass ``spill_above`` bytes (default
-      :data:`SPILL_ABOVE`, 32 MiB), else in memory; ``spill_above=None``: always in memory.  One
+      :data:`SPILL_ABOVE`, 16 MiB), else in memory; ``spill_above=None``: always in memory.  One
       process only: a multi-host fit keeps its state in memory (a ``spill_dir`` is refused there).
     - ``solve``: :class:`~iia_jax.iia.solve.MatchedSolve` (default) or
       :class:`~iia_jax.iia.solve.PlainSolve`; carries the ridge.
