@@ -111,3 +111,32 @@ def test_a_spilled_fit_is_exact(tmp_path, monkeypatch, solver, target):
     auto = iia_jax.fit(denoiser, plan, x, spill_above=0, **options).coeffs
     np.testing.assert_array_equal(np.asarray(auto.values), np.asarray(kept.values))
     assert list(system.iterdir()) == []
+
+
+def test_the_disk_store_gives_back_what_it_was_given(tmp_path):
+    """Each chunk's leaves in their own slots, rewritten in place: scalars, integers, booleans and
+    a tree that changes between writes come back equal, and the folder goes on exit."""
+    import importlib
+    import jax
+    import numpy as np
+    store_type = importlib.import_module("iia_jax.iia.fit")._ChunkStore
+    rng = np.random.default_rng(0)
+
+    def tree(c):
+        return (rng.standard_normal((4, 3)).astype(np.float32), np.int32(c), np.array(c % 2 == 0), None)
+
+    with store_type(tmp_path) as store:
+        given = {c: tree(c) for c in range(3)}
+        for c, t in given.items():
+            store[c] = t
+        given[1] = tree(7)                       # rewritten in place
+        store[1] = given[1]
+        given[2] = {"other": np.arange(5, dtype=np.float32)}     # another structure
+        store[2] = given[2]
+        for c, t in given.items():
+            got = store[c]
+            assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(t)
+            for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(t)):
+                np.testing.assert_array_equal(np.asarray(a), b)
+                assert np.asarray(a).dtype == np.asarray(b).dtype
+    assert list(tmp_path.iterdir()) == []
