@@ -410,6 +410,7 @@ def test_guard_rule_on_judges_with_known_verdicts():
 def test_pages_show_the_tracked_results():
     """The guarantee tables on the pages are exactly what ``python benchmarks/quality_guard.py
     --table`` builds from the tracked results files, so no page keeps a number its file lost."""
+    import argparse
     import importlib.util
     from pathlib import Path
 
@@ -421,3 +422,5 @@ def test_pages_show_the_tracked_results():
         results, text = root / "docs" / f"quality_guard_{model}.jsonl", (root / "docs" / page).read_text()
         assert qg.grid_summary(results) in text, (model, page)
         assert qg.table(results) in text, (model, page)
+    confirmed = argparse.Namespace(out=root / "docs" / "quality_guard_digits.jsonl", eval_seed=1, n=4000, model="digits")
+    assert qg.confirm(confirmed) in (root / "docs" / "digits.md").read_text()   # measured: nothing left to run
