@@ -136,8 +136,9 @@ def _status_mb(field: str) -> float:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-# Where a memory probe's sequential fit keeps its carried state between steps (FitConfig).
-STATE_OPTIONS = {"default": {}, "in memory": dict(spill_above=None), "spill_dir": "a temporary folder"}
+# Where a memory probe's sequential fit keeps its carried state between steps (FitConfig); a third
+# state, "spill_dir", passes a fresh temporary folder.
+STATE_OPTIONS = {"default": {}, "in memory": dict(spill_above=None)}
 
 
 def memory_probe(model_name: str, solver: str, nfe: int, batch: int, chunk: int, mode: str,
