@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 import iia_jax
 from iia_jax import schedules
+from iia_jax import hostmem
 from iia_jax.hostmem import Trimmer, release_free_memory
 from iia_jax.models import gmm
 
@@ -95,3 +97,29 @@ def test_a_chunked_fit_offers_to_trim_after_each_chunk_run(monkeypatch, mode):
     iia_jax.fit(d, iia_jax.plan("euler", schedules.karras(3, 0.01, 10.0)), x, fine_steps=2, chunk_size=32,
                 mode=mode, quality=None, progress=False)
     assert len(asked) >= 3, len(asked)                  # the reference pass alone runs three chunks
+
+
+def test_trims_follow_compilations_inside_the_block_only():
+    calls = []
+    f = jax.jit(lambda v: v * 3.0 + 1.0)
+    ones = [np.ones(n, np.float32) for n in (5, 6, 7)]          # host arrays: making them compiles nothing
+    with hostmem.trimming_compiles(lambda: calls.append("outer")):
+        f(ones[0]).block_until_ready()                           # compiles: one trim
+        f(ones[0] + 1).block_until_ready()                       # cached: none
+        with hostmem.trimming_compiles(lambda: calls.append("inner")):
+            f(ones[1]).block_until_ready()                       # a new shape: the innermost trims
+        seen = list(calls)
+    f(ones[2]).block_until_ready()                               # outside every block: none
+    assert seen == ["outer", "inner"] and calls == seen, calls
+
+
+def test_a_fit_trims_after_its_compilations(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hostmem, "_TRIM", lambda: calls.append(1))
+    d = gmm(jax.random.normal(jax.random.PRNGKey(0), (3, 2)), 0.5)
+    x = 10.0 * jax.random.normal(jax.random.PRNGKey(1), (40, 2))
+    plan = iia_jax.plan("euler", schedules.karras(3, 0.01, 10.0))
+    iia_jax.fit(d, plan, x, fine_steps=3, quality=None, progress=False)   # shapes no other test fits
+    first = len(calls)
+    iia_jax.fit(d, plan, x, fine_steps=3, quality=None, progress=False)   # compiles nothing
+    assert first >= 3 and len(calls) == first, (first, len(calls))

@@ -68,7 +68,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..hostmem import release_free_memory
+from ..hostmem import release_free_memory, trims_after_compiles
 from ..metrics.ode import per_sample_rms
 from ..rows import FitRows, Layout, check_cond, split_batch, to_host as _host
 from ..sampling import bind_condition, check_plan, check_state, integrate, run_steps, to_compute_dtype
@@ -727,6 +727,7 @@ def _raise_at(i, sigmas, what):
 
 # ----------------------------------------------------------------------------- fit
 
+@trims_after_compiles
 def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=None, mesh=None,
         batch_axis="data", fingerprint: str | None = None, progress: bool | None = None,
         **options) -> FitResult:

@@ -73,6 +73,7 @@ from .. import schedules, solvers
 from ..metrics.ode import per_sample_rms
 from ..rows import check_cond, split_indices
 from .. import validate
+from ..hostmem import trims_after_compiles
 from ..sampling import bind_condition, check_state, plan as make_plan, run_steps, to_compute_dtype
 from .coefficients import Coefficients
 from .config import FitConfig
@@ -509,6 +510,7 @@ def _search_grid(denoiser, solver, spec, start_grid, ref, cond, sigma_min, sigma
     return np.asarray(objective), np.asarray(search_median), iterates
 
 
+@trims_after_compiles
 def fit_plan(denoiser, solver: str, num_steps: int, x_T, config: FitConfig | None = None, *,
              sigma_min: float, sigma_max: float, cond=None, init: str = "best", key=None,
              families=None, schedule=None, shortlist: int = 1, judge: float = 0.25,
