@@ -229,6 +229,26 @@ def test_with_chunk_size_a_bigger_batch_builds_no_program_that_calls_the_model(m
     assert counts[0] > 0 and counts[1] == 0, counts
 
 
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "unipc"])
+def test_a_fit_whose_state_goes_to_disk_builds_no_program_that_calls_the_model(solver):
+    """The state comes back from disk as it went (a scalar stays a scalar), so a fit that spills
+    it, after one that kept it in memory, reuses that fit's programs."""
+    traces = {"n": 0}
+
+    def denoiser(x, sigma):
+        traces["n"] += isinstance(x, jax.core.Tracer)
+        return DENOISER(x, sigma)
+
+    plan = iia_jax.plan(solver, schedules.karras(4, 0.01, SIGMA_MAX))
+    counts = []
+    for spill_above in (None, 1):
+        before = traces["n"]
+        iia_jax.fit(denoiser, plan, X_T[:96], fine_steps=4, chunk_size=32, spill_above=spill_above,
+                    progress=False)
+        counts.append(traces["n"] - before)
+    assert counts[0] > 0 and counts[1] == 0, counts
+
+
 def test_a_second_fit_plan_compiles_nothing():
     """fit_plan's reference, candidates' fits and search programs are compiled once per model,
     solver, options and shapes: a second call with other noise and another key compiles nothing,

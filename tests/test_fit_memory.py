@@ -166,5 +166,5 @@ def test_the_disk_store_gives_back_what_it_was_given(tmp_path):
             assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(t)
             for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(t)):
                 np.testing.assert_array_equal(np.asarray(a), b)
-                assert np.asarray(a).dtype == np.asarray(b).dtype
+                assert np.asarray(a).dtype == np.asarray(b).dtype and np.shape(a) == np.shape(b)
     assert list(tmp_path.iterdir()) == []

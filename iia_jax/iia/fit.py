@@ -382,7 +382,7 @@ class _ChunkStore:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         slots = []
         for j, leaf in enumerate(leaves):
-            host = np.ascontiguousarray(np.asarray(leaf))
+            host = np.asarray(leaf, order="C")      # (np.ascontiguousarray would make a scalar [1])
             slot = (j, host.shape, host.dtype.str)
             f = self._file(slot)
             f.seek(chunk * host.nbytes)
@@ -401,7 +401,7 @@ class _ChunkStore:
             f.seek(chunk * host.nbytes)
             if f.readinto(host.data.cast("B")) != host.nbytes:
                 raise OSError(f"the fit's spilled state in {self._folder} was cut short")
-            leaves.append(jnp.asarray(host) if sharding is None else jax.device_put(host, sharding))
+            leaves.append(jax.device_put(host, sharding))   # None: uncommitted; compiles nothing
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
