@@ -32,7 +32,7 @@ QUALITY_Z = 1.0
 
 # The carried state (bytes, every row's) above which a chunked sequential fit keeps it on disk
 # unless told otherwise: about a tenth of what a first fit adds to a process on the CPU before its
-# data counts (about 150 MiB of compiled programs and runtime, docs/fit_cost.md); held in memory
+# data counts (about 130-145 MiB of compiled programs and runtime, docs/fit_cost.md); held in memory
 # the state costs up to about twice its bytes (the allocator's slack), so a large batch's peak
 # stays within about 1.25x of a small one's (docs/scaling.md).  Spilling costs a
 # write and a read of each row's state a step, small beside the fine reference's fine_steps
