@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from iia_jax import pretrained  # noqa: E402
 from iia_jax.bench import harness  # noqa: E402
 from iia_jax.bench.harness import score  # noqa: E402
-from iia_jax.bench.provenance import command_line, git_revision, save_json  # noqa: E402
+from iia_jax.bench.provenance import command_line, git_revision, provenance, save_json, setup_line  # noqa: E402
 from iia_jax.metrics import digits_check, score_difference  # noqa: E402
 from iia_jax.metrics.fd import corrupt_blur, corrupt_noise  # noqa: E402
 from iia_jax.metrics.quality import digits_split  # noqa: E402
@@ -162,13 +161,14 @@ def plot(result, args, path):
     plt.close(fig)
 
 
-def markdown(result, args, command, total_s):
+def markdown(result, args, command, total_s, meta):
+    """The page; ``meta``: the :func:`provenance` of the run that made ``result``."""
     rows, real = result["rows"], result["real"]
     lines = [
         "# Digits: sample quality and ODE error vs NFE, base solvers vs IIA",
         "",
         f"Produced by `{command}` at commit `{result.get('revision', 'unknown')}` "
-        f"({total_s / 60:.1f} min on {args.cpu_note}; jax {jax.__version__}, {platform.machine()}).",
+        f"({total_s / 60:.1f} min on {args.cpu_note}; {setup_line(meta)}).",
         "",
         "Setup (docstring of `benchmarks/digits.py`): the shipped digits denoiser "
         "(`iia_jax.pretrained.digits()`), EDM Karras grid (rho 7, sigma 80 -> 0.002 -> 0), noise "
@@ -240,6 +240,7 @@ def main(argv=None):
     if args.replot:
         saved = json.loads(args.replot.read_text())
         result, total, command = saved["result"], saved["total_s"], saved["command"]
+        meta = saved.get("provenance") or provenance(command)   # the run's machine, not this process's
         interpretation, out = args.interpretation, args.out or DOCS
         args = argparse.Namespace(**saved["args"])
         args.interpretation = interpretation
@@ -253,7 +254,7 @@ def main(argv=None):
         out = args.out or (Path(tempfile.mkdtemp(prefix="iia-digits-")) if quick else DOCS)
         command = command_line("benchmarks/digits.py", argv)
         args.revision = git_revision()
-        start = time.perf_counter()
+        start, meta = time.perf_counter(), provenance(command)
         result = benchmark(args)
         total = time.perf_counter() - start
         if args.json:
@@ -261,7 +262,7 @@ def main(argv=None):
             save_json(args.json, dict(result=result, args=saved_args, total_s=total, command=command), command)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, args, out / "digits_score_vs_nfe.png")
-    (out / "digits.md").write_text(markdown(result, args, command, total))
+    (out / "digits.md").write_text(markdown(result, args, command, total, meta))
     print(f"\ntotal {total:.0f} s (reference {result['timings']['reference']:.0f} s); wrote "
           f"{out / 'digits.md'} and {out / 'digits_score_vs_nfe.png'}")
 
