@@ -209,30 +209,9 @@ def test_a_second_grid_compiles_nothing(options):
     assert counts[1:] == [0, 0], counts
 
 
-@pytest.mark.parametrize("mode", ["sequential", "teacher_forced"])
-def test_with_chunk_size_a_bigger_batch_builds_no_program_that_calls_the_model(mode):
-    """With ``chunk_size`` one chunk takes the chunked path too, so a fit of three chunks after a
-    fit of one traces the model in no new program (only the small row gathers of its layout)."""
-    traces = {"n": 0}
-
-    def denoiser(x, sigma):
-        traces["n"] += isinstance(x, jax.core.Tracer)
-        return DENOISER(x, sigma)
-
-    plan = iia_jax.plan("heun", schedules.karras(4, 0.01, SIGMA_MAX))
-    counts = []
-    for rows in (32, 96):
-        before = traces["n"]
-        x = SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(rows), (rows, 2))
-        iia_jax.fit(denoiser, plan, x, fine_steps=4, chunk_size=32, mode=mode, progress=False)
-        counts.append(traces["n"] - before)
-    assert counts[0] > 0 and counts[1] == 0, counts
-
-
-@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "unipc"])
-def test_a_fit_whose_state_goes_to_disk_builds_no_program_that_calls_the_model(solver):
-    """The state comes back from disk as it went (a scalar stays a scalar), so a fit that spills
-    it, after one that kept it in memory, reuses that fit's programs."""
+def _model_traces(solver, fits) -> list:
+    """For each ``(x, options)`` in ``fits``, run in order: how often the fit traced the model
+    (a call on a tracer), i.e. built a new program that calls it."""
     traces = {"n": 0}
 
     def denoiser(x, sigma):
@@ -241,11 +220,27 @@ def test_a_fit_whose_state_goes_to_disk_builds_no_program_that_calls_the_model(s
 
     plan = iia_jax.plan(solver, schedules.karras(4, 0.01, SIGMA_MAX))
     counts = []
-    for spill_above in (None, 1):
+    for x, options in fits:
         before = traces["n"]
-        iia_jax.fit(denoiser, plan, X_T[:96], fine_steps=4, chunk_size=32, spill_above=spill_above,
-                    progress=False)
+        iia_jax.fit(denoiser, plan, x, fine_steps=4, chunk_size=32, progress=False, **options)
         counts.append(traces["n"] - before)
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["sequential", "teacher_forced"])
+def test_with_chunk_size_a_bigger_batch_builds_no_program_that_calls_the_model(mode):
+    """With ``chunk_size`` one chunk takes the chunked path too, so a fit of three chunks after a
+    fit of one traces the model in no new program (only the small row gathers of its layout)."""
+    batches = [SIGMA_MAX * jax.random.normal(jax.random.PRNGKey(rows), (rows, 2)) for rows in (32, 96)]
+    counts = _model_traces("heun", [(x, dict(mode=mode)) for x in batches])
+    assert counts[0] > 0 and counts[1] == 0, counts
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "unipc"])
+def test_a_fit_whose_state_goes_to_disk_builds_no_program_that_calls_the_model(solver):
+    """The state comes back from disk as it went (a scalar stays a scalar), so a fit that spills
+    it, after one that kept it in memory, reuses that fit's programs."""
+    counts = _model_traces(solver, [(X_T[:96], dict(spill_above=spill_above)) for spill_above in (None, 1)])
     assert counts[0] > 0 and counts[1] == 0, counts
 
 
