@@ -45,11 +45,14 @@ def _malloc_trim():
     return lambda: fn(0)
 
 
+_TRIM = _malloc_trim()     # the C library's malloc_trim(0), or None
+
+
 class Trimmer:
     """Call ``trim()`` when asked, unless the last call's duration over the time since it began is
     still above ``share``.  ``clock``: seconds (``time.perf_counter``); ``trim`` None: never."""
 
-    def __init__(self, trim=_malloc_trim(), clock=time.perf_counter, share: float = 0.01):
+    def __init__(self, trim=_TRIM, clock=time.perf_counter, share: float = 0.01):
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share!r}")
         self._trim, self._clock, self._share = trim, clock, share
@@ -82,9 +85,6 @@ _registered = False
 def _after_compile(event: str, duration_secs: float, **kwargs) -> None:
     if event == BACKEND_COMPILE and _active:
         _active[-1]()
-
-
-_TRIM = _malloc_trim()
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ PROBE = r"""
 import gc, json, sys
 import jax, numpy as np
 import iia_jax
-from iia_jax.hostmem import _malloc_trim
+from iia_jax.hostmem import _TRIM as trim
 from iia_jax import schedules
 from iia_jax.models import gmm
 
@@ -41,7 +41,6 @@ options = dict(fine_steps=2, chunk_size=chunk, quality=None, progress=False, **w
 iia_jax.fit(D, plan, 20.0 * jax.random.normal(jax.random.PRNGKey(2), (2 * chunk, dim)), **options)  # compiles
 x = 20.0 * jax.random.normal(jax.random.PRNGKey(1), (rows, dim))
 gc.collect()
-trim = _malloc_trim()
 if trim is not None:
     trim()                                          # what the warm-up freed goes back first
 with open("/proc/self/clear_refs", "w") as f:
