@@ -16,7 +16,7 @@ compilations of the checks after the fit stack on top of it.  So :func:`trims_af
 rate-limited, since a compilation takes far longer than a trim: a first fit of 16,384 rows of the
 8x8 mixture compiles 43-51 programs and its trims take 0.16-0.19 s of its 5-6 s (at most 32 ms
 each), a second fit compiles none.  That fit, teacher-forced, peaked 142-149 MiB above its start
-with them, 176-201 MiB without (1,024 rows: 139-141 and 144-161; docs/fit_cost.md has the
+with them, 167-201 MiB without (1,024 rows: 139-141 and 144-161; docs/fit_cost.md has the
 table).  Where the C library has no ``malloc_trim`` (macOS, musl) both do nothing.
 """
 from __future__ import annotations
