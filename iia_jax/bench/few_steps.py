@@ -23,7 +23,12 @@ difference is paired.
   searched grid only if it beats the family on its judge rows), its fitting time recorded.
 * **Judges**: ``digits_score`` (docs/metrics.md; real digits about 0, the model's own 64-step
   samples 0.4 on these draws) with the paired jackknife se of a difference, and the median per-sample ODE
-  error against heun with 64 Karras steps from the same noise.
+  error against heun with 64 Karras steps from the same noise.  And the sampler's true target,
+  the model's own samples (:func:`to_target`): the judge features and kernel of ``digits_score``
+  against the 64-step samples of the same noise, a paired U-statistic that leaves out each draw's
+  own pair, so a low ODE error alone earns nothing there.  Unlike ``digits_score`` near real
+  digits it does not forgive overshoot; :func:`target_ladder` checks it on rows of known order
+  (on the page).
 
 Per NFE the best IIA row that keeps a step (lowest ``digits_score``; a fit that keeps none is its
 base sampler) is set against the best peer row (any peer, any of the two grids): a win needs the
@@ -47,7 +52,9 @@ import numpy as np
 
 import iia_jax
 from .. import pretrained, schedules
+from ..iia.guard import feature_mmd
 from ..metrics import digits_score, ode_error, score_difference
+from ..metrics.quality import judge_features
 from . import peers, provenance
 from .grids import grid, steps_for
 from .harness import run_batched
@@ -61,6 +68,8 @@ IIA_GRID = "vp_quadratic"
 DEFAULT_OUT = Path("iia_jax_bench")           # as iia-jax bench's own report
 DEFAULT_SAMPLES = Path("checkpoints") / "few_steps"
 BATCH = 500   # rows per jitted call
+LADDER_SCALES = (0.9, 0.97, 1.03, 1.1)   # the model's samples scaled about their mean image
+LADDER_HEUN_STEPS = (2, 3, 5, 9, 17)     # heun at NFE 3, 5, 9, 17, 33
 
 
 def noise(n: int, seed: int):
@@ -108,7 +117,7 @@ def measure(args, saved: dict | None) -> dict:
     x, x_fit = noise(args.n, 21), noise(1024, 20)
     samples = Path(args.samples)
     samples.mkdir(parents=True, exist_ok=True)
-    cache = samples / f"reference_n{args.n}.npy"
+    cache = reference_file(samples, args.n)
     if cache.exists():
         ref = np.load(cache)
     else:
@@ -144,47 +153,85 @@ def measure(args, saved: dict | None) -> dict:
             print(f"NFE {nfe} {name:20s} {grid_name:12s} score {rows[-1]['score']:7.1f} median "
                   f"{rows[-1]['median']:.4f} (NFE {real_nfe}, fit {seconds:.0f} s, kept {kept})", flush=True)
     old = {v["nfe"]: v for v in (saved or {}).get("verdicts", [])}
-    against_best_peer(rows, samples)
-    out = dict(rows=rows, verdicts=compare(rows, old, samples), n=args.n, reference_score=digits_score(ref),
-               nfes=list(args.nfes))
+    against_best_peer(rows, samples, args.n)
+    out = dict(rows=rows, verdicts=compare(rows, old, samples, args.n), n=args.n, reference_score=digits_score(ref),
+               nfes=list(args.nfes), ladder=target_ladder(denoiser, x, ref))
     if saved:   # where the kept rows came from
         out["kept_from"] = dict(nfes=[n for n in NFES if n not in args.nfes], provenance=saved["provenance"],
                                 note=saved.get("note"))
     return out
 
 
-def compare(rows: list, old: dict, samples: Path) -> list:
+def reference_file(samples: Path, n: int) -> Path:
+    """Where a run keeps the model's 64-step samples of its ``n`` evaluation draws."""
+    return samples / f"reference_n{n}.npy"
+
+
+def _reference_samples(samples: Path, n: int):
+    f = reference_file(samples, n)
+    return np.load(f) if f.exists() else None
+
+
+def to_target(a, b, ref) -> list:
+    """``[d, se]``: 1000 x (MMD^2(a, ref) - MMD^2(b, ref)) in the judge's features (KID's kernel),
+    paired over the draws (row ``i`` of all three from the same noise; the U-statistic leaves out
+    the pairs of one draw, :func:`iia_jax.iia.guard.feature_mmd`).  Negative: ``a`` is nearer the
+    model's own samples ``ref``; ``b = ref`` gives ``a``'s own distance to them."""
+    return [float(v) for v in feature_mmd(a, b, ref, judge_features)]
+
+
+def target_ladder(denoiser, x, ref) -> list:
+    """Rows of known order against the model's 64-step samples ``ref`` of noise ``x``: ``ref``
+    scaled about its mean image (x1 is the target itself, 0 exactly; any other scale is farther,
+    overshoot as much as flatness), and heun with 3 to 33 evaluations (more, nearer)."""
+    mean = ref.mean(0, keepdims=True)
+    rows = [dict(what=f"the 64-step samples x{c:g} about their mean", target=to_target(mean + c * (ref - mean), ref, ref))
+            for c in LADDER_SCALES]
+    for n in LADDER_HEUN_STEPS:
+        p = iia_jax.plan("heun", schedules.karras(n, SIGMA_MIN, SIGMA_MAX))
+        s = run_batched(jax.jit(lambda r, p=p: iia_jax.sample(denoiser, p, r)), x, batch=BATCH)
+        rows.append(dict(what=f"heun, NFE {p.nfe}, Karras", target=to_target(s, ref, ref),
+                         median=ode_error(s, ref).median))
+    return rows
+
+
+def compare(rows: list, old: dict, samples: Path, n: int) -> list:
     """Per NFE the best IIA row (fixed or fitted grid) that keeps a step against the best peer row,
     from the samples saved under ``samples``: the paired ``digits_score`` difference and both median ODE errors
-    (``old[nfe]``, the saved verdict, where that NFE's samples are not on disk)."""
-    verdicts = []
+    and the same difference against the model's own samples (:func:`to_target`) (``old[nfe]``, the
+    saved verdict, where that NFE's samples are not on disk)."""
+    verdicts, ref = [], _reference_samples(samples, n)
     for nfe in NFES:
         mine = [r for r in rows if r["nfe"] == nfe]
-        if not all((samples / r["file"]).exists() for r in mine):
+        if ref is None or not all((samples / r["file"]).exists() for r in mine):
             verdicts.append(old[nfe])
             continue
         # an IIA row that kept no step is its base sampler: the best IIA row is one that keeps a step
         best_iia = min((r for r in mine if r["kind"] != "peer" and r["kept"]), key=lambda r: r["score"])
         best_peer = min((r for r in mine if r["kind"] == "peer"), key=lambda r: r["score"])
-        d, se = score_difference(np.load(samples / best_iia["file"]), np.load(samples / best_peer["file"]),
-                                 paired=True)
+        a, b = np.load(samples / best_iia["file"]), np.load(samples / best_peer["file"])
+        d, se = score_difference(a, b, paired=True)
         verdicts.append(dict(nfe=nfe, iia=f"{best_iia['method']}, {best_iia['grid']}", peer=f"{best_peer['method']}, {best_peer['grid']}",
                              diff=d, diff_se=se, iia_median=best_iia["median"], peer_median=best_peer["median"],
-                             fit_s=best_iia["fit_s"], real_nfe=best_iia["real_nfe"]))
+                             target=to_target(a, b, ref), fit_s=best_iia["fit_s"], real_nfe=best_iia["real_nfe"]))
     return verdicts
 
 
-def against_best_peer(rows: list, samples: Path) -> None:
+def against_best_peer(rows: list, samples: Path, n: int) -> None:
     """Set each row's ``vs_best_peer``: ``[digits_score difference, se]`` to its NFE's best peer row,
-    paired, from the samples saved under ``samples`` (an NFE whose samples are not all on disk keeps
-    the values it has)."""
+    paired, and ``target``: its distance to the model's own samples (:func:`to_target`), from the
+    samples saved under ``samples`` (an NFE whose samples are not all on disk keeps the values it
+    has)."""
+    ref = _reference_samples(samples, n)
     for nfe in NFES:
         mine = [r for r in rows if r["nfe"] == nfe]
-        if not mine or not all((samples / r["file"]).exists() for r in mine):
+        if ref is None or not mine or not all((samples / r["file"]).exists() for r in mine):
             continue
         best = np.load(samples / min((r for r in mine if r["kind"] == "peer"), key=lambda r: r["score"])["file"])
         for r in mine:
-            r["vs_best_peer"] = [float(v) for v in score_difference(np.load(samples / r["file"]), best, paired=True)]
+            s = np.load(samples / r["file"])
+            r["vs_best_peer"] = [float(v) for v in score_difference(s, best, paired=True)]
+            r["target"] = to_target(s, ref, ref)
 
 
 KIND_STYLE = {"peer": ("0.45", "peer"), "iia": ("C0", "IIA, fixed grid"), "fit_plan": ("C1", "IIA, fit_plan grid")}
@@ -233,6 +280,18 @@ def verdict(v: dict) -> str:
     return "tie" if abs(z) <= 2 else "quality to IIA, ODE error to the peer"
 
 
+def target_verdict(v: dict) -> str:
+    """The verdict against the model's own samples: nearer beyond 2 se of the paired difference."""
+    d, se = v["target"]
+    if se == 0:
+        return "tie (the same samples)"
+    return "**IIA nearer**" if d / se < -2 else "**peer nearer**" if d / se > 2 else "tie"
+
+
+def _target(pair) -> str:
+    return f"{pair[0]:+.1f} +- {pair[1]:.1f}" if pair else "-"
+
+
 def page(res: dict, image: str | None = None) -> str:
     n = res["n"]
     lines = ["# IIA against the peers at NFE 3-5", "",
@@ -247,13 +306,20 @@ def page(res: dict, image: str | None = None) -> str:
              "left. Setup and method in `iia_jax/bench/few_steps.py`; the command: "
              "`iia-jax bench few-steps --out docs`.", "",
              "| NFE | best IIA, its grid | its fit | best peer | digits_score IIA - peer | "
-             "median ODE error IIA / peer | verdict |",
-             "|---:|---|---:|---|---:|---:|---|"]
+             "median ODE error IIA / peer | verdict | to the model's samples: IIA - peer | verdict there |",
+             "|---:|---|---:|---|---:|---:|---|---:|---|"]
     for v in res["verdicts"]:
         nfe_note = "" if v["real_nfe"] == v["nfe"] else f" (NFE {v['real_nfe']})"
         lines.append(f"| {v['nfe']} | {v['iia']}{nfe_note} | {v['fit_s']:.0f} s | {v['peer']} | "
                      f"{v['diff']:+.1f} +- {v['diff_se']:.1f} | {v['iia_median']:.4f} / {v['peer_median']:.4f} | "
-                     f"{verdict(v)} |")
+                     f"{verdict(v)} | {_target(v.get('target'))} | {target_verdict(v) if v.get('target') else '-'} |")
+    lines += ["", "\"To the model's samples\": the sampler's true target. The same judge features and kernel "
+              "as `digits_score`, but against the model's own 64-step samples of the same noise instead of real "
+              "digits: 1000 x the paired MMD^2 (a U-statistic that leaves out each draw's own pair, so a low ODE "
+              "error alone earns nothing; `iia_jax.iia.guard.feature_mmd`), IIA - peer with its row jackknife se. "
+              "It is the view the quality guard's learned-features judge takes "
+              "([iia.md](iia.md#a-quality-guard-with-no-model-specific-judge)); its ladder is at the end of "
+              "this page."]
     if image:
         lines += ["", f"![{image}]({image})", "",
                   "Every row against its NFE's best peer: the paired `digits_score` difference with +- 2 se "
@@ -261,16 +327,26 @@ def page(res: dict, image: str | None = None) -> str:
     lines += ["", "Every row (`digits_score`, median ODE error; IIA rows: fitted with the library defaults "
               "on 1,024 other draws, the wall time of that fit and the steps it kept; `fit_plan` rows: "
               "the grid it returned, `fitted` for a searched one, whose sigmas are below):", "",
-              "| NFE | method | grid | digits_score | median ODE error | fit |", "|---:|---|---|---:|---:|---|"]
+              "| NFE | method | grid | digits_score | median ODE error | to the model's samples | fit |",
+              "|---:|---|---|---:|---:|---:|---|"]
     for r in sorted(res["rows"], key=lambda r: (r["nfe"], r["score"])):
         fit = (f"{r['fit_s']:.0f} s, kept {r['kept']}" + (f", NFE {r['real_nfe']}" if r["real_nfe"] != r["nfe"] else "")
                if r["kind"] != "peer" else "")
-        lines.append(f"| {r['nfe']} | {r['method']} | {r['grid']} | {r['score']:.1f} | {r['median']:.4f} | {fit} |")
+        lines.append(f"| {r['nfe']} | {r['method']} | {r['grid']} | {r['score']:.1f} | {r['median']:.4f} | "
+                     f"{_target(r.get('target'))} | {fit} |")
     searched = [r for r in res["rows"] if r.get("sigmas") and r["grid"] == "fitted"]
     if searched:
         lines += ["", "Grids `fit_plan` searched (sigma_max ... 0):", ""]
         lines += [f"- NFE {r['nfe']} {r['method']}: " + ", ".join(f"{s:.3g}" for s in r["sigmas"])
                   for r in sorted(searched, key=lambda r: (r["nfe"], r["method"]))]
+    if res.get("ladder"):
+        lines += ["", "The view \"to the model's samples\" on rows of known order (1000 x paired MMD^2 to the "
+                  "64-step samples, with its se; the samples themselves are 0 exactly): scaled about their mean, "
+                  "every scale but 1 is farther, overshoot as much as flatness (`digits_score`, against real "
+                  "digits, forgives overshoot: [metrics.md](metrics.md)); heun with more evaluations is nearer.",
+                  "", "| row | to the model's samples | median ODE error |", "|---|---:|---:|"]
+        lines += [f"| {r['what']} | {_target(r['target'])} | " + (f"{r['median']:.4f}" if "median" in r else "-") + " |"
+                  for r in res["ladder"]]
     lines.append("")
     for what, meta, note in _runs(res):
         lines += [f"*{what} `{meta['command']}` ({meta['date']}); {meta['machine']}; {meta['versions']}; "
@@ -316,8 +392,8 @@ def main(argv=None):
         ap.error(f"--table: no saved results at {results}; run without --table first")
     res = json.loads(results.read_text())
     if args.table and samples.exists():    # the verdicts again from the saved samples; the run's provenance kept
-        res["verdicts"] = compare(res["rows"], {v["nfe"]: v for v in res["verdicts"]}, samples)
-        against_best_peer(res["rows"], samples)
+        res["verdicts"] = compare(res["rows"], {v["nfe"]: v for v in res["verdicts"]}, samples, res["n"])
+        against_best_peer(res["rows"], samples, res["n"])
         res["note"] = args.note or res.get("note")
         tmp = results.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1, default=float))
