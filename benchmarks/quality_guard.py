@@ -7,6 +7,7 @@
     python benchmarks/quality_guard.py --model overlapping --ladder             # the distance's own check
     python benchmarks/quality_guard.py --recheck        # refit every cell; measure again where the kept steps changed
     python benchmarks/quality_guard.py --confirm        # the cells that miss, again on 4,000 fresh draws
+    python benchmarks/quality_guard.py --se-parts       # why 4x the draws barely shrank their error
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -63,6 +64,7 @@ from iia_jax.iia.features import feature_spec  # noqa: E402
 from iia_jax.iia.fit import candidate_samples, fine_solution  # noqa: E402
 from iia_jax.iia.guard import reference_mmd  # noqa: E402
 from iia_jax.metrics import ode_error, score_difference  # noqa: E402
+from iia_jax.metrics.quality import score_difference_parts  # noqa: E402
 from iia_jax.metrics.quality import jackknife_se, median_bandwidth, mmd2_jackknife, rbf_kernel  # noqa: E402
 from iia_jax.models.gmm import gmm_sample  # noqa: E402
 
@@ -225,6 +227,24 @@ def confirm(args) -> str:
                      f"{', '.join(map(str, h['kept']))} | {plus_minus(g['diff'], g['diff_se'], digits)}, {r['n']:,} | "
                      f"{plus_minus(h['diff'], h['diff_se'], digits)}, {a['n']:,} | {h['diff'] / h['diff_se']:+.1f} | "
                      f"{verdict(h['diff'], h['diff_se'])} |")
+    return "\n".join(lines)
+
+
+def se_parts(args) -> str:
+    """The paired se of the confirmed cells (``--confirm``'s saved samples, IIA with the guard
+    against the base) split into the part from the draws and the part from the 600 reference digits
+    (:func:`iia_jax.metrics.quality.score_difference_parts`), on the first 1,000 of the fresh draws
+    and on all of them: only the first part shrinks with more draws."""
+    out = args.out.with_name(args.out.stem + "_confirm.jsonl")
+    lines = ["| solver | grid | NFE | 1,000 draws: se (draws, reference) | 4,000 draws: se (draws, reference) |",
+             "| --- | --- | ---: | --- | --- |"]
+    for r in map(json.loads, out.read_text().splitlines()):
+        z = np.load(SAMPLES / f"eval_seed_{r['eval_seed']}" / f"{r['solver']}_{r['grid']}_{r['nfe']}.npz")
+        cells = []
+        for n in (1000, len(z["base"])):
+            _, draws, reference = score_difference_parts(z["guarded"][:n], z["base"][:n], paired=True)
+            cells.append(f"{np.hypot(draws, reference):.2f} ({draws:.2f}, {reference:.2f})")
+        lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -586,6 +606,8 @@ def main(argv=None):
                     "(the evaluation key folded with k), for --confirm")
     ap.add_argument("--confirm", action="store_true", help="measure the cells that miss the guarantee again on "
                     "--n fresh draws (--eval-seed, default 1; --n default 4000) and print the table")
+    ap.add_argument("--se-parts", action="store_true", help="print the confirmed cells' paired se split into "
+                    "its draws' and its reference digits' parts (from --confirm's saved samples) and stop")
     ap.add_argument("--out", type=Path, default=None, help="results file (default docs/quality_guard_<model>.jsonl)")
     ap.add_argument("--remeasure", action="store_true", help="measure the transcribed cells of --out again "
                     "(the new rows supersede them)")
@@ -615,6 +637,9 @@ def main(argv=None):
         return
     if args.confirm:
         print(confirm(args))
+        return
+    if args.se_parts:
+        print(se_parts(args))
         return
     if args.agreement:
         print(agreement(args.out))

@@ -78,6 +78,7 @@ __all__ = [
     "kid",
     "mmd2_jackknife",
     "jackknife_se",
+    "jackknife_parts",
     "pixel_mmd",
     "precision_recall",
     "density_coverage",
@@ -87,6 +88,7 @@ __all__ = [
     "digits_quality",
     "digits_score",
     "score_difference",
+    "score_difference_parts",
 ]
 
 DIGITS_LEVELS = 16  # grey levels k = 0..16 of the sklearn digits, x = k / 8 - 1
@@ -229,16 +231,27 @@ def mmd2_jackknife(kernel: Callable, x, y):
     return mmd2_unbiased(kxx, kyy, kxy), _leave_one_out(kxx, kyy, kxy)
 
 
-def jackknife_se(loo_a, loo_b=None, paired: bool = False) -> float:
-    """Jackknife standard error of one estimate (``loo_a`` from :func:`mmd2_jackknife`) or of the
-    difference ``a - b`` of two against the same reference: the reference deletions act on both;
-    with ``paired=True`` so do the sample deletions (row ``i`` of both sets, e.g. the same noise)."""
+def jackknife_parts(loo_a, loo_b=None, paired: bool = False) -> tuple[float, float]:
+    """``(samples, reference)``: the two parts of :func:`jackknife_se`, whose squares add up to its
+    square.  The first comes from deleting sample rows and shrinks as ``1/sqrt(n)`` with more
+    samples; the second from deleting reference rows, and more samples do not shrink it (for
+    ``digits_score`` it is the 600 real digits' share: with thousands of paired draws it is most of
+    the error of a difference, docs/digits.md)."""
     if loo_b is None:
-        return float(np.sqrt(_jackknife(*loo_a)))
+        return float(np.sqrt(_jackknife(loo_a[0]))), float(np.sqrt(_jackknife(loo_a[1])))
     (xa, ya), (xb, yb) = loo_a, loo_b
     if paired and len(xa) != len(xb):
         raise ValueError(f"paired=True needs sets of equal size; got {len(xa)} and {len(xb)}")
-    return float(np.sqrt(_jackknife(xa - xb, ya - yb) if paired else _jackknife(xa, xb, ya - yb)))
+    samples = _jackknife(xa - xb) if paired else _jackknife(xa, xb)
+    return float(np.sqrt(samples)), float(np.sqrt(_jackknife(ya - yb)))
+
+
+def jackknife_se(loo_a, loo_b=None, paired: bool = False) -> float:
+    """Jackknife standard error of one estimate (``loo_a`` from :func:`mmd2_jackknife`) or of the
+    difference ``a - b`` of two against the same reference: the reference deletions act on both;
+    with ``paired=True`` so do the sample deletions (row ``i`` of both sets, e.g. the same noise).
+    Its two parts: :func:`jackknife_parts`."""
+    return float(np.hypot(*jackknife_parts(loo_a, loo_b, paired)))
 
 
 def _mmd2_with_se(kernel: Callable, x, y) -> tuple[float, float]:
@@ -379,10 +392,18 @@ def score_difference(samples_a, samples_b, paired: bool = False) -> tuple[float,
     ``paired=True`` when row ``i`` of both sets comes from the same noise draw (equal ``N``): the
     jackknife then deletes row ``i`` from both at once. Negative: ``a`` is better.
     """
+    d, se_samples, se_reference = score_difference_parts(samples_a, samples_b, paired)
+    return d, float(np.hypot(se_samples, se_reference))
+
+
+def score_difference_parts(samples_a, samples_b, paired: bool = False) -> tuple[float, float, float]:
+    """``(difference, se from the samples, se from the reference digits)`` of
+    :func:`score_difference` (:func:`jackknife_parts`): more draws shrink only the first."""
     fa, fb = judge_features(_images(samples_a, "samples_a", 3)), judge_features(_images(samples_b, "samples_b", 3))
     fy = _reference()[1]
     (va, loo_a), (vb, loo_b) = (mmd2_jackknife(polynomial_kernel, f, fy) for f in (fa, fb))
-    return SCORE_SCALE * (va - vb), SCORE_SCALE * jackknife_se(loo_a, loo_b, paired)
+    se_samples, se_reference = jackknife_parts(loo_a, loo_b, paired)
+    return SCORE_SCALE * (va - vb), SCORE_SCALE * se_samples, SCORE_SCALE * se_reference
 
 
 def digits_check(candidate, base) -> tuple[float, float]:
