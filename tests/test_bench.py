@@ -223,6 +223,9 @@ def test_save_json_carries_provenance(tmp_path):
     meta = saved["provenance"]
     assert meta["command"] == "python benchmarks/x.py --smoke"
     assert "jax " in meta["versions"] and "CPU" in meta["machine"] and meta["revision"]
+    started = dict(meta, revision="0000000", date="2026-01-01 00:00 UTC")   # taken when a run began
+    provenance.save_json(path, {"rows": []}, "python benchmarks/x.py --smoke", meta=started)
+    assert json.loads(path.read_text())["provenance"] == started
 
 
 def test_a_saved_run_is_credited_to_its_own_machine():

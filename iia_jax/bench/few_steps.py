@@ -1,5 +1,6 @@
-"""IIA against the peers at NFE 3, 4 and 5 on the shipped digits model, with enough draws for the
-quality verdicts to resolve: ``few_steps.md`` beside ``iia-jax bench``'s report.
+"""IIA against the peers at NFE 3, 4, 5, 6, 8 and 10 on the shipped digits model, with enough draws
+for the quality verdicts to resolve: ``few_steps.md`` beside ``iia-jax bench``'s report (whose
+digits rows have too few draws for that).
 
     iia-jax bench few-steps --out docs              # everything (about two hours on 2 CPU cores)
     iia-jax bench few-steps --out docs --nfes 5     # NFE 5 again, the other NFE's rows kept
@@ -16,8 +17,9 @@ difference is paired.
   ``iia-jax bench``) and our iPNDM base.
 * **IIA**: every base (euler, heun, dpmpp_2m, dpmpp_3m, unipc, ipndm) on the VP-quadratic grid,
   fitted with the library defaults (``iia_jax.fit(D, plan, x_fit)``: fine_steps 16, the quality
-  guard), its fitting time recorded.  Karras is left out: there IIA is behind its own VP-quadratic
-  cell for every base at NFE 3-5 (docs/digits.md, the guarantee table).
+  guard), its fitting time recorded.  Karras is left out: there IIA's median ODE error is 2-11x
+  its VP-quadratic cell's for every base at every NFE 3-10 (docs/quality_guard_digits.jsonl, the
+  guarantee table's fits).
 * **IIA on a fitted grid**: every base with ``iia_jax.fit_plan`` (library defaults on the same 1,024
   fit draws: it ranks the grid families, fits the best, searches the grid from it and returns the
   searched grid only if it beats the family on its judge rows), its fitting time recorded.
@@ -60,7 +62,7 @@ from .grids import grid, steps_for
 from .harness import run_batched
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-NFES = (3, 4, 5)
+NFES = (3, 4, 5, 6, 8, 10)
 GRIDS = ("karras", "vp_quadratic")
 PEERS = ("DDIM", "DPM++2M", "DPM++3M", "UniPC", "DEIS", "ipndm (ours, base)")
 IIA_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
@@ -157,9 +159,13 @@ def measure(args, saved: dict | None) -> dict:
     out = dict(rows=rows, verdicts=compare(rows, old, samples, args.n), n=args.n, reference_score=digits_score(ref),
                nfes=list(args.nfes), ladder=target_ladder(denoiser, x, ref))
     if saved:   # where the kept rows came from
-        out["kept_from"] = dict(nfes=[n for n in NFES if n not in args.nfes], provenance=saved["provenance"],
+        out["kept_from"] = dict(nfes=_nfes([r for r in rows if r["nfe"] not in args.nfes]), provenance=saved["provenance"],
                                 note=saved.get("note"))
     return out
+
+
+def _nfes(rows: list) -> list:
+    return sorted({r["nfe"] for r in rows})
 
 
 def reference_file(samples: Path, n: int) -> Path:
@@ -201,7 +207,7 @@ def compare(rows: list, old: dict, samples: Path, n: int) -> list:
     and the same difference against the model's own samples (:func:`to_target`) (``old[nfe]``, the
     saved verdict, where that NFE's samples are not on disk)."""
     verdicts, ref = [], _reference_samples(samples, n)
-    for nfe in NFES:
+    for nfe in _nfes(rows):
         mine = [r for r in rows if r["nfe"] == nfe]
         if ref is None or not all((samples / r["file"]).exists() for r in mine):
             verdicts.append(old[nfe])
@@ -223,7 +229,7 @@ def against_best_peer(rows: list, samples: Path, n: int) -> None:
     samples saved under ``samples`` (an NFE whose samples are not all on disk keeps the values it
     has)."""
     ref = _reference_samples(samples, n)
-    for nfe in NFES:
+    for nfe in _nfes(rows):
         mine = [r for r in rows if r["nfe"] == nfe]
         if ref is None or not mine or not all((samples / r["file"]).exists() for r in mine):
             continue
@@ -247,8 +253,12 @@ def plot(res: dict, path: Path) -> bool:
     if not nfes:
         return False
     height = max(sum(r["nfe"] == n for r in res["rows"]) for n in nfes)
-    fig, axes = plt.subplots(1, len(nfes), figsize=(5.2 * len(nfes), 0.22 * height + 1.6), squeeze=False)
-    for ax, nfe in zip(axes[0], nfes):
+    cols = min(3, len(nfes))
+    rows = -(-len(nfes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, (0.22 * height + 1.2) * rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(nfes):]:
+        ax.set_visible(False)
+    for ax, nfe in zip(axes.flat, nfes):
         mine = sorted((r for r in res["rows"] if r["nfe"] == nfe and "vs_best_peer" in r),
                       key=lambda r: r["score"], reverse=True)
         for y, r in enumerate(mine):
@@ -294,7 +304,7 @@ def _target(pair) -> str:
 
 def page(res: dict, image: str | None = None) -> str:
     n = res["n"]
-    lines = ["# IIA against the peers at NFE 3-5", "",
+    lines = [f"# IIA against the peers at NFE {min(_nfes(res['rows']))}-{max(_nfes(res['rows']))}", "",
              f"The shipped digits model, {n:,} evaluation draws from the same noise for every method. "
              "Per NFE, the best IIA configuration that keeps a step (a fit that keeps none is its base "
              "sampler) against the best peer on that peer's best grid (both picked by `digits_score` on "
@@ -351,8 +361,8 @@ def page(res: dict, image: str | None = None) -> str:
     for what, meta, note in _runs(res):
         lines += [f"*{what} `{meta['command']}` ({meta['date']}); {meta['machine']}; {meta['versions']}; "
                   f"revision {meta['revision']}.* " + (f"{note}" if note else ""), ""]
-    lines[-2] += (" Fit times are wall times, compilation included. heun has odd NFE only: its NFE 4 row is its "
-              "NFE 3 (2 steps).")
+    lines[-2] += (" Fit times are wall times, compilation included. heun has odd NFE only: its row at an even NFE "
+              "is its next lower odd NFE (NFE 4: 3, with 2 steps).")
     return "\n".join(lines)
 
 
@@ -386,8 +396,9 @@ def main(argv=None):
         if saved is not None and saved["n"] != args.n:
             ap.error(f"--n {args.n}: the saved results have {saved['n']} draws; run every NFE")
         out.mkdir(parents=True, exist_ok=True)
-        command = "iia-jax bench few-steps " + shlex.join(sys.argv[1:] if argv is None else argv)
-        provenance.save_json(results, measure(args, saved), command.strip())
+        command = ("iia-jax bench few-steps " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
+        started = provenance.provenance(command)
+        provenance.save_json(results, measure(args, saved), command, meta=started)
     elif not results.exists():
         ap.error(f"--table: no saved results at {results}; run without --table first")
     res = json.loads(results.read_text())

@@ -91,10 +91,13 @@ def setup_line(meta: dict) -> str:
     return where + "; " + ", ".join(f"{n} {have.get(n, 'none')}" for n in ("jax", "diffusers", "diffrax", "torch"))
 
 
-def save_json(path: Path, payload: dict, command: str) -> None:
+def save_json(path: Path, payload: dict, command: str, meta: dict | None = None) -> None:
     """``payload`` with its ``provenance`` as JSON at ``path`` (written whole, then renamed, so a
-    run cut short never leaves half a file)."""
+    run cut short never leaves half a file).  ``meta``: the :func:`provenance` taken when the run
+    started (a long run's revision is the code it ran, not what the checkout holds when it ends);
+    by default, taken now."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(payload, provenance=provenance(command)), indent=1, default=float))
+    meta = meta or provenance(command)
+    tmp.write_text(json.dumps(dict(payload, provenance=meta), indent=1, default=float))
     tmp.replace(path)
