@@ -273,6 +273,66 @@ def test_few_steps_is_a_bench_command_that_rewrites_its_page_from_saved_results(
     assert few_steps.verdict(dict(v, diff=2.5)) == "**peer wins**"
 
 
+def test_few_steps_saves_each_nfe_as_it_ends_and_credits_every_run(tmp_path, monkeypatch):
+    """A run saves its results after every NFE, so one cut short keeps what it finished; a later
+    run of the other NFEs keeps those rows and names the run that made each NFE on the page.  The
+    samples here are stand-ins (the reference plus noise) from a Gaussian's exact denoiser."""
+    from iia_jax.bench import few_steps
+    monkeypatch.setattr(few_steps.pretrained, "digits", lambda: (lambda x, sigma: x / (1.0 + sigma ** 2)))
+    monkeypatch.setattr(few_steps, "target_ladder", lambda denoiser, x, ref: [])
+    cut_at = {"nfe": None}
+
+    def rows_at(denoiser, nfe, x, x_fit, ref, samples):
+        if nfe == cut_at["nfe"]:
+            raise KeyboardInterrupt
+        rng, rows = np.random.default_rng(nfe), []
+        for kind, spread in (("peer", 1.0), ("iia", 0.05)):
+            s = np.clip(ref + spread * rng.standard_normal(ref.shape), -1, 1)
+            np.save(samples / f"{nfe}_{kind}.npy", s)
+            rows.append(dict(nfe=nfe, kind=kind, method=kind, grid="karras", score=few_steps.digits_score(s),
+                             median=float(np.median(np.abs(s - ref))), file=f"{nfe}_{kind}.npy", fit_s=1.0,
+                             kept=[0], real_nfe=nfe))
+        return rows
+
+    monkeypatch.setattr(few_steps, "rows_at", rows_at)
+    out, samples = tmp_path / "out", tmp_path / "samples"
+    run = lambda *nfes: few_steps.main(["--out", str(out), "--samples", str(samples), "--n", "96",  # noqa: E731
+                                        "--nfes", *map(str, nfes)])
+    assert run(3, 4) == 0
+    cut_at["nfe"] = 8
+    with pytest.raises(KeyboardInterrupt):
+        run(6, 8)
+    saved = json.loads((out / "few_steps.json").read_text())
+    assert saved["nfes"] == [6] and {r["nfe"] for r in saved["rows"]} == {3, 4, 6}
+    assert [r["nfes"] for r in saved["runs"]] == [[3, 4]]
+    cut_at["nfe"] = None
+    assert run(8) == 0
+    saved = json.loads((out / "few_steps.json").read_text())
+    assert [r["nfes"] for r in few_steps.runs(saved)] == [[8], [6], [3, 4]]
+    assert [v["nfe"] for v in saved["verdicts"]] == [3, 4, 6, 8]
+    page = (out / "few_steps.md").read_text()
+    assert "# IIA against the peers at NFE 3-8" in page
+    for made in ("NFE 8 made by", "NFE 6 made by", "NFE 3, 4 made by"):
+        assert made in page
+    assert all(len(v["target"]) == 2 for v in saved["verdicts"]) and all("target" in r for r in saved["rows"])
+
+
+def test_the_true_target_view_ranks_blur_against_the_models_own_samples():
+    """``to_target`` on digits standing in for the model's samples: the samples themselves are at 0
+    exactly, a light blur is farther, a heavy one farther still, by more than 2 se."""
+    from iia_jax.bench import few_steps
+    from iia_jax.metrics.fd import corrupt_blur
+    from iia_jax.metrics.quality import digits_split
+    ref = digits_split("test")
+    light, heavy = corrupt_blur(ref, 0.5), corrupt_blur(ref, 1.5)
+    assert few_steps.to_target(ref, ref, ref) == [0.0, 0.0]
+    d, se = few_steps.to_target(light, ref, ref)
+    assert d > 2 * se
+    v = dict(target=few_steps.to_target(light, heavy, ref))
+    assert v["target"][0] < -2 * v["target"][1] and few_steps.target_verdict(v) == "**IIA nearer**"
+    assert few_steps.target_verdict(dict(target=few_steps.to_target(heavy, light, ref))) == "**peer nearer**"
+
+
 def test_a_rerun_replaces_its_models_and_an_earlier_rerun_of_them(monkeypatch, tmp_path):
     """``--replot RAW --rerun --models digits``: digits' rows are the new run's, the other models'
     stay, and an earlier rerun of the same models and sections drops out with its time."""

@@ -114,7 +114,9 @@ def fit_plan_samples(denoiser, solver: str, nfe: int, x_fit, x):
     return out, seconds, kept, pf.plan.nfe, pf.report.chosen, [float(s) for s in np.asarray(pf.plan.sigmas)]
 
 
-def measure(args, saved: dict | None) -> dict:
+def measure(args, saved: dict | None, save) -> None:
+    """Run ``args.nfes`` one NFE after another, calling ``save(results)`` after each (so a run cut
+    short keeps the NFEs it finished); the saved rows of the other NFEs are kept."""
     denoiser = pretrained.digits()
     x, x_fit = noise(args.n, 21), noise(1024, 20)
     samples = Path(args.samples)
@@ -126,42 +128,43 @@ def measure(args, saved: dict | None) -> dict:
         rp = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
         ref = run_batched(jax.jit(lambda r: iia_jax.sample(denoiser, rp, r)), x, batch=BATCH)
         np.save(cache, ref)
+    ladder = target_ladder(denoiser, x, ref)
     rows = [r for r in (saved or {}).get("rows", []) if r["nfe"] not in args.nfes]
-    for nfe in args.nfes:
-        for name in PEERS:
-            for g in GRIDS:
-                s = peer_samples(denoiser, name, g, nfe, x)
-                np.save(samples / f"{nfe}_{name.split()[0]}_{g}.npy", s)
-                rows.append(dict(nfe=nfe, kind="peer", method=name, grid=g, score=digits_score(s),
-                                 median=ode_error(s, ref).median, file=f"{nfe}_{name.split()[0]}_{g}.npy"))
-                print(f"NFE {nfe} {name:20s} {g:12s} score {rows[-1]['score']:7.1f} median {rows[-1]['median']:.4f}",
-                      flush=True)
-        for solver in IIA_SOLVERS:
-            s, seconds, kept, real_nfe = iia_samples(denoiser, solver, nfe, x_fit, x)
-            name = f"{solver} + IIA"
-            np.save(samples / f"{nfe}_{solver}_iia.npy", s)
-            rows.append(dict(nfe=nfe, kind="iia", method=name, grid=IIA_GRID, score=digits_score(s),
-                             median=ode_error(s, ref).median, fit_s=seconds, kept=kept, real_nfe=real_nfe,
-                             file=f"{nfe}_{solver}_iia.npy"))
-            print(f"NFE {nfe} {name:20s} {IIA_GRID:12s} score {rows[-1]['score']:7.1f} median "
-                  f"{rows[-1]['median']:.4f} (NFE {real_nfe}, fit {seconds:.0f} s, kept {kept})", flush=True)
-        for solver in IIA_SOLVERS:
-            s, seconds, kept, real_nfe, grid_name, sigmas = fit_plan_samples(denoiser, solver, nfe, x_fit, x)
-            name = f"{solver} + IIA, fit_plan"
-            np.save(samples / f"{nfe}_{solver}_fit_plan.npy", s)
-            rows.append(dict(nfe=nfe, kind="fit_plan", method=name, grid=grid_name, score=digits_score(s),
-                             median=ode_error(s, ref).median, fit_s=seconds, kept=kept, real_nfe=real_nfe,
-                             sigmas=sigmas, file=f"{nfe}_{solver}_fit_plan.npy"))
-            print(f"NFE {nfe} {name:20s} {grid_name:12s} score {rows[-1]['score']:7.1f} median "
-                  f"{rows[-1]['median']:.4f} (NFE {real_nfe}, fit {seconds:.0f} s, kept {kept})", flush=True)
+    earlier = [dict(run, nfes=[n for n in run["nfes"] if n not in args.nfes]) for run in runs(saved or {})]
     old = {v["nfe"]: v for v in (saved or {}).get("verdicts", [])}
-    against_best_peer(rows, samples, args.n)
-    out = dict(rows=rows, verdicts=compare(rows, old, samples, args.n), n=args.n, reference_score=digits_score(ref),
-               nfes=list(args.nfes), ladder=target_ladder(denoiser, x, ref))
-    if saved:   # where the kept rows came from
-        out["kept_from"] = dict(nfes=_nfes([r for r in rows if r["nfe"] not in args.nfes]), provenance=saved["provenance"],
-                                note=saved.get("note"))
-    return out
+    for done, nfe in enumerate(args.nfes, 1):
+        rows += rows_at(denoiser, nfe, x, x_fit, ref, samples)
+        against_best_peer(rows, samples, args.n)
+        save(dict(rows=rows, verdicts=compare(rows, old, samples, args.n), n=args.n,
+                  reference_score=digits_score(ref), nfes=list(args.nfes[:done]), ladder=ladder,
+                  runs=[run for run in earlier if run["nfes"]]))
+
+
+def rows_at(denoiser, nfe: int, x, x_fit, ref, samples: Path) -> list:
+    """Every method's row at ``nfe`` (its samples saved under ``samples``): the peers on both grids,
+    then each base with IIA on the VP-quadratic grid and on the grid ``fit_plan`` returns."""
+    rows = []
+
+    def add(kind, method, grid_name, s, file, **fit):
+        np.save(samples / file, s)
+        rows.append(dict(nfe=nfe, kind=kind, method=method, grid=grid_name, score=digits_score(s),
+                         median=ode_error(s, ref).median, file=file, **fit))
+        how = f" (NFE {fit['real_nfe']}, fit {fit['fit_s']:.0f} s, kept {fit['kept']})" if fit else ""
+        print(f"NFE {nfe} {method:26s} {grid_name:12s} score {rows[-1]['score']:7.1f} median "
+              f"{rows[-1]['median']:.4f}{how}", flush=True)
+
+    for name in PEERS:
+        for g in GRIDS:
+            add("peer", name, g, peer_samples(denoiser, name, g, nfe, x), f"{nfe}_{name.split()[0]}_{g}.npy")
+    for solver in IIA_SOLVERS:
+        s, seconds, kept, real_nfe = iia_samples(denoiser, solver, nfe, x_fit, x)
+        add("iia", f"{solver} + IIA", IIA_GRID, s, f"{nfe}_{solver}_iia.npy", fit_s=seconds, kept=kept,
+            real_nfe=real_nfe)
+    for solver in IIA_SOLVERS:
+        s, seconds, kept, real_nfe, grid_name, sigmas = fit_plan_samples(denoiser, solver, nfe, x_fit, x)
+        add("fit_plan", f"{solver} + IIA, fit_plan", grid_name, s, f"{nfe}_{solver}_fit_plan.npy", fit_s=seconds,
+            kept=kept, real_nfe=real_nfe, sigmas=sigmas)
+    return rows
 
 
 def _nfes(rows: list) -> list:
@@ -366,14 +369,22 @@ def page(res: dict, image: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def runs(res: dict) -> list:
+    """``[{nfes, provenance, note}]``: the run that made each NFE's rows, this file's own first
+    (results written before runs were listed keep the one earlier run as ``kept_from``)."""
+    if not res:
+        return []
+    earlier = res.get("runs") or ([res["kept_from"]] if res.get("kept_from") else [])
+    return [dict(nfes=res["nfes"], provenance=res["provenance"], note=res.get("note"))] + earlier
+
+
 def _runs(res: dict) -> list:
-    """``(what, provenance, note)`` of the run that made each NFE's rows."""
-    kept = res.get("kept_from")
-    if not kept:
+    """``(what, provenance, note)`` of each run, for the page's footer."""
+    listed = runs(res)
+    if len(listed) == 1:
         return [("Made by", res["provenance"], res.get("note"))]
-    made = ", ".join(str(n) for n in res["nfes"])
-    return [(f"NFE {made} made by", res["provenance"], res.get("note")),
-            (f"NFE {', '.join(str(n) for n in kept['nfes'])} made by", kept["provenance"], kept.get("note"))]
+    return [(f"NFE {', '.join(str(n) for n in run['nfes'])} made by", run["provenance"], run.get("note"))
+            for run in listed]
 
 
 def main(argv=None):
@@ -398,7 +409,7 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         command = ("iia-jax bench few-steps " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
         started = provenance.provenance(command)
-        provenance.save_json(results, measure(args, saved), command, meta=started)
+        measure(args, saved, lambda res: provenance.save_json(results, res, command, meta=started))
     elif not results.exists():
         ap.error(f"--table: no saved results at {results}; run without --table first")
     res = json.loads(results.read_text())
