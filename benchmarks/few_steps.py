@@ -1,5 +1,5 @@
 """``iia-jax bench few-steps --out docs`` run from this checkout's root (iia_jax/bench/few_steps.py):
-IIA against the peers at NFE 3-10 on the digits model, written to docs/few_steps.md.
+IIA against the peers at NFE 3-5 (6, 8, 10 on request) on the digits model, written to docs/few_steps.md.
 
     python benchmarks/few_steps.py [--nfes 5] [--table]
 """

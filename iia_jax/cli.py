@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; main() hands `iia-jax bench ...` to iia_jax.bench, which parses the rest
     sub.add_parser("bench", help="benchmarks against diffusers and diffrax (iia-jax bench --help; "
-                   "iia-jax bench few-steps --help: NFE 3-10 on digits, 2,000 draws)")
+                   "iia-jax bench few-steps --help: NFE 3-5 on digits (6, 8, 10 on request), 2,000 draws)")
     return ap
 
 

@@ -220,13 +220,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def main(argv=None) -> int:
     """``python -m iia_jax.bench [--quick]``: run, print progress, write the report and plots;
-    ``iia-jax bench few-steps ...``: :mod:`.few_steps` (NFE 3-10 with 2,000 draws)."""
+    ``iia-jax bench few-steps ...``: :mod:`.few_steps` (NFE 3-5, and 6, 8, 10 on request, with 2,000 draws)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["few-steps"]:
         from .few_steps import main as few_steps_main
         return few_steps_main(argv[1:])
     ap = argparse.ArgumentParser(prog="iia-jax bench", formatter_class=_Help,
-                                 description=__doc__ + " 'iia-jax bench few-steps --help': NFE 3-10 on the "
+                                 description=__doc__ + " 'iia-jax bench few-steps --help': NFE 3-5 (6, 8, 10 on request) on the "
                                  "digits model with 2,000 draws each, every base with IIA and fit_plan.")
     ap.add_argument("--quick", action="store_true", help="smaller batches, fewer NFE (a few minutes)")
     ap.add_argument("--out", default=str(DEFAULT_OUT),
