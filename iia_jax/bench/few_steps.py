@@ -253,36 +253,44 @@ KIND_STYLE = {"peer": ("0.45", "peer"), "iia": ("C0", "IIA, fixed grid"), "fit_p
 
 
 def plot(res: dict, path: Path) -> bool:
-    """One panel per NFE: every row's paired ``digits_score`` difference to the best peer with
-    +- 2 se (the verdict's bar), best first; False (nothing drawn) where no row has it."""
+    """Per NFE, best first: every row's paired ``digits_score`` difference to the best peer with
+    +- 2 se (the verdict's bar) and, below it where the rows have it, each row's distance to the
+    model's own samples (:func:`to_target`) with +- 2 se; False (nothing drawn) where no row has
+    the first."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     nfes = [n for n in NFES if any(r["nfe"] == n and "vs_best_peer" in r for r in res["rows"])]
     if not nfes:
         return False
+    views = [("vs_best_peer", "digits_score - best peer's (paired, +- 2 se)", 10.0)]
+    if all("target" in r for r in res["rows"] if r["nfe"] in nfes):
+        views.append(("target", "to the model's 64-step samples (paired MMD^2 x1000, +- 2 se)", 1.0))
     height = max(sum(r["nfe"] == n for r in res["rows"]) for n in nfes)
     cols = min(3, len(nfes))
-    rows = -(-len(nfes) // cols)
+    rows = -(-len(nfes) // cols) * len(views)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, (0.22 * height + 1.2) * rows + 0.4), squeeze=False)
-    for ax in axes.flat[len(nfes):]:
+    for ax in axes.flat:
         ax.set_visible(False)
-    for ax, nfe in zip(axes.flat, nfes):
+    for k, nfe in enumerate(nfes):
         mine = sorted((r for r in res["rows"] if r["nfe"] == nfe and "vs_best_peer" in r),
                       key=lambda r: r["score"], reverse=True)
-        for y, r in enumerate(mine):
-            d, se = r["vs_best_peer"]
-            ax.errorbar(d, y, xerr=2 * se, fmt="o", color=KIND_STYLE[r["kind"]][0], markersize=3, capsize=2)
-        ax.set_yticks(range(len(mine)), [f"{r['method']}, {r['grid']}" + ("" if r["kind"] == "peer" or r["kept"]
-                                          else " (kept no step: its base)") for r in mine], fontsize=6)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xscale("symlog", linthresh=10.0)
-        ax.set_title(f"NFE {nfe}", fontsize=10)
-        ax.set_xlabel("digits_score - best peer's (paired, +- 2 se)", fontsize=8)
-        ax.grid(True, axis="x", alpha=0.3)
+        for v, (key, label, linthresh) in enumerate(views):
+            ax = axes[(k // cols) * len(views) + v][k % cols]
+            ax.set_visible(True)
+            for y, r in enumerate(mine):
+                d, se = r[key]
+                ax.errorbar(d, y, xerr=2 * se, fmt="o", color=KIND_STYLE[r["kind"]][0], markersize=3, capsize=2)
+            ax.set_yticks(range(len(mine)), [f"{r['method']}, {r['grid']}" + ("" if r["kind"] == "peer" or r["kept"]
+                                              else " (its base)") for r in mine], fontsize=6)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_title(f"NFE {nfe}", fontsize=10)
+            ax.set_xlabel(label, fontsize=8)
+            ax.grid(True, axis="x", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=label) for c, label in KIND_STYLE.values()]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -342,7 +350,8 @@ def page(res: dict, image: str | None = None) -> str:
     if image:
         lines += ["", f"![{image}]({image})", "",
                   "Every row against its NFE's best peer: the paired `digits_score` difference with +- 2 se "
-                  "(left of 0 and clear of it: better than the best peer beyond the verdict's bar)."]
+                  "(left of 0 and clear of it: better than the best peer beyond the verdict's bar); below it, "
+                  "where measured, each row's distance to the model's own 64-step samples with +- 2 se."]
     lines += ["", "Every row (`digits_score`, median ODE error; IIA rows: fitted with the library defaults "
               "on 1,024 other draws, the wall time of that fit and the steps it kept; `fit_plan` rows: "
               "the grid it returned, `fitted` for a searched one, whose sigmas are below):", "",
