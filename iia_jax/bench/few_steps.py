@@ -198,7 +198,7 @@ def to_target(a, b, ref) -> list:
 def target_ladder(denoiser, x, ref) -> list:
     """Rows of known order against the model's 64-step samples ``ref`` of noise ``x``: ``ref``
     scaled about its mean image (x1 is the target itself, 0 exactly; any other scale is farther,
-    overshoot as much as flatness), and heun with 3 to 33 evaluations (more, nearer)."""
+    overshoot included), and heun with 3 to 33 evaluations (more, nearer)."""
     mean = ref.mean(0, keepdims=True)
     rows = [dict(what=f"the 64-step samples x{c:g} about their mean", target=to_target(mean + c * (ref - mean), ref, ref))
             for c in LADDER_SCALES]
@@ -370,8 +370,9 @@ def page(res: dict, image: str | None = None) -> str:
     if res.get("ladder"):
         lines += ["", "The view \"to the model's samples\" on rows of known order (1000 x paired MMD^2 to the "
                   "64-step samples, with its se; the samples themselves are 0 exactly): scaled about their mean, "
-                  "every scale but 1 is farther, overshoot as much as flatness (`digits_score`, against real "
-                  "digits, forgives overshoot: [metrics.md](metrics.md)); heun with more evaluations is nearer.",
+                  "every scale but 1 is farther beyond 2 se, overshoot too, though less than flatness of the "
+                  "same size (`digits_score`, against real digits, forgives overshoot: "
+                  "[metrics.md](metrics.md)); heun with more evaluations is nearer.",
                   "", "| row | to the model's samples | median ODE error |", "|---|---:|---:|"]
         lines += [f"| {r['what']} | {_target(r['target'])} | " + (f"{r['median']:.4f}" if "median" in r else "-") + " |"
                   for r in res["ladder"]]
