@@ -399,7 +399,7 @@ def markdown(results, cfg, meta, images) -> str:
              "Written by `iia_jax.bench` (`python -m iia_jax.bench [--quick]`). Error is distance to the "
              "exact ODE solution from the same noise, so lower is better everywhere."]
     if meta.get("few_steps"):
-        lines += ["", "The digits model at NFE 3-5 with 2,000 paired draws per method, enough for quality "
+        lines += ["", "The digits model at few steps with 2,000 paired draws per method, enough for quality "
                   "verdicts (this report's digits rows have 128): [few_steps.md](few_steps.md) "
                   f"(`iia-jax bench few-steps --out {cfg.out}`)."]
     lines += [""] + [f"![{name}]({name})" for name in images] + [""]
