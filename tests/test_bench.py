@@ -279,7 +279,7 @@ def test_few_steps_saves_each_nfe_as_it_ends_and_credits_every_run(tmp_path, mon
     samples here are stand-ins (the reference plus noise) from a Gaussian's exact denoiser."""
     from iia_jax.bench import few_steps
     monkeypatch.setattr(few_steps.pretrained, "digits", lambda: (lambda x, sigma: x / (1.0 + sigma ** 2)))
-    monkeypatch.setattr(few_steps, "target_ladder", lambda denoiser, x, ref: [])
+    monkeypatch.setattr(few_steps, "target_ladders", lambda denoiser, x, ref: {})
     cut_at = {"nfe": None}
 
     def rows_at(denoiser, nfe, x, x_fit, ref, samples):
@@ -390,3 +390,27 @@ def test_captions_name_the_machine_that_measured_their_rows():
     assert measured_on(meta, models=("separated", "overlapping", "digits")) == \
         "separated on A; overlapping on machine not recorded; digits on B"
     assert measured_on(dict(machine_short="A"), models=("separated", "digits")) == "A"
+
+
+def test_the_true_target_ladder_rule_passes_a_known_order_and_fails_a_mislabelled_one():
+    """``judge_ladder`` by docs/metrics.md's rule on real digits against themselves: blur of known
+    size passes (ties of blur the quantised judge cannot see are no inversion); the same images
+    labelled in the wrong order fail, and so does a ladder whose ends are too close to tell."""
+    from iia_jax.bench import few_steps
+    from iia_jax.metrics.fd import corrupt_blur
+    from iia_jax.metrics.quality import digits_split
+    real = digits_split("test")
+    sizes = (0, 0.3, 0.7, 1.0)
+    rungs = [(b, corrupt_blur(real, b) if b else real) for b in sizes]
+    good = few_steps.judge_ladder("blur px", rungs, real)
+    assert good["passed"] and good["ends"] > 2 and good["z"] >= -2
+    assert good["target"][0] == [0.0, 0.0] and good["target"][-1][0] > 2 * good["target"][-1][1]
+    swapped = [(p, im) for (p, _), (_, im) in zip(rungs, rungs[::-1])]
+    bad = few_steps.judge_ladder("blur px", swapped, real)
+    assert not bad["passed"] and bad["z"] < -2
+    flat = few_steps.judge_ladder("blur px", rungs[:2], real)     # 0.3 px is invisible after quantising
+    assert not flat["passed"] and flat["ends"] <= 2
+    # contrast is judged on each side of 1: both sides must rise
+    mean = real.mean(0, keepdims=True)
+    contrast = few_steps.judge_ladder("factor", [(f, mean + f * (real - mean)) for f in (0.8, 1.0, 1.25)], real)
+    assert contrast["passed"]

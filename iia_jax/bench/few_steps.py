@@ -30,8 +30,8 @@ difference is paired.
   the model's own samples (:func:`to_target`): the judge features and kernel of ``digits_score``
   against the 64-step samples of the same noise, a paired U-statistic that leaves out each draw's
   own pair, so a low ODE error alone earns nothing there.  Unlike ``digits_score`` near real
-  digits it does not forgive overshoot; :func:`target_ladder` checks it on rows of known order
-  (on the page).
+  digits it does not forgive overshoot; :func:`target_ladders` checks it on the ladders of
+  docs/metrics.md that have pairs (on the page).
 
 Per NFE the best IIA row that keeps a step (lowest ``digits_score``; a fit that keeps none is its
 base sampler) is set against the best peer row (any peer, any of the two grids): a win needs the
@@ -72,8 +72,12 @@ IIA_GRID = "vp_quadratic"
 DEFAULT_OUT = Path("iia_jax_bench")           # as iia-jax bench's own report
 DEFAULT_SAMPLES = Path("checkpoints") / "few_steps"
 BATCH = 500   # rows per jitted call
-LADDER_SCALES = (0.9, 0.97, 1.03, 1.1)   # the model's samples scaled about their mean image
-LADDER_HEUN_STEPS = (2, 3, 5, 9, 17)     # heun at NFE 3, 5, 9, 17, 33
+# The true-target view's ladders: those of docs/metrics.md that have a paired target (the same draw
+# or image unperturbed); its tie of two real sets, (d), has no pairs.
+LADDER_CONTRAST = (0.8, 0.9, 0.97, 1.0, 1.03, 1.1, 1.25)   # scaled about the mean image
+LADDER_BLUR = (0, 0.3, 0.5, 0.7, 1.0)                       # Gaussian blur, px
+LADDER_NOISE = (0, 0.05, 0.1, 0.2, 0.4)                     # pixel noise std (then clipped)
+LADDER_HEUN_STEPS = (2, 3, 5, 9, 17, 64)                    # heun at NFE 3 ... 33, and the target
 
 
 def noise(n: int, seed: int):
@@ -130,7 +134,7 @@ def measure(args, saved: dict | None, save) -> None:
         rp = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
         ref = run_batched(jax.jit(lambda r: iia_jax.sample(denoiser, rp, r)), x, batch=BATCH)
         np.save(cache, ref)
-    ladder = target_ladder(denoiser, x, ref)
+    ladder = target_ladders(denoiser, x, ref)
     rows = [r for r in (saved or {}).get("rows", []) if r["nfe"] not in args.nfes]
     earlier = [dict(run, nfes=[n for n in run["nfes"] if n not in args.nfes]) for run in runs(saved or {})]
     old = {v["nfe"]: v for v in (saved or {}).get("verdicts", [])}
@@ -195,19 +199,75 @@ def to_target(a, b, ref) -> list:
     return [float(v) for v in feature_mmd(a, b, ref, judge_features)]
 
 
-def target_ladder(denoiser, x, ref) -> list:
-    """Rows of known order against the model's 64-step samples ``ref`` of noise ``x``: ``ref``
-    scaled about its mean image (x1 is the target itself, 0 exactly; any other scale is farther,
-    overshoot included), and heun with 3 to 33 evaluations (more, nearer)."""
-    mean = ref.mean(0, keepdims=True)
-    rows = [dict(what=f"the 64-step samples x{c:g} about their mean", target=to_target(mean + c * (ref - mean), ref, ref))
-            for c in LADDER_SCALES]
-    for n in LADDER_HEUN_STEPS:
-        p = iia_jax.plan("heun", schedules.karras(n, SIGMA_MIN, SIGMA_MAX))
-        s = run_batched(jax.jit(lambda r, p=p: iia_jax.sample(denoiser, p, r)), x, batch=BATCH)
-        rows.append(dict(what=f"heun, NFE {p.nfe}, Karras", target=to_target(s, ref, ref),
-                         median=ode_error(s, ref).median))
-    return rows
+def ladder_rungs(denoiser, x, ref) -> dict:
+    """``{ladder: (parameter, [(point, images)], target)}``: the ladders of docs/metrics.md that
+    pair each image with its target.  (a) heun with more evaluations from the noise ``x`` against
+    the model's 64-step samples ``ref`` of it; (b) contrast, (c) blur and noise, each of ``ref``
+    against ``ref`` and of the 600 real digits new to the judge against themselves."""
+    from ..metrics.fd import corrupt_blur, corrupt_noise
+    from ..metrics.quality import digits_split
+
+    def heun(steps):
+        if steps == 64:
+            return ref
+        p = iia_jax.plan("heun", schedules.karras(steps, SIGMA_MIN, SIGMA_MAX))
+        return run_batched(jax.jit(lambda r: iia_jax.sample(denoiser, p, r)), x, batch=BATCH)
+
+    def contrast(images, f):
+        mean = images.mean(0, keepdims=True)
+        return mean + f * (images - mean)
+
+    new = np.concatenate([digits_split("test"), digits_split("train_check")])
+    out = {"(a) heun steps, the model's samples": ("steps", [(s, heun(s)) for s in LADDER_HEUN_STEPS], ref)}
+    for what, images in (("the model's samples", ref), ("real new digits", new)):
+        out[f"(b) contrast of {what}"] = ("factor", [(f, contrast(images, f)) for f in LADDER_CONTRAST], images)
+        out[f"(c) blur of {what}"] = ("blur px", [(b, corrupt_blur(images, b) if b else images)
+                                                  for b in LADDER_BLUR], images)
+        out[f"(c) noise on {what}"] = ("noise std", [(v, corrupt_noise(images, v) if v else images)
+                                                     for v in LADDER_NOISE], images)
+    return out
+
+
+def _sides(param: str, points) -> list:
+    """Groups of rung indices, each ``(indices, known badness)``: contrast on each side of 1 (by
+    ``|log f|``), heun by fewer steps, blur and noise by size."""
+    if param == "factor":
+        return [([i for i, f in enumerate(points) if f <= 1], [abs(np.log(f)) for f in points if f <= 1]),
+                ([i for i, f in enumerate(points) if f >= 1], [abs(np.log(f)) for f in points if f >= 1])]
+    return [(list(range(len(points))), [-p if param == "steps" else p for p in points])]
+
+
+def judge_ladder(param: str, rungs: list, target) -> dict:
+    """One ladder in the true-target view, by docs/metrics.md's rule: it passes when no pair of
+    rungs is in the wrong order by more than 2 se of their paired difference (:func:`to_target`
+    of one rung against the other) and, on each side, the best and worst rungs are more than 2 se
+    apart.  ``z``: the most inverted pair's difference in se (negative: inverted), ``ends``: the
+    smallest gap between a side's ends in se."""
+    images = [im for _, im in rungs]
+
+    def z(i, j):  # > 0: rung j is farther from the target than rung i, in se of their difference
+        d, se = to_target(images[j], images[i], target)
+        return 0.0 if d == 0 else d / se if se > 0 else np.inf * np.sign(d)
+
+    worst, ends = np.inf, np.inf
+    for idx, bad in _sides(param, [p for p, _ in rungs]):
+        order = [idx[k] for k in np.argsort(bad, kind="stable")]
+        rank = dict(zip(idx, bad))
+        worst = min([worst] + [z(i, j) for a, i in enumerate(order) for j in order[a + 1:] if rank[j] > rank[i]])
+        ends = min(ends, z(order[0], order[-1]))
+    return dict(param=param, points=[p for p, _ in rungs], target=[to_target(im, target, target) for im in images],
+                z=float(worst), ends=float(ends), passed=bool(worst >= -2 and ends > 2))
+
+
+def target_ladders(denoiser, x, ref) -> dict:
+    """:func:`judge_ladder` on every ladder of :func:`ladder_rungs`; heun's rungs also carry their
+    median ODE error."""
+    out = {}
+    for name, (param, rungs, target) in ladder_rungs(denoiser, x, ref).items():
+        out[name] = judge_ladder(param, rungs, target)
+        if param == "steps":
+            out[name]["median"] = [ode_error(im, ref).median for _, im in rungs]
+    return out
 
 
 def compare(rows: list, old: dict, samples: Path, n: int) -> list:
@@ -345,7 +405,7 @@ def page(res: dict, image: str | None = None) -> str:
               "digits: 1000 x the paired MMD^2 (a U-statistic that leaves out each draw's own pair, so a low ODE "
               "error alone earns nothing; `iia_jax.iia.guard.feature_mmd`), IIA - peer with its row jackknife se. "
               "It is the view the quality guard's learned-features judge takes "
-              "([iia.md](iia.md#a-quality-guard-with-no-model-specific-judge)); its ladder is at the end of "
+              "([iia.md](iia.md#a-quality-guard-with-no-model-specific-judge)); its ladders are at the end of "
               "this page."]
     if image:
         lines += ["", f"![{image}]({image})", "",
@@ -368,14 +428,7 @@ def page(res: dict, image: str | None = None) -> str:
         lines += [f"- NFE {r['nfe']} {r['method']}: " + ", ".join(f"{s:.3g}" for s in r["sigmas"])
                   for r in sorted(searched, key=lambda r: (r["nfe"], r["method"]))]
     if res.get("ladder"):
-        lines += ["", "The view \"to the model's samples\" on rows of known order (1000 x paired MMD^2 to the "
-                  "64-step samples, with its se; the samples themselves are 0 exactly): scaled about their mean, "
-                  "every scale but 1 is farther beyond 2 se, overshoot too, though less than flatness of the "
-                  "same size (`digits_score`, against real digits, forgives overshoot: "
-                  "[metrics.md](metrics.md)); heun with more evaluations is nearer.",
-                  "", "| row | to the model's samples | median ODE error |", "|---|---:|---:|"]
-        lines += [f"| {r['what']} | {_target(r['target'])} | " + (f"{r['median']:.4f}" if "median" in r else "-") + " |"
-                  for r in res["ladder"]]
+        lines += ladder_section(res["ladder"])
     lines.append("")
     for what, meta, note in _runs(res):
         lines += [f"*{what} `{meta['command']}` ({meta['date']}); {meta['machine']}; {meta['versions']}; "
@@ -383,6 +436,34 @@ def page(res: dict, image: str | None = None) -> str:
     lines[-2] += (" Fit times are wall times, compilation included. heun has odd NFE only: its row at an even NFE "
               "is its next lower odd NFE (NFE 4: 3, with 2 steps).")
     return "\n".join(lines)
+
+
+def _rung(param: str, point, pair, median=None) -> str:
+    what = (f"NFE {2 * point - 1}" + (" (the target)" if point == LADDER_HEUN_STEPS[-1] else "")
+            if param == "steps" else f"{point:g}")
+    return f"{what}: {_target(pair)}" + (f" (ODE error {median:.3f})" if median is not None else "")
+
+
+def ladder_section(ladder: dict) -> list:
+    """The page's lines on :func:`target_ladders`."""
+    passed = sum(v["passed"] for v in ladder.values())
+    lines = ["", "## The view \"to the model's samples\" on ladders of known order", "",
+             "The ladders of [metrics.md](metrics.md) that pair each image with a target: heun's samples of these "
+             "draws with more evaluations (against the 64-step samples, the last rung), and contrast about the mean "
+             "image, blur and pixel noise, each of the model's 64-step samples against themselves and of the 600 "
+             "real digits new to the judge against themselves. Each rung: 1000 x the paired MMD^2 to the target "
+             "with its se (the target itself is 0 exactly). metrics.md's rule: a ladder passes when no pair of rungs "
+             "is in the wrong order by more than 2 se of their paired difference and its ends (each side of 1, for "
+             "contrast) are more than 2 se apart; `z` is its most inverted pair (negative: inverted), `ends` the "
+             "smaller gap between ends, both in se. metrics.md's tie of two real sets has no pairs, so it has no "
+             f"rung here. **{passed} of {len(ladder)} ladders pass.** Computed by the latest run below.", "",
+             "| ladder | rungs | z, ends | verdict |", "|---|---|---:|---|"]
+    for name, v in ladder.items():
+        rungs = "; ".join(_rung(v["param"], p, t, m) for p, t, m in
+                          zip(v["points"], v["target"], v.get("median", [None] * len(v["points"]))))
+        lines.append(f"| {name} | {v['param']} {rungs} | {v['z']:+.1f}, {v['ends']:.1f} | "
+                     f"{'pass' if v['passed'] else '**FAIL**'} |")
+    return lines
 
 
 def runs(res: dict) -> list:
