@@ -315,6 +315,12 @@ def test_few_steps_saves_each_nfe_as_it_ends_and_credits_every_run(tmp_path, mon
     for made in ("NFE 8 made by", "NFE 6 made by", "NFE 3, 4 made by"):
         assert made in page
     assert all(len(v["target"]) == 2 for v in saved["verdicts"]) and all("target" in r for r in saved["rows"])
+    # the rows the true-target view picks itself: here the IIA stand-in, far nearer than the peer's
+    for v in saved["verdicts"]:
+        near = v["nearest"]
+        assert (near["iia"], near["peer"]) == ("iia, karras", "peer, karras")
+        assert near["target"][0] < 0 and near["iia_median"] < near["peer_median"]
+    assert "| nearest IIA, its grid |" in page
 
 
 def test_the_true_target_view_ranks_blur_against_the_models_own_samples():

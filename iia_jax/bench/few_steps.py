@@ -273,8 +273,10 @@ def target_ladders(denoiser, x, ref) -> dict:
 def compare(rows: list, old: dict, samples: Path, n: int) -> list:
     """Per NFE the best IIA row (fixed or fitted grid) that keeps a step against the best peer row,
     from the samples saved under ``samples``: the paired ``digits_score`` difference and both median ODE errors
-    and the same difference against the model's own samples (:func:`to_target`) (``old[nfe]``, the
-    saved verdict, where that NFE's samples are not on disk)."""
+    and the same difference against the model's own samples (:func:`to_target`); and ``nearest``:
+    the IIA and peer rows that view picks (each row's ``target``, :func:`against_best_peer`), set
+    against each other in it (``old[nfe]``, the saved verdict, where that NFE's samples are not on
+    disk)."""
     verdicts, ref = [], _reference_samples(samples, n)
     for nfe in _nfes(rows):
         mine = [r for r in rows if r["nfe"] == nfe]
@@ -282,14 +284,29 @@ def compare(rows: list, old: dict, samples: Path, n: int) -> list:
             verdicts.append(old[nfe])
             continue
         # an IIA row that kept no step is its base sampler: the best IIA row is one that keeps a step
-        best_iia = min((r for r in mine if r["kind"] != "peer" and r["kept"]), key=lambda r: r["score"])
-        best_peer = min((r for r in mine if r["kind"] == "peer"), key=lambda r: r["score"])
+        iia_rows, peer_rows = [r for r in mine if r["kind"] != "peer" and r["kept"]], [r for r in mine if r["kind"] == "peer"]
+        best_iia, best_peer = (min(r, key=lambda r: r["score"]) for r in (iia_rows, peer_rows))
         a, b = np.load(samples / best_iia["file"]), np.load(samples / best_peer["file"])
         d, se = score_difference(a, b, paired=True)
-        verdicts.append(dict(nfe=nfe, iia=f"{best_iia['method']}, {best_iia['grid']}", peer=f"{best_peer['method']}, {best_peer['grid']}",
-                             diff=d, diff_se=se, iia_median=best_iia["median"], peer_median=best_peer["median"],
-                             target=to_target(a, b, ref), fit_s=best_iia["fit_s"], real_nfe=best_iia["real_nfe"]))
+        verdicts.append(dict(nfe=nfe, iia=_name(best_iia), peer=_name(best_peer), diff=d, diff_se=se,
+                             iia_median=best_iia["median"], peer_median=best_peer["median"],
+                             target=to_target(a, b, ref), fit_s=best_iia["fit_s"], real_nfe=best_iia["real_nfe"],
+                             nearest=_nearest(iia_rows, peer_rows, samples, ref)))
     return verdicts
+
+
+def _name(row: dict) -> str:
+    return f"{row['method']}, {row['grid']}"
+
+
+def _nearest(iia_rows: list, peer_rows: list, samples: Path, ref) -> dict:
+    """The IIA row and the peer row nearest the model's own samples, each picked on the draws it is
+    judged on (as the best rows by ``digits_score`` are), with their paired difference there:
+    where ``digits_score`` sits at its floor, its pick among near-equal rows is the draws' noise."""
+    near_iia, near_peer = (min(r, key=lambda r: r["target"][0]) for r in (iia_rows, peer_rows))
+    a, b = np.load(samples / near_iia["file"]), np.load(samples / near_peer["file"])
+    return dict(iia=_name(near_iia), peer=_name(near_peer), target=to_target(a, b, ref), fit_s=near_iia["fit_s"],
+                iia_median=near_iia["median"], peer_median=near_peer["median"], real_nfe=near_iia["real_nfe"])
 
 
 def against_best_peer(rows: list, samples: Path, n: int) -> None:
@@ -376,12 +393,16 @@ def target_verdict(v: dict) -> str:
 
 
 def _target(pair) -> str:
-    return f"{pair[0]:+.1f} +- {pair[1]:.1f}" if pair else "-"
+    if not pair:
+        return "-"
+    places = 1 if pair[1] >= 0.1 or pair[1] == 0 else 2 if pair[1] >= 0.01 else 3   # the se's first digit
+    return f"{pair[0]:+.{places}f} +- {pair[1]:.{places}f}"
 
 
 def page(res: dict, image: str | None = None) -> str:
     n = res["n"]
-    lines = [f"# IIA against the peers at NFE {min(_nfes(res['rows']))}-{max(_nfes(res['rows']))}", "",
+    low, high = min(_nfes(res["rows"])), max(_nfes(res["rows"]))
+    lines = [f"# IIA against the peers at NFE {low}" + (f"-{high}" if high > low else ""), "",
              f"The shipped digits model, {n:,} evaluation draws from the same noise for every method. "
              "Per NFE, the best IIA configuration that keeps a step (a fit that keeps none is its base "
              "sampler) against the best peer on that peer's best grid (both picked by `digits_score` on "
@@ -407,6 +428,18 @@ def page(res: dict, image: str | None = None) -> str:
               "It is the view the quality guard's learned-features judge takes "
               "([iia.md](iia.md#a-quality-guard-with-no-model-specific-judge)); its ladders are at the end of "
               "this page."]
+    near = [v for v in res["verdicts"] if v.get("nearest")]
+    if near:
+        lines += ["", "The rows that view picks itself: per NFE the IIA row that keeps a step and the peer row nearest "
+                  "the model's own samples, each picked on these draws (where `digits_score` sits at its floor, "
+                  "its pick among rows that score alike is the draws' noise):", "",
+                  "| NFE | nearest IIA, its grid | its fit | nearest peer | to the model's samples: IIA - peer | "
+                  "median ODE error IIA / peer | verdict there |", "|---:|---|---:|---|---:|---:|---|"]
+        for v in near:
+            w = v["nearest"]
+            nfe_note = "" if w["real_nfe"] == v["nfe"] else f" (NFE {w['real_nfe']})"
+            lines.append(f"| {v['nfe']} | {w['iia']}{nfe_note} | {w['fit_s']:.0f} s | {w['peer']} | {_target(w['target'])} | "
+                         f"{w['iia_median']:.4f} / {w['peer_median']:.4f} | {target_verdict(w)} |")
     if image:
         lines += ["", f"![{image}]({image})", "",
                   "Every row against its NFE's best peer: the paired `digits_score` difference with +- 2 se "
@@ -511,8 +544,8 @@ def main(argv=None):
         ap.error(f"--table: no saved results at {results}; run without --table first")
     res = json.loads(results.read_text())
     if args.table and samples.exists():    # the verdicts again from the saved samples; the run's provenance kept
-        res["verdicts"] = compare(res["rows"], {v["nfe"]: v for v in res["verdicts"]}, samples, res["n"])
         against_best_peer(res["rows"], samples, res["n"])
+        res["verdicts"] = compare(res["rows"], {v["nfe"]: v for v in res["verdicts"]}, samples, res["n"])
         res["note"] = args.note or res.get("note")
         tmp = results.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1, default=float))
