@@ -342,7 +342,7 @@ def plot(res: dict, path: Path) -> bool:
         return False
     views = [("vs_best_peer", "digits_score - best peer's (paired, +- 2 se)", 10.0)]
     if all("target" in r for r in res["rows"] if r["nfe"] in nfes):
-        views.append(("target", "to the model's 64-step samples (paired MMD^2 x1000, +- 2 se)", 1.0))
+        views.append(("target", "to the model's 64-step samples (paired MMD^2 x1000, +- 2 se)", 0.1))
     height = max(sum(r["nfe"] == n for r in res["rows"]) for n in nfes)
     cols = min(3, len(nfes))
     rows = -(-len(nfes) // cols) * len(views)
