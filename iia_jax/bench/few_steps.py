@@ -37,9 +37,12 @@ Per NFE the best IIA row that keeps a step (lowest ``digits_score``; a fit that 
 base sampler) is set against the best peer row (any peer, any of the two grids): a win needs the
 paired difference below -2 se *and* a lower median ODE error.  Both bests are picked on the same
 draws they are judged on, which flatters each side alike.  Every row's paired difference to its
-NFE's best peer, with +- 2 se, is drawn in ``few_steps.png``.  Results go to ``OUT/few_steps.json``
-(samples to ``--samples``, by default ``checkpoints/few_steps/`` under the working directory: in
-the repository, untracked), the page and plot to ``OUT/few_steps.md`` and ``OUT/few_steps.png``.
+NFE's best peer, with +- 2 se, is drawn in ``few_steps.png``.  A second pair is the true-target
+view's own pick: the IIA row (keeping a step) and the peer row nearest the model's samples, set
+against each other there (where ``digits_score`` sits at its floor its pick is the draws' noise).
+Results go to ``OUT/few_steps.json`` (samples to ``--samples``, by default ``checkpoints/few_steps/``
+under the working directory: in the repository, untracked), the page and plot to
+``OUT/few_steps.md`` and ``OUT/few_steps.png``.
 """
 from __future__ import annotations
 
@@ -285,7 +288,7 @@ def compare(rows: list, old: dict, samples: Path, n: int) -> list:
             continue
         # an IIA row that kept no step is its base sampler: the best IIA row is one that keeps a step
         iia_rows, peer_rows = [r for r in mine if r["kind"] != "peer" and r["kept"]], [r for r in mine if r["kind"] == "peer"]
-        best_iia, best_peer = (min(r, key=lambda r: r["score"]) for r in (iia_rows, peer_rows))
+        best_iia, best_peer = (min(group, key=lambda r: r["score"]) for group in (iia_rows, peer_rows))
         a, b = np.load(samples / best_iia["file"]), np.load(samples / best_peer["file"])
         d, se = score_difference(a, b, paired=True)
         verdicts.append(dict(nfe=nfe, iia=_name(best_iia), peer=_name(best_peer), diff=d, diff_se=se,
@@ -303,7 +306,7 @@ def _nearest(iia_rows: list, peer_rows: list, samples: Path, ref) -> dict:
     """The IIA row and the peer row nearest the model's own samples, each picked on the draws it is
     judged on (as the best rows by ``digits_score`` are), with their paired difference there:
     where ``digits_score`` sits at its floor, its pick among near-equal rows is the draws' noise."""
-    near_iia, near_peer = (min(r, key=lambda r: r["target"][0]) for r in (iia_rows, peer_rows))
+    near_iia, near_peer = (min(group, key=lambda r: r["target"][0]) for group in (iia_rows, peer_rows))
     a, b = np.load(samples / near_iia["file"]), np.load(samples / near_peer["file"])
     return dict(iia=_name(near_iia), peer=_name(near_peer), target=to_target(a, b, ref), fit_s=near_iia["fit_s"],
                 iia_median=near_iia["median"], peer_median=near_peer["median"], real_nfe=near_iia["real_nfe"])
