@@ -8,6 +8,8 @@
     python benchmarks/quality_guard.py --recheck        # refit every cell; measure again where the kept steps changed
     python benchmarks/quality_guard.py --confirm        # the cells that miss, again on 4,000 fresh draws
     python benchmarks/quality_guard.py --se-parts       # why 4x the draws barely shrank their error
+    python benchmarks/quality_guard.py --weights checkpoints/digits_b/weights/digits_b.msgpack --fine-steps 16 \
+        --nfe 3 4 5                 # a second digits model (benchmarks/second_model.py) nothing was tuned on
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -70,6 +72,7 @@ from iia_jax.models.gmm import gmm_sample  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_cause import look  # noqa: E402
+from second_model import load as load_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "checkpoints" / "quality_guard"
@@ -120,6 +123,12 @@ def evaluate(denoiser, plan, coeffs, x_eval) -> np.ndarray:
     return run_batched(jax.jit(lambda x: iia_jax.iia_sample(denoiser, plan, coeffs, x)), x_eval, batch=BATCH)
 
 
+def samples_folder(args) -> Path:
+    """Where a digits cell's samples go: other fine_steps or draws than the table's keep theirs apart."""
+    folder = args.samples if args.fine_steps == 8 else args.samples / f"fine_steps_{args.fine_steps}"
+    return folder / f"eval_seed_{args.eval_seed}" if getattr(args, "eval_seed", 0) else folder
+
+
 def cell(setup: dict, solver, grid, nfe, args) -> dict:
     """One (solver, grid, NFE) cell: the guarded fit, the unguarded coefficients, both evaluated."""
     denoiser, x_fit, x_eval, ref = setup["denoiser"], setup["x_fit"], setup["x_eval"], setup["ref"]
@@ -148,9 +157,8 @@ def cell(setup: dict, solver, grid, nfe, args) -> dict:
              measure_mixture(x0, base, ref, setup["exact"], setup["bandwidth"]))
         out[name] = dict(m, kept=[int(i) for i in np.flatnonzero(np.asarray(coeffs.kept))])
         saved[name], saved[f"{name}_values"] = x0, np.asarray(coeffs.values)
-    if args.model == "digits":    # other fine_steps or draws than the table's keep their samples apart
-        folder = SAMPLES if args.fine_steps == 8 else SAMPLES / f"fine_steps_{args.fine_steps}"
-        folder = folder / f"eval_seed_{args.eval_seed}" if getattr(args, "eval_seed", 0) else folder
+    if args.model == "digits":
+        folder = samples_folder(args)
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / f"{solver}_{grid}_{plan.nfe}.npz", **saved)
     return out
@@ -533,7 +541,7 @@ def explain(setup: dict, solver: str, grid: str, nfe: int, args) -> str:
     denoiser, x_eval, ref = setup["denoiser"], setup["x_eval"], setup["ref"]
     steps = steps_for(nfe, solver)
     plan = iia_jax.plan(solver, GRIDS[grid](steps))
-    z = np.load(SAMPLES / f"{solver}_{grid}_{plan.nfe}.npz")
+    z = np.load(samples_folder(args) / f"{solver}_{grid}_{plan.nfe}.npz")
     base, plain, values = z["base"], z["plain"], z["plain_values"]
     cfg = FitConfig()
     spec = feature_spec(solver, cfg.preset, cfg.history)
@@ -562,14 +570,20 @@ def explain(setup: dict, solver: str, grid: str, nfe: int, args) -> str:
 def setup_for(model: str, args) -> dict:
     """Denoiser, fit and evaluation noise, the ODE reference from the evaluation noise (cached),
     and for the mixture its exact samples and the kernel bandwidth."""
-    denoiser = pretrained.digits() if model == "digits" else overlapping_mixture().denoiser
+    if model == "digits":
+        denoiser = load_weights(args.weights) if args.weights else pretrained.digits()
+    else:
+        denoiser = overlapping_mixture().denoiser
     key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
     fresh = getattr(args, "eval_seed", 0)    # 0: the table's evaluation draws; else fresh ones
     key_eval = jax.random.fold_in(key_eval, fresh) if fresh else key_eval
     x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
     x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
     name = f"reference_seed{args.seed}" + (f"_eval{fresh}" if fresh else "") + f"_n{args.n}.npy"
-    cache = ROOT / "checkpoints" / "quality_cause" / name if model == "digits" else SAMPLES / f"{model}_{name}"
+    if args.weights:
+        cache = args.samples / name
+    else:
+        cache = ROOT / "checkpoints" / "quality_cause" / name if model == "digits" else SAMPLES / f"{model}_{name}"
     if cache.exists():
         ref = np.load(cache)
     else:
@@ -608,6 +622,10 @@ def main(argv=None):
                     "--n fresh draws (--eval-seed, default 1; --n default 4000) and print the table")
     ap.add_argument("--se-parts", action="store_true", help="print the confirmed cells' paired se split into "
                     "its draws' and its reference digits' parts (from --confirm's saved samples) and stop")
+    ap.add_argument("--weights", type=Path, default=None, help="with --model digits: another digits denoiser, "
+                    "<name>.msgpack with its <name>.json (benchmarks/second_model.py's), in place of the shipped "
+                    "one; results default to docs/quality_guard_<name>.jsonl, samples and reference to "
+                    "checkpoints/quality_guard/<name>/")
     ap.add_argument("--out", type=Path, default=None, help="results file (default docs/quality_guard_<model>.jsonl)")
     ap.add_argument("--remeasure", action="store_true", help="measure the transcribed cells of --out again "
                     "(the new rows supersede them)")
@@ -631,7 +649,12 @@ def main(argv=None):
         args.eval_seed = args.eval_seed or 1
         args.n = args.n or 4000
     args.n = args.n or (1000 if args.model == "digits" else 2000)
-    args.out = args.out or ROOT / "docs" / f"quality_guard_{args.model}.jsonl"
+    args.out = args.out or ROOT / "docs" / f"quality_guard_{args.weights.stem if args.weights else args.model}.jsonl"
+    args.samples = SAMPLES / args.weights.stem if args.weights else SAMPLES
+    if args.weights and (args.model != "digits" or args.views or args.spread or args.agreement
+                         or args.feature_judge or args.refit_variants or args.se_parts or args.ladder):
+        raise SystemExit("--weights: another digits denoiser is measured (default mode), re-checked (--recheck, "
+                         "--confirm), explained (--explain) and tabled (--table) only, with --model digits")
     if args.table:
         print(grid_summary(args.out) + "\n\n" + table(args.out))
         return
