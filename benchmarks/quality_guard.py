@@ -213,7 +213,9 @@ def confirm(args) -> str:
     setup = setup_for(args.model, args) if todo else None
     for r in todo:
         new = cell(setup, r["solver"], r["grid"], r["nfe"], args)
-        new.update(command=f"python benchmarks/quality_guard.py --confirm --n {args.n} --eval-seed {args.eval_seed}",
+        new.update(command=f"python benchmarks/quality_guard.py --confirm --n {args.n} --eval-seed {args.eval_seed}"
+                   + (f" --weights {args.weights}" if args.weights else "")
+                   + (f" --fine-steps {args.fine_steps}" if args.fine_steps != 8 else ""),
                    commit=commit(), n=args.n, fit_batch=args.fit_batch, fine_steps=args.fine_steps,
                    seed=args.seed, eval_seed=args.eval_seed)
         with out.open("a") as f:
