@@ -131,3 +131,43 @@ def test_cli_judges_the_digits_model_by_default(tmp_path, capsys, model, judge):
             "--fine-steps", "2", "--out", str(tmp_path / "c")]
     assert cli.main(argv) == 0
     assert "quality judge, IIA - base" in capsys.readouterr().out
+
+
+def with_steps(plain, steps):
+    """The plain fit's coefficients with only ``steps`` switched on, sampled from the batch."""
+    values = np.asarray(plain.coeffs.values)
+    on = np.isin(np.arange(len(values)), list(steps))[:, None]
+    coeffs = dataclasses.replace(plain.coeffs, values=jax.numpy.asarray(np.where(on, values, 0)))
+    return np.asarray(iia_jax.iia_sample(DENOISER, PLAN, coeffs, X_T))
+
+
+def test_in_order_judge_keeps_a_step_only_on_top_of_those_before(plain):
+    """``Judge(in_order=True)``: the kept steps are judged in step order, each on top of the steps
+    accepted before it.  Re-derived here by sampling every prefix ourselves: each accepted prefix is
+    within the tolerance, each dropped step breaks it on top of the steps accepted before it, and
+    the judge is called once a kept step."""
+    base = samples(plain)[1]
+    kept = [int(i) for i in np.flatnonzero(plain.report.kept)]
+    far = [distance(with_steps(plain, kept[:k + 1]), base) for k in range(len(kept))]
+    tol = 0.5 * (min(far) + max(far))      # between the nearest and farthest prefix: some go, some stay
+    calls = []
+
+    def judge(candidate, base_):
+        calls.append(1)
+        return distance(candidate, base_) - tol, 0.0
+
+    res = fitted(iia_jax.Judge(judge, in_order=True))
+    accepted, dropped = [int(i) for i in np.flatnonzero(res.report.kept)], list(res.report.quality_dropped)
+    assert dropped and accepted and len(calls) == len(kept)
+    assert sorted(accepted + dropped) == kept and dropped == sorted(dropped)
+    never_worse(res)
+    for step in kept:
+        before = [a for a in accepted if a < step]
+        within = distance(with_steps(plain, before + [step]), base) <= tol + 1e-6
+        assert within == (step in accepted), (step, before)
+    np.testing.assert_allclose(samples(res)[0], with_steps(plain, accepted), atol=1e-5)
+
+
+def test_in_order_judge_refused_when_not_a_bool():
+    with pytest.raises(TypeError, match="judge.in_order"):
+        iia_jax.FitConfig(judge=iia_jax.Judge(lambda c, b: (0.0, 1.0), in_order="yes"))

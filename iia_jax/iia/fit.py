@@ -667,22 +667,37 @@ def _never_worse(runs: _EndToEnd, values) -> _Selection:
 
 
 def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
-    """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``):
-    each round removes the step whose removal gives the lowest difference, if that is lower than
-    the current one; if the samples are still worse then, and the base sampler's own verdict is
-    lower, every step goes.  If the steps left no longer lower the held-out median error, all
-    are dropped too (the base sampler)."""
-    values, kept = chosen.values, chosen.kept
+    """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``),
+    by :func:`_drop_jointly` or, with ``judge.in_order``, :func:`_drop_in_order`.  If the steps
+    left no longer lower the held-out median error, all are dropped too (the base sampler)."""
     if judge.reference:
         samples, reference = runs.judged_rows(judge.max_rows)
     else:
         samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
-    base = samples(np.zeros_like(values))
+    base = samples(np.zeros_like(chosen.values))
     verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
+    drop = _drop_in_order if judge.in_order else _drop_jointly
+    values, kept, judged, dropped = drop(chosen.values, chosen.kept, verdict, judge.worse)
+    if not dropped:
+        return chosen._replace(judged=judged)
+    errors = runs.errors(values)
+    if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
+        dropped += [int(i) for i in np.flatnonzero(kept)]
+        values, kept, judged, errors = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0), chosen.base_errors
+    return _Selection(values, kept, chosen.base_errors, errors, judged, tuple(dropped))
 
+
+def _without(values, step):
+    return np.where(np.arange(len(values))[:, None] == step, 0, values)
+
+
+def _drop_jointly(values, kept, verdict, worse):
+    """The kept steps judged together: each round removes the step whose removal gives the lowest
+    verdict, if that is lower than the current one; if the samples are still worse then and the
+    base sampler's own verdict is lower, every step goes.  ``(values, kept, verdict, dropped)``."""
     judged, dropped = verdict(values), []
-    while judge.worse(judged) and kept.any():
-        trials = {int(i): np.where(np.arange(len(kept))[:, None] == i, 0, values) for i in np.flatnonzero(kept)}
+    while worse(judged) and kept.any():
+        trials = {int(i): _without(values, i) for i in np.flatnonzero(kept)}
         verdicts = {i: verdict(trial) for i, trial in trials.items()}
         step = min(verdicts, key=lambda i: verdicts[i][0])
         if verdicts[step][0] >= judged[0]:
@@ -691,18 +706,30 @@ def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Select
         kept = kept.copy()
         kept[step] = False
         dropped.append(step)
-    if judge.worse(judged) and kept.any():      # no single removal helps: is the base better?
+    if worse(judged) and kept.any():      # no single removal helps: is the base better?
         alone = verdict(np.zeros_like(values))
         if alone[0] < judged[0]:
             dropped += [int(i) for i in np.flatnonzero(kept)]
             values, kept, judged = np.zeros_like(values), np.zeros_like(kept), alone
-    if not dropped:
-        return chosen._replace(judged=judged)
-    errors = runs.errors(values)
-    if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
-        dropped += [int(i) for i in np.flatnonzero(kept)]
-        values, kept, judged, errors = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0), chosen.base_errors
-    return _Selection(values, kept, chosen.base_errors, errors, judged, tuple(dropped))
+    return values, kept, judged, dropped
+
+
+def _drop_in_order(values, kept, verdict, worse):
+    """The kept steps judged in step order, each on top of the ones accepted before it (the later
+    steps left to the base sampler): a step is accepted only if those samples are not worse than
+    the base's, so no prefix of the accepted steps is, the whole set included.  Judged together,
+    one step's flattening can hide behind a later one's overshoot (docs/iia.md, "Judged in step
+    order").  One judged run a kept step.  ``(values, kept, verdict, dropped)``."""
+    accepted, dropped, judged = np.zeros_like(values), [], (0.0, 0.0)
+    for step in np.flatnonzero(kept):
+        trial = accepted.copy()
+        trial[step] = values[step]
+        v = verdict(trial)
+        if worse(v):
+            dropped.append(int(step))
+        else:
+            accepted, judged = trial, v
+    return accepted, kept & ~np.isin(np.arange(len(kept)), dropped), judged, dropped
 
 
 def _error_summary(base, iia):
