@@ -10,7 +10,7 @@
     python benchmarks/quality_guard.py --se-parts       # why 4x the draws barely shrank their error
     python benchmarks/quality_guard.py --weights checkpoints/digits_b/weights/digits_b.msgpack --fine-steps 16 \
         --nfe 3 4 5                 # a second digits model (benchmarks/second_model.py) nothing was tuned on
-    python benchmarks/quality_guard.py --in-order ...   # the guard judging kept steps in step order
+    python benchmarks/quality_guard.py --in-order ...   # the guard judging the kept steps in step order too
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -43,8 +43,9 @@ there are skipped), so the table can be completed over several runs.  The digits
 ``checkpoints/quality_guard/`` (untracked) for ``--agreement``, ``--views``, ``--spread`` and
 ``--refit-variants``.
 
-``--in-order`` fits with ``iia_jax.iia.IN_ORDER_JUDGE`` (the same judge, the kept steps judged in
-step order: ``Judge.in_order``) into ``docs/quality_guard_<name>_in_order.jsonl``.  The fit is the
+``--in-order`` fits with ``iia_jax.iia.IN_ORDER_JUDGE`` (the same judge; the guard also judges the
+kept steps in step order and keeps the better selection: ``Judge.in_order``) into
+``docs/quality_guard_<name>_in_order.jsonl``.  The fit is the
 same up to the guard, so where it keeps the same steps as the default table's row, the samples
 are that row's: the row is copied (``same_steps_as``) and only the new fit is timed.
 """
@@ -667,8 +668,8 @@ def main(argv=None):
                     "network's features as the guard's judge (iia_jax.feature_judge), print the table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
-    ap.add_argument("--in-order", action="store_true", help="the guard judges the kept steps in step order "
-                    "(iia_jax.iia.IN_ORDER_JUDGE); results default to docs/quality_guard_<name>_in_order.jsonl")
+    ap.add_argument("--in-order", action="store_true", help="the guard also judges the kept steps in step "
+                    "order (iia_jax.iia.IN_ORDER_JUDGE); results default to docs/quality_guard_<name>_in_order.jsonl")
     args = ap.parse_args(argv)
     if args.confirm:
         args.eval_seed = args.eval_seed or 1

@@ -54,11 +54,13 @@ class Judge(NamedTuple):
     so a 100,000-row fit would otherwise spend hours and tens of GB on its judge; 4,096 rows give
     a paired se about half that of the 1,000 rows the guard was tuned on (docs/iia.md).
 
-    ``in_order``: how the guard drops steps.  False (the default): the kept steps are judged
-    together, and dropped one at a time while the samples are worse.  True: they are judged in
-    step order, each on top of the ones accepted before it, and a step is kept only if those
-    samples are not worse than the base's; one step's flattening then cannot hide behind a later
-    step's overshoot (docs/iia.md, "Judged in step order"; :data:`IN_ORDER_JUDGE`).
+    ``in_order``: False (the default): the guard judges the kept steps together and drops them
+    one at a time while the samples are worse.  True: it also judges them in step order, each on
+    top of the steps accepted before it (a step is kept only if those samples are not worse than
+    the base's), and keeps whichever selection the judge finds better.  Judged together, one step's
+    flattening can hide behind a later step's overshoot; judged in order alone, a correction that
+    only helps together with a later one is refused.  The second pass costs one judged run a kept
+    step (docs/digits.md, "Judged in step order"; :data:`IN_ORDER_JUDGE`).
     """
 
     compare: Callable
@@ -83,7 +85,7 @@ class Judge(NamedTuple):
 # The default judge: model-agnostic, the samples against the fit's own fine reference
 # (docs/iia.md, "Why IIA can cost sample quality"; iia/guard.py).
 REFERENCE_JUDGE = Judge(reference_verdict, QUALITY_Z, reference=True)
-# The same judge, the kept steps judged in step order (Judge.in_order).
+# The same judge, the kept steps also judged in step order (Judge.in_order).
 IN_ORDER_JUDGE = REFERENCE_JUDGE._replace(in_order=True)
 
 

@@ -39,7 +39,9 @@ what its features cannot predict, which blurs the samples (docs/iia.md, "Why IIA
 quality").  So a quality guard follows, with the config's judge: kept steps are dropped one at a
 time, the one whose removal helps most first, while the samples are worse than the base
 sampler's by more than the judge's ``z`` standard errors of its paired difference and a removal
-still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  The
+still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  With
+``Judge.in_order`` a second pass judges the kept steps in step order, each on top of those accepted
+before it, and the selection the judge finds better is kept.  The
 default judge (:data:`~iia_jax.iia.config.REFERENCE_JUDGE`) needs nothing model-specific: it
 compares IIA's and the base's samples with the fit's own fine-reference samples of the same rows
 (every row whose reference the fit integrated), in distribution and in spread (IIA may not be
@@ -668,21 +670,36 @@ def _never_worse(runs: _EndToEnd, values) -> _Selection:
 
 def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
     """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``),
-    by :func:`_drop_jointly` or, with ``judge.in_order``, :func:`_drop_in_order`.  If the steps
-    left no longer lower the held-out median error, all are dropped too (the base sampler)."""
+    by :func:`_drop_jointly`; with ``judge.in_order`` also by :func:`_drop_in_order`, keeping the
+    selection the judge finds better (the joint one on a tie).  Each ends as the base sampler if
+    its steps no longer lower the held-out median error (:func:`_still_lower`)."""
     if judge.reference:
         samples, reference = runs.judged_rows(judge.max_rows)
     else:
         samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
-    base = samples(np.zeros_like(chosen.values))
-    verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
-    drop = _drop_in_order if judge.in_order else _drop_jointly
-    values, kept, judged, dropped = drop(chosen.values, chosen.kept, verdict, judge.worse)
+    base, seen = samples(np.zeros_like(chosen.values)), {}
+
+    def verdict(vals):      # each selection judged once, whichever pass asks
+        key = vals.tobytes()
+        if key not in seen:
+            seen[key] = judge(samples(vals), base, reference)
+        return seen[key]
+
+    joint = _still_lower(runs, chosen, *_drop_jointly(chosen.values, chosen.kept, verdict, judge.worse))
+    if not judge.in_order or chosen.kept.sum() < 2:
+        return joint
+    in_order = _still_lower(runs, chosen, *_drop_in_order(chosen.values, chosen.kept, verdict, judge.worse))
+    return min((joint, in_order), key=lambda selection: selection.judged[0])
+
+
+def _still_lower(runs: _EndToEnd, chosen: _Selection, values, kept, judged, dropped) -> _Selection:
+    """The selection a guard pass left, or the base sampler if its steps no longer lower the
+    held-out median error at sigma = 0 (never worse in either measure)."""
     if not dropped:
         return chosen._replace(judged=judged)
     errors = runs.errors(values)
-    if not np.median(errors) < np.median(chosen.base_errors):   # what is left must still beat the base
-        dropped += [int(i) for i in np.flatnonzero(kept)]
+    if not np.median(errors) < np.median(chosen.base_errors):
+        dropped = list(dropped) + [int(i) for i in np.flatnonzero(kept)]
         values, kept, judged, errors = np.zeros_like(values), np.zeros_like(kept), (0.0, 0.0), chosen.base_errors
     return _Selection(values, kept, chosen.base_errors, errors, judged, tuple(dropped))
 
@@ -718,8 +735,10 @@ def _drop_in_order(values, kept, verdict, worse):
     """The kept steps judged in step order, each on top of the ones accepted before it (the later
     steps left to the base sampler): a step is accepted only if those samples are not worse than
     the base's, so no prefix of the accepted steps is, the whole set included.  Judged together,
-    one step's flattening can hide behind a later one's overshoot (docs/iia.md, "Judged in step
-    order").  One judged run a kept step.  ``(values, kept, verdict, dropped)``."""
+    one step's flattening can hide behind a later one's overshoot; judged in order, a correction
+    fitted on the states an earlier one makes can be refused although the two together help
+    (docs/digits.md, "Judged in step order").  One judged run a kept step.
+    ``(values, kept, verdict, dropped)``."""
     accepted, dropped, judged = np.zeros_like(values), [], (0.0, 0.0)
     for step in np.flatnonzero(kept):
         trial = accepted.copy()
