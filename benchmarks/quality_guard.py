@@ -11,6 +11,7 @@
     python benchmarks/quality_guard.py --weights checkpoints/digits_b/weights/digits_b.msgpack --fine-steps 16 \
         --nfe 3 4 5                 # a second digits model (benchmarks/second_model.py) nothing was tuned on
     python benchmarks/quality_guard.py --in-order ...   # the guard judging the kept steps in step order too
+    python benchmarks/quality_guard.py --cost dpmpp_2m:karras:5 ...   # what that costs a fit
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -147,7 +148,8 @@ def cell(setup: dict, solver, grid, nfe, args, known: dict | None = None) -> dic
     res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=judge_of(args), progress=False)
     fit_s = time.perf_counter() - t
     rep = res.report
-    fitted = dict(fit_s=fit_s, dropped=list(rep.quality_dropped), fit_judge=list(rep.quality_difference))
+    fitted = dict(fit_s=fit_s, fit_evaluations=rep.model_evaluations, dropped=list(rep.quality_dropped),
+                  fit_judge=list(rep.quality_difference))
     if known is not None and [int(i) for i in np.flatnonzero(np.asarray(rep.kept))] == known["guarded"]["kept"]:
         return dict(known, **fitted, same_steps_as=known_table(args).name, measured_commit=known["commit"])
     base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval, batch=BATCH)
@@ -187,6 +189,27 @@ def known_table(args) -> Path:
 
 WORSE_Z = 1.0    # the guarantee: never worse than the base by more than one paired se
 BETTER_Z = 2.0   # a gain is claimed as the project's verdicts are: by more than two paired se
+
+
+def cost(setup: dict, cells: list, args) -> str:
+    """What the guard's in-order pass costs: each ``SOLVER:GRID:NFE`` cell fitted with the default
+    judge and with ``IN_ORDER_JUDGE`` (the first fit of each compiles for both), the model
+    evaluations of each fit (``report.model_evaluations``) and its wall time."""
+    lines = ["| cell | steps kept: default / in order | model evaluations: default / in order | ratio | "
+             "fit s: default / in order |", "| --- | --- | --- | ---: | --- |"]
+    for spec in cells:
+        solver, grid, nfe = spec.split(":")
+        plan = iia_jax.plan(solver, GRIDS[grid](steps_for(int(nfe), solver)))
+        fit = lambda judge: iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=args.fine_steps,  # noqa: E731
+                                        quality=judge, progress=False).report
+        fit(REFERENCE_JUDGE)        # compiles what both fits run
+        (a, b) = (fit(REFERENCE_JUDGE), fit(IN_ORDER_JUDGE))
+        kept = lambda r: ", ".join(map(str, np.flatnonzero(np.asarray(r.kept)))) or "-"  # noqa: E731
+        lines.append(f"| {solver} {grid} NFE {plan.nfe} | {kept(a)} / {kept(b)} | {a.model_evaluations:,} / "
+                     f"{b.model_evaluations:,} | {b.model_evaluations / a.model_evaluations:.3f} | "
+                     f"{a.fit_seconds:.0f} / {b.fit_seconds:.0f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def recheck(setup: dict, args) -> None:
@@ -668,6 +691,8 @@ def main(argv=None):
                     "network's features as the guard's judge (iia_jax.feature_judge), print the table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
+    ap.add_argument("--cost", nargs="+", metavar="SOLVER:GRID:NFE", help="fit these cells with the default "
+                    "judge and with IN_ORDER_JUDGE, print model evaluations and fit time, and stop")
     ap.add_argument("--in-order", action="store_true", help="the guard also judges the kept steps in step "
                     "order (iia_jax.iia.IN_ORDER_JUDGE); results default to docs/quality_guard_<name>_in_order.jsonl")
     args = ap.parse_args(argv)
@@ -681,7 +706,7 @@ def main(argv=None):
     if args.weights and (args.model != "digits" or args.views or args.spread or args.agreement
                          or args.feature_judge or args.refit_variants or args.se_parts or args.ladder):
         raise SystemExit("--weights: another digits denoiser is measured (default mode), re-checked (--recheck, "
-                         "--confirm), explained (--explain) and tabled (--table) only, with --model digits")
+                         "--confirm), explained (--explain), costed (--cost) and tabled (--table) only, with --model digits")
     if args.table:
         print(grid_summary(args.out) + "\n\n" + table(args.out))
         return
@@ -712,6 +737,9 @@ def main(argv=None):
         return
     if args.recheck:
         recheck(setup_for(args.model, args), args)
+        return
+    if args.cost:
+        print(cost(setup_for(args.model, args), args.cost, args))
         return
     if args.ladder:
         if args.model != "overlapping":

@@ -121,12 +121,14 @@ def test_bad_quality_refused():
 def test_cli_judges_the_digits_model_by_default(tmp_path, capsys, model, judge):
     """`iia-jax fit --quality auto`: the validated digits judge on the unconditional digits model
     only (it is not a measure of guided samples, docs/guidance.md); elsewhere the library's
-    default, the model-agnostic reference judge.  `--quality none`: no judge."""
+    default, the model-agnostic reference judge.  `--quality in-order`: that judge with the kept
+    steps also judged in step order.  `--quality none`: no judge."""
     from iia_jax import cli
     from iia_jax.metrics import digits_check
     loaded = cli.load_model(model)
     want = digits_check if judge == "digits" else iia_jax.iia.REFERENCE_JUDGE
     assert cli._quality(loaded, "auto") is want and cli._quality(loaded, "none") is None
+    assert cli._quality(loaded, "in-order") == iia_jax.iia.REFERENCE_JUDGE._replace(in_order=True)
     argv = ["fit", "--model", model, "--solver", "euler", "--steps", "3", "--batch", "32",
             "--fine-steps", "2", "--out", str(tmp_path / "c")]
     assert cli.main(argv) == 0
@@ -191,3 +193,25 @@ def test_in_order_judge_keeps_the_better_of_both_passes(plain, near, winner):
 def test_in_order_judge_refused_when_not_a_bool():
     with pytest.raises(TypeError, match="judge.in_order"):
         iia_jax.FitConfig(judge=iia_jax.Judge(lambda c, b: (0.0, 1.0), in_order="yes"))
+
+
+@pytest.mark.parametrize("solver, options", [("euler", dict(in_order=False)), ("euler", dict(in_order=True)),
+                                             ("heun", dict(in_order=True, chunk_size=64)),
+                                             ("heun", dict(in_order=False, target="local"))])
+def test_report_counts_the_model_evaluations(solver, options):
+    """``report.model_evaluations`` against the denoiser's own count (a host callback adding the
+    rows of every call): the guard with its second pass and without, a solver of two calls a step
+    (heun, NFE 2N - 1), chunked, and the local target's held-out reference."""
+    count = []
+
+    def counting(x, sigma):
+        jax.debug.callback(lambda rows: count.append(int(rows)), x.shape[0])
+        return DENOISER(x, sigma)
+
+    options = dict(options)
+    in_order = options.pop("in_order")
+    judge = iia_jax.Judge(lambda candidate, base: (distance(candidate, base), 0.0), in_order=in_order)
+    plan = iia_jax.plan(solver, schedules.karras(6 if solver == "euler" else 4, 0.01, SIGMA_MAX))
+    res = iia_jax.fit(counting, plan, X_T, fine_steps=4, quality=judge, progress=False, **options)
+    jax.effects_barrier()
+    assert res.report.quality_dropped and res.report.model_evaluations == sum(count) > 0

@@ -100,6 +100,7 @@ class FitReport(NamedTuple):
     holdout_rows: np.ndarray = np.zeros(0, int)   # indices into x_T of the held-out rows
     quality_difference: tuple = (float("nan"), float("nan"))   # judge (IIA - base, se), all rows; NaN without
     quality_dropped: tuple = ()     # steps the quality check switched off, in the order dropped
+    model_evaluations: int = 0      # denoiser calls x rows (padding included) the fit spent, this process's
 
     def summary(self) -> str:
         """A plain-text table of the report."""
@@ -121,7 +122,8 @@ class FitReport(NamedTuple):
                              f"{list(self.quality_dropped) or 'none'})")
         else:
             lines.append("no held-out samples: the never-worse check was skipped")
-        lines.append(f"trained on {self.train_size} samples in {self.fit_seconds:.2f} s")
+        lines.append(f"trained on {self.train_size} samples in {self.fit_seconds:.2f} s, "
+                     f"{self.model_evaluations:,} model evaluations (rows x calls)")
         return "\n".join(lines)
 
 
@@ -309,7 +311,7 @@ class _Passes:
                                   _SEQ_ADVANCE(self.denoiser, self.sigmas, i, carries[c], rows.cond_of(c), c_i,
                                                final=final, solver=solver, spec=spec))
                 if kept is None:
-                    self.spend(rows.layout.padded * self.coarse // (self.sigmas.shape[0] - 1))
+                    self.spend(rows.layout.padded * _share(self.coarse, self.sigmas.shape[0] - 1, final))
                 values.append(c_i)
                 all_stats.append(stats)
             if target == "trajectory":
@@ -332,13 +334,19 @@ class _Passes:
                                                 keep=not rows.layout.chunked,
                                                 **self.static)
             oks.append(ok)
-            self.spend(carry[1].shape[0] * (self.reference_row - 1) // (self.sigmas.shape[0] - 1))
+            self.spend(carry[1].shape[0] * _share(self.reference_row, self.sigmas.shape[0] - 1, final))
             stats, sums = (s, m) if stats is None else _add((stats, sums), (s, m))
             if fine is not None:
                 fines[c] = goal
         if not _host(jnp.stack(oks)).all():
             _raise_at(i, self.sigmas, "non-finite model output or reference")
         return stats, sums, kept
+
+
+def _share(calls: int, steps: int, final: bool) -> int:
+    """One step's part of ``calls`` model calls a row spread over ``steps`` steps for the progress
+    count: an equal share, the remainder on the final step, so the steps add up to ``calls``."""
+    return calls // steps + (calls % steps if final else 0)
 
 
 def _spread(leaf):
@@ -832,7 +840,8 @@ def fit(denoiser, plan, x_T, config: FitConfig | None = None, *, cond=None, key=
         mode=config.mode, target=target, batch_size=rows.layout.train_rows, fingerprint=fingerprint,
         guidance_scale=_guidance_scale(denoiser), version=__version__,
         plan_fingerprint=plan.fingerprint, match_spread=config.match_spread)
-    return FitResult(coeffs, _report(local, chosen, rows, time.perf_counter() - start))
+    return FitResult(coeffs, _report(local, chosen, rows, time.perf_counter() - start)._replace(
+        model_evaluations=bar.spent))
 
 
 class _Checked(NamedTuple):
@@ -867,6 +876,7 @@ class _Progress:
     def __init__(self, desc, progress):
         self.bar = tqdm(total=0, desc=desc, unit="eval", unit_scale=True, leave=False,
                         disable=None if progress is None else not progress)
+        self.spent = 0      # counted here: a disabled bar counts nothing
 
     def expect(self, evaluations):
         self.bar.total = evaluations
@@ -876,6 +886,7 @@ class _Progress:
         self.bar.set_postfix_str(name)
 
     def spend(self, evaluations):
+        self.spent += evaluations
         if self.bar.n + evaluations > self.bar.total:
             self.bar.total = self.bar.n + evaluations
         self.bar.update(evaluations)
