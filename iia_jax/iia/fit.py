@@ -98,7 +98,7 @@ class FitReport(NamedTuple):
     holdout_rows: np.ndarray = np.zeros(0, int)   # indices into x_T of the held-out rows
     quality_difference: tuple = (float("nan"), float("nan"))   # judge (IIA - base, se), all rows; NaN without
     quality_dropped: tuple = ()     # steps the quality check switched off, in the order dropped
-    model_evaluations: int = 0      # denoiser calls x rows (padding included) the fit spent, this process's
+    model_evaluations: int = 0      # denoiser calls x rows (padding included) the fit spent
 
     def summary(self) -> str:
         """A plain-text table of the report."""
