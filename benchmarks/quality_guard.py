@@ -10,6 +10,8 @@
     python benchmarks/quality_guard.py --se-parts       # why 4x the draws barely shrank their error
     python benchmarks/quality_guard.py --weights checkpoints/digits_b/weights/digits_b.msgpack --fine-steps 16 \
         --nfe 3 4 5                 # a second digits model (benchmarks/second_model.py) nothing was tuned on
+    python benchmarks/quality_guard.py --in-order ...   # the guard judging the kept steps in step order too
+    python benchmarks/quality_guard.py --cost dpmpp_2m:karras:5 ...   # what that costs a fit
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
 ``--seed``), grids over sigma 80 -> 0.002 (Karras, rho 7; VP-quadratic,
@@ -41,6 +43,12 @@ Results are appended, one JSON line per cell, to ``--out`` (default: the tracked
 there are skipped), so the table can be completed over several runs.  The digits samples go to
 ``checkpoints/quality_guard/`` (untracked) for ``--agreement``, ``--views``, ``--spread`` and
 ``--refit-variants``.
+
+``--in-order`` fits with ``iia_jax.iia.IN_ORDER_JUDGE`` (the same judge; the guard also judges the
+kept steps in step order and keeps the selection nearer the reference by the distance alone:
+``Judge.in_order``, ``Judge.rank``) into ``docs/quality_guard_<name>_in_order.jsonl``.  The fit is the
+same up to the guard, so where it keeps the same steps as the default table's row, the samples
+are that row's: the row is copied (``same_steps_as``) and only the new fit is timed.
 """
 from __future__ import annotations
 
@@ -61,7 +69,7 @@ from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.bench.grids import steps_for  # noqa: E402
 from iia_jax.bench.harness import run_batched  # noqa: E402
 from iia_jax.bench.models import overlapping_mixture  # noqa: E402
-from iia_jax.iia.config import FitConfig  # noqa: E402
+from iia_jax.iia.config import IN_ORDER_JUDGE, REFERENCE_JUDGE, FitConfig  # noqa: E402
 from iia_jax.iia.features import feature_spec  # noqa: E402
 from iia_jax.iia.fit import candidate_samples, fine_solution  # noqa: E402
 from iia_jax.iia.guard import reference_mmd  # noqa: E402
@@ -124,25 +132,29 @@ def evaluate(denoiser, plan, coeffs, x_eval) -> np.ndarray:
 
 
 def samples_folder(args) -> Path:
-    """Where a digits cell's samples go: other fine_steps or draws than the table's keep theirs apart."""
+    """Where a digits cell's samples go: other fine_steps, draws or guards than the table's keep theirs apart."""
     folder = args.samples if args.fine_steps == 8 else args.samples / f"fine_steps_{args.fine_steps}"
+    folder = folder / "in_order" if getattr(args, "in_order", False) else folder
     return folder / f"eval_seed_{args.eval_seed}" if getattr(args, "eval_seed", 0) else folder
 
 
-def cell(setup: dict, solver, grid, nfe, args) -> dict:
-    """One (solver, grid, NFE) cell: the guarded fit, the unguarded coefficients, both evaluated."""
+def cell(setup: dict, solver, grid, nfe, args, known: dict | None = None) -> dict:
+    """One (solver, grid, NFE) cell: the guarded fit, the unguarded coefficients, both evaluated;
+    or ``known`` (a row of the default table) where the guarded fit keeps its steps (``--in-order``)."""
     denoiser, x_fit, x_eval, ref = setup["denoiser"], setup["x_fit"], setup["x_eval"], setup["ref"]
     steps = steps_for(nfe, solver)
     plan = iia_jax.plan(solver, GRIDS[grid](steps))
-    base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval, batch=BATCH)
     t = time.perf_counter()
-    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, progress=False)   # default judge
+    res = iia_jax.fit(denoiser, plan, x_fit, fine_steps=args.fine_steps, quality=judge_of(args), progress=False)
     fit_s = time.perf_counter() - t
     rep = res.report
-    out = dict(model=args.model, solver=solver, grid=grid, nfe=plan.nfe, steps=steps, fit_s=fit_s,
-               fit_evaluations=rep.model_evaluations, median_base=ode_error(base, ref).median,
-               dropped=list(rep.quality_dropped),
-               fit_judge=list(rep.quality_difference), fit_holdout_median=list(rep.holdout_median),
+    fitted = dict(fit_s=fit_s, fit_evaluations=rep.model_evaluations, dropped=list(rep.quality_dropped),
+                  fit_judge=list(rep.quality_difference))
+    if known is not None and [int(i) for i in np.flatnonzero(np.asarray(rep.kept))] == known["guarded"]["kept"]:
+        return dict(known, **fitted, same_steps_as=known_table(args).name, measured_commit=known["commit"])
+    base = run_batched(jax.jit(lambda x: iia_jax.sample(denoiser, plan, x)), x_eval, batch=BATCH)
+    out = dict(model=args.model, solver=solver, grid=grid, nfe=plan.nfe, steps=steps, **fitted,
+               median_base=ode_error(base, ref).median, fit_holdout_median=list(rep.holdout_median),
                holdout_mse_before=list(rep.holdout_mse_before), holdout_mse_after=list(rep.holdout_mse_after))
     # The guard only zeroes steps after the rest of the (deterministic) fit: refit without it only
     # where it dropped one, else the unguarded coefficients are the guarded ones.
@@ -165,8 +177,39 @@ def cell(setup: dict, solver, grid, nfe, args) -> dict:
     return out
 
 
+def judge_of(args):
+    """The guard's judge: the library default, or judging the kept steps in order (``--in-order``)."""
+    return IN_ORDER_JUDGE if getattr(args, "in_order", False) else REFERENCE_JUDGE
+
+
+def known_table(args) -> Path:
+    """The default guard's results file for this model (``--in-order`` copies its unchanged rows)."""
+    return ROOT / "docs" / f"quality_guard_{args.weights.stem if args.weights else args.model}.jsonl"
+
+
 WORSE_Z = 1.0    # the guarantee: never worse than the base by more than one paired se
 BETTER_Z = 2.0   # a gain is claimed as the project's verdicts are: by more than two paired se
+
+
+def cost(setup: dict, cells: list, args) -> str:
+    """What the guard's in-order pass costs: each ``SOLVER:GRID:NFE`` cell fitted with the default
+    judge and with ``IN_ORDER_JUDGE`` (the first fit of each compiles for both), the model
+    evaluations of each fit (``report.model_evaluations``) and its wall time."""
+    lines = ["| cell | steps kept: default / in order | model evaluations: default / in order | ratio | "
+             "fit s: default / in order |", "| --- | --- | --- | ---: | --- |"]
+    for spec in cells:
+        solver, grid, nfe = spec.split(":")
+        plan = iia_jax.plan(solver, GRIDS[grid](steps_for(int(nfe), solver)))
+        fit = lambda judge: iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=args.fine_steps,  # noqa: E731
+                                        quality=judge, progress=False).report
+        fit(REFERENCE_JUDGE)        # compiles what both fits run
+        (a, b) = (fit(REFERENCE_JUDGE), fit(IN_ORDER_JUDGE))
+        kept = lambda r: ", ".join(map(str, np.flatnonzero(np.asarray(r.kept)))) or "-"  # noqa: E731
+        lines.append(f"| {solver} {grid} NFE {plan.nfe} | {kept(a)} / {kept(b)} | {a.model_evaluations:,} / "
+                     f"{b.model_evaluations:,} | {b.model_evaluations / a.model_evaluations:.3f} | "
+                     f"{a.fit_seconds:.0f} / {b.fit_seconds:.0f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def recheck(setup: dict, args) -> None:
@@ -183,7 +226,8 @@ def recheck(setup: dict, args) -> None:
     for r in rows:
         plan = iia_jax.plan(r["solver"], GRIDS[r["grid"]](r["steps"]))
         t = time.perf_counter()
-        rep = iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=args.fine_steps, progress=False).report
+        rep = iia_jax.fit(setup["denoiser"], plan, setup["x_fit"], fine_steps=args.fine_steps,
+                          quality=judge_of(args), progress=False).report
         kept = [int(i) for i in np.flatnonzero(np.asarray(rep.kept))]
         same = kept == r["guarded"]["kept"]
         print(f"{r['solver']:9s} {r['grid']:12s} NFE {r['nfe']:2d}  kept {kept} (was {r['guarded']['kept']}) "
@@ -647,17 +691,22 @@ def main(argv=None):
                     "network's features as the guard's judge (iia_jax.feature_judge), print the table and stop")
     ap.add_argument("--refit-variants", action="store_true", help="print the judge and variants of it on the "
                     "samples of benchmarks/quality_refit.py and stop")
+    ap.add_argument("--cost", nargs="+", metavar="SOLVER:GRID:NFE", help="fit these cells with the default "
+                    "judge and with IN_ORDER_JUDGE, print model evaluations and fit time, and stop")
+    ap.add_argument("--in-order", action="store_true", help="the guard also judges the kept steps in step "
+                    "order (iia_jax.iia.IN_ORDER_JUDGE); results default to docs/quality_guard_<name>_in_order.jsonl")
     args = ap.parse_args(argv)
     if args.confirm:
         args.eval_seed = args.eval_seed or 1
         args.n = args.n or 4000
     args.n = args.n or (1000 if args.model == "digits" else 2000)
-    args.out = args.out or ROOT / "docs" / f"quality_guard_{args.weights.stem if args.weights else args.model}.jsonl"
+    args.out = args.out or (known_table(args).with_name(known_table(args).stem + "_in_order.jsonl") if args.in_order
+                            else known_table(args))
     args.samples = SAMPLES / args.weights.stem if args.weights else SAMPLES
     if args.weights and (args.model != "digits" or args.views or args.spread or args.agreement
                          or args.feature_judge or args.refit_variants or args.se_parts or args.ladder):
         raise SystemExit("--weights: another digits denoiser is measured (default mode), re-checked (--recheck, "
-                         "--confirm), explained (--explain) and tabled (--table) only, with --model digits")
+                         "--confirm), explained (--explain), costed (--cost) and tabled (--table) only, with --model digits")
     if args.table:
         print(grid_summary(args.out) + "\n\n" + table(args.out))
         return
@@ -689,6 +738,9 @@ def main(argv=None):
     if args.recheck:
         recheck(setup_for(args.model, args), args)
         return
+    if args.cost:
+        print(cost(setup_for(args.model, args), args.cost, args))
+        return
     if args.ladder:
         if args.model != "overlapping":
             raise SystemExit("--ladder checks the exact mixture's distance: use it with --model overlapping")
@@ -698,6 +750,9 @@ def main(argv=None):
     done = {(r["solver"], r["grid"], r["nfe"]) for r in (load(args.out) if args.out.exists() else [])
             if not (args.remeasure and r.get("transcribed"))}
     setup = setup_for(args.model, args)
+    known = ({(r["solver"], r["grid"], r["nfe"]): r for r in load(known_table(args))
+             if r["fine_steps"] == args.fine_steps and r["n"] == args.n}
+             if args.in_order and known_table(args).exists() else {})
     command = " ".join(["python", "benchmarks/quality_guard.py"] + (sys.argv[1:] if argv is None else list(argv)))
     for nfe in args.nfe:
         for grid in args.grids:
@@ -706,7 +761,7 @@ def main(argv=None):
                 if steps is None or (solver, grid, iia_jax.solvers.get(solver).nfe(steps)) in done:
                     continue
                 t = time.perf_counter()
-                r = cell(setup, solver, grid, nfe, args)
+                r = cell(setup, solver, grid, nfe, args, known.get((solver, grid, iia_jax.solvers.get(solver).nfe(steps))))
                 r.update(command=command, commit=commit(), n=args.n, fit_batch=args.fit_batch,
                          fine_steps=args.fine_steps, seed=args.seed)
                 with args.out.open("a") as f:

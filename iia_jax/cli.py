@@ -149,7 +149,9 @@ def _quality(model, choice):
     the unconditional digits model, the only model we ship a validated judge for (docs/metrics.md;
     it does not measure strongly guided samples, docs/guidance.md), and the library's default,
     model-agnostic reference judge elsewhere (samples against the fit's own fine reference,
-    docs/iia.md); ``none`` switches the quality guard off (the error check alone)."""
+    docs/iia.md); ``in-order`` is that judge with the kept steps also judged in step order
+    (``iia_jax.iia.IN_ORDER_JUDGE``, docs/digits.md); ``none`` switches the quality guard off (the
+    error check alone)."""
     import iia_jax
     from .metrics import digits_check
     if choice == "digits" or (choice == "auto" and model.name == "digits"):
@@ -157,7 +159,7 @@ def _quality(model, choice):
             raise SystemExit("error: --quality digits judges 8x8 digits; this model makes "
                              f"{model.shape} samples")
         return digits_check
-    return None if choice == "none" else iia_jax.iia.REFERENCE_JUDGE
+    return {"none": None, "in-order": iia_jax.iia.IN_ORDER_JUDGE}.get(choice, iia_jax.iia.REFERENCE_JUDGE)
 
 
 # ----------------------------------------------------------------------------- reports
@@ -429,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-above", type=_spill_above, default=None, metavar="MIB",
                    help="with --chunk-size and no --spill-dir: the carried state of all rows, in MiB, above "
                         "which it goes to disk ('never': always in memory; default 16)")
-    p.add_argument("--quality", default="auto", choices=["auto", "digits", "reference", "none"],
+    p.add_argument("--quality", default="auto", choices=["auto", "digits", "reference", "in-order", "none"],
                    help="sample judge of the fit's quality guard (auto: digits on --model digits, the "
                         "model-agnostic reference judge elsewhere; none: the error check alone)")
     p.add_argument("--spread", default="match", choices=["match", "free"],

@@ -121,32 +121,117 @@ def test_bad_quality_refused():
 def test_cli_judges_the_digits_model_by_default(tmp_path, capsys, model, judge):
     """`iia-jax fit --quality auto`: the validated digits judge on the unconditional digits model
     only (it is not a measure of guided samples, docs/guidance.md); elsewhere the library's
-    default, the model-agnostic reference judge.  `--quality none`: no judge."""
+    default, the model-agnostic reference judge.  `--quality in-order`: that judge with the kept
+    steps also judged in step order.  `--quality none`: no judge."""
     from iia_jax import cli
     from iia_jax.metrics import digits_check
     loaded = cli.load_model(model)
     want = digits_check if judge == "digits" else iia_jax.iia.REFERENCE_JUDGE
     assert cli._quality(loaded, "auto") is want and cli._quality(loaded, "none") is None
+    assert cli._quality(loaded, "in-order") is iia_jax.iia.IN_ORDER_JUDGE
     argv = ["fit", "--model", model, "--solver", "euler", "--steps", "3", "--batch", "32",
             "--fine-steps", "2", "--out", str(tmp_path / "c")]
     assert cli.main(argv) == 0
     assert "quality judge, IIA - base" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("solver, options", [("euler", {}), ("heun", dict(chunk_size=64)),
-                                             ("heun", dict(target="local")), ("euler", dict(mode="teacher_forced"))])
+def with_steps(plain, steps):
+    """The plain fit's coefficients with only ``steps`` switched on, sampled from the batch."""
+    values = np.asarray(plain.coeffs.values)
+    on = np.isin(np.arange(len(values)), list(steps))[:, None]
+    coeffs = dataclasses.replace(plain.coeffs, values=jax.numpy.asarray(np.where(on, values, 0)))
+    return np.asarray(iia_jax.iia_sample(DENOISER, PLAN, coeffs, X_T))
+
+
+def in_order_pass(plain, verdict):
+    """The in-order pass re-derived by sampling every prefix ourselves: each kept step is accepted
+    if the samples with it and the steps accepted before it get a verdict <= 0."""
+    accepted = []
+    for step in np.flatnonzero(plain.report.kept):
+        if verdict(with_steps(plain, accepted + [int(step)])) <= 0:
+            accepted.append(int(step))
+    return accepted
+
+
+@pytest.mark.parametrize("near, ranked, winner", [("base", False, "joint"), ("a selection", False, "in order"),
+                                                ("base", True, "in order")])
+def test_in_order_judge_keeps_the_better_of_both_passes(plain, near, ranked, winner):
+    """``Judge(in_order=True)``: besides the joint pass, the kept steps are judged in step order,
+    each on top of the steps accepted before it, and the selection with the lower verdict is kept
+    (the base sampler's verdict is 0), or with ``rank`` the one it ranks lower (here the verdict
+    reversed, so the other pass wins).  Both passes re-derived here (the joint one by a fit with
+    the judge alone, the in-order one by sampling every prefix ourselves), with two judges of a
+    distance under a tolerance whose passes disagree, one won by each; the judge sees each
+    selection once."""
+    base = samples(plain)[1]
+    kept = [int(i) for i in np.flatnonzero(plain.report.kept)]
+    assert len(kept) >= 4
+    full = distance(with_steps(plain, kept), base)
+    if near == "base":      # close to the base: the joint pass drops the step that moves it most
+        target, tol = base, 0.98 * full
+    else:                   # close to the samples without one late step: reached in order sooner
+        target, tol = with_steps(plain, kept[:-2] + kept[-1:]), 0.4 * full
+    verdict = lambda x: distance(x, target) - tol  # noqa: E731
+    of = lambda steps: verdict(with_steps(plain, steps)) if steps else 0.0  # noqa: E731
+    calls = []
+
+    def judge(candidate, base_):
+        calls.append(candidate.tobytes())
+        return verdict(candidate), 0.0
+
+    joint = [int(i) for i in np.flatnonzero(fitted(iia_jax.Judge(judge)).report.kept)]
+    ordered = in_order_pass(plain, verdict)
+    assert ordered != joint and ((of(ordered) < of(joint)) != ranked) == (winner == "in order")
+    calls.clear()
+    rank = (lambda candidate, base_: -verdict(candidate)) if ranked else None  # noqa: E731
+    both = fitted(iia_jax.Judge(judge, in_order=True, rank=rank))
+    assert len(set(calls)) == len(calls)          # no selection judged twice
+    chosen = [int(i) for i in np.flatnonzero(both.report.kept)]
+    assert chosen == (ordered if winner == "in order" else joint)
+    never_worse(both)
+    assert both.report.quality_difference[0] == pytest.approx(of(chosen), abs=1e-5)
+    np.testing.assert_allclose(samples(both)[0], with_steps(plain, chosen), atol=1e-5)
+
+
+def test_in_order_judge_refused_when_not_a_bool():
+    with pytest.raises(TypeError, match="judge.in_order"):
+        iia_jax.FitConfig(judge=iia_jax.Judge(lambda c, b: (0.0, 1.0), in_order="yes"))
+
+
+@pytest.mark.parametrize("solver, options", [("euler", dict(in_order=False)), ("euler", dict(in_order=True)),
+                                             ("heun", dict(in_order=True, chunk_size=64)),
+                                             ("heun", dict(in_order=False, target="local"))])
 def test_report_counts_the_model_evaluations(solver, options):
     """``report.model_evaluations`` against the denoiser's own count (a host callback adding the
-    rows of every call) with a judge that drops steps: a solver of two calls a step (heun, NFE
-    2N - 1), chunked, the local target's held-out reference, and the teacher-forced pass."""
+    rows of every call): the guard with its second pass and without, a solver of two calls a step
+    (heun, NFE 2N - 1), chunked, and the local target's held-out reference."""
     count = []
 
     def counting(x, sigma):
         jax.debug.callback(lambda rows: count.append(int(rows)), x.shape[0])
         return DENOISER(x, sigma)
 
-    judge = iia_jax.Judge(lambda candidate, base: (distance(candidate, base), 0.0))
+    options = dict(options)
+    in_order = options.pop("in_order")
+    judge = iia_jax.Judge(lambda candidate, base: (distance(candidate, base), 0.0), in_order=in_order)
     plan = iia_jax.plan(solver, schedules.karras(6 if solver == "euler" else 4, 0.01, SIGMA_MAX))
     res = iia_jax.fit(counting, plan, X_T, fine_steps=4, quality=judge, progress=False, **options)
     jax.effects_barrier()
     assert res.report.quality_dropped and res.report.model_evaluations == sum(count) > 0
+
+
+def test_distance_z_ranks_by_the_distance_alone():
+    """``iia_jax.iia.guard.distance_z``, the rank of ``IN_ORDER_JUDGE``: the reference MMD's
+    difference over its se, 0 for the base against itself, and blind to the spread floor (a
+    candidate shrunk toward the mean, flatter than the floor allows, is vetoed by the verdict but
+    still ranked by its distance)."""
+    from iia_jax.iia.guard import distance_z, reference_mmd, reference_verdict
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 8))
+    base = ref + 0.3 * rng.normal(size=ref.shape)
+    shrunk = 0.8 * ref
+    assert distance_z(base, base, ref) == 0.0
+    d, se = reference_mmd(shrunk, base, ref)
+    assert distance_z(shrunk, base, ref) == pytest.approx(d / se)
+    assert reference_verdict(shrunk, base, ref)[0] > 1.0      # the floor vetoes the shrink
+    assert iia_jax.iia.IN_ORDER_JUDGE.rank is distance_z and iia_jax.iia.IN_ORDER_JUDGE.in_order

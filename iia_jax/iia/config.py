@@ -22,7 +22,7 @@ import numpy as np
 from .. import validate
 from .coefficients import FIT_MODES, TARGETS
 from .features import DEFAULT_TARGET, PRESET_SOLVERS
-from .guard import feature_mmd, reference_verdict
+from .guard import distance_z, feature_mmd, reference_verdict
 from .solve import SOLVES, MatchedSolve, PlainSolve
 
 # How many standard errors of the judge's paired difference count as "worse than the base".
@@ -53,12 +53,24 @@ class Judge(NamedTuple):
     so a fair one): kernel judges cost ``rows^2`` and the median bandwidth holds ``rows^2 / 2`` distances,
     so a 100,000-row fit would otherwise spend hours and tens of GB on its judge; 4,096 rows give
     a paired se about half that of the 1,000 rows the guard was tuned on (docs/iia.md).
+
+    ``in_order``: False (the default): the guard judges the kept steps together and drops them
+    one at a time while the samples are worse.  True: it also judges them in step order, each on
+    top of the steps accepted before it (a step is kept only if those samples are not worse than
+    the base's), and keeps the selection that ``rank(candidate, base[, reference]) -> float``
+    puts lower (None: the lower verdict; the joint selection on a tie).  Judged together, one
+    step's flattening can hide behind a later step's overshoot; judged in order alone, a
+    correction that only helps together with a later one is refused; and a verdict that is a veto
+    (the default judge's spread floor) is no score to rank by (docs/digits.md, "Judged in step
+    order"; :data:`IN_ORDER_JUDGE`).  The second pass costs one judged run a kept step.
     """
 
     compare: Callable
     z: float = QUALITY_Z
     reference: bool = False
     max_rows: int | None = 4096
+    in_order: bool = False
+    rank: Callable | None = None
 
     def __call__(self, candidate, base, reference=None) -> tuple[float, float]:
         verdict = (self.compare(candidate, base, reference) if self.reference else
@@ -76,6 +88,9 @@ class Judge(NamedTuple):
 # The default judge: model-agnostic, the samples against the fit's own fine reference
 # (docs/iia.md, "Why IIA can cost sample quality"; iia/guard.py).
 REFERENCE_JUDGE = Judge(reference_verdict, QUALITY_Z, reference=True)
+# The same judge, the kept steps also judged in step order, the two selections ranked by the
+# distance alone (Judge.in_order; docs/digits.md, "Judged in step order").  Not yet the default.
+IN_ORDER_JUDGE = REFERENCE_JUDGE._replace(in_order=True, rank=distance_z)
 
 
 def feature_judge(features, z: float = QUALITY_Z, max_rows: int | None = 4096) -> Judge:
@@ -185,6 +200,10 @@ class FitConfig:
             if rows is not None and (isinstance(rows, bool) or not isinstance(rows, (int, np.integer))
                                      or rows < 4):
                 raise ValueError(f"judge.max_rows must be an integer >= 4 or None, got {rows!r}")
+            if not isinstance(self.judge.in_order, (bool, np.bool_)):
+                raise TypeError(f"judge.in_order must be True or False, got {self.judge.in_order!r}")
+            if self.judge.rank is not None and not callable(self.judge.rank):
+                raise TypeError(f"judge.rank must be None or a callable, got {type(self.judge.rank).__name__}")
 
     @property
     def ridge(self) -> float:
@@ -260,4 +279,4 @@ def _solve(match_spread, ridge, current):
     return PlainSolve(ridge)
 
 
-__all__ = ["FitConfig", "Judge", "QUALITY_Z", "REFERENCE_JUDGE", "SPILL_ABOVE", "feature_judge"]
+__all__ = ["FitConfig", "IN_ORDER_JUDGE", "Judge", "QUALITY_Z", "REFERENCE_JUDGE", "SPILL_ABOVE", "feature_judge"]

@@ -39,7 +39,9 @@ what its features cannot predict, which blurs the samples (docs/iia.md, "Why IIA
 quality").  So a quality guard follows, with the config's judge: kept steps are dropped one at a
 time, the one whose removal helps most first, while the samples are worse than the base
 sampler's by more than the judge's ``z`` standard errors of its paired difference and a removal
-still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  The
+still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  With
+``Judge.in_order`` a second pass judges the kept steps in step order, each on top of those accepted
+before it, and the selection the judge finds better is kept.  The
 default judge (:data:`~iia_jax.iia.config.REFERENCE_JUDGE`) needs nothing model-specific: it
 compares IIA's and the base's samples with the fit's own fine-reference samples of the same rows
 (every row whose reference the fit integrated), in distribution and in spread (IIA may not be
@@ -675,16 +677,31 @@ def _never_worse(runs: _EndToEnd, values) -> _Selection:
 
 
 def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Selection:
-    """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``,
-    :func:`_drop_jointly`), then return the base sampler if the steps left no longer lower the
-    held-out median error (:func:`_still_lower`)."""
+    """Drop kept steps while the judge finds the samples worse than the base's (``judge.worse``),
+    by :func:`_drop_jointly`; with ``judge.in_order`` also by :func:`_drop_in_order`, keeping the
+    selection ``judge.rank`` puts first (the joint one on a tie).  Each ends as the base sampler if
+    its steps no longer lower the held-out median error (:func:`_still_lower`)."""
     if judge.reference:
         samples, reference = runs.judged_rows(judge.max_rows)
     else:
         samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
-    base = samples(np.zeros_like(chosen.values))
-    verdict = lambda vals: judge(samples(vals), base, reference)  # noqa: E731
-    return _still_lower(runs, chosen, *_drop_jointly(chosen.values, chosen.kept, verdict, judge.worse))
+    base, seen = samples(np.zeros_like(chosen.values)), {}
+
+    def verdict(vals):      # each selection judged once, whichever pass asks
+        key = vals.tobytes()
+        if key not in seen:
+            seen[key] = judge(samples(vals), base, reference)
+        return seen[key]
+
+    joint = _still_lower(runs, chosen, *_drop_jointly(chosen.values, chosen.kept, verdict, judge.worse))
+    if not judge.in_order or chosen.kept.sum() < 2:
+        return joint
+    in_order = _still_lower(runs, chosen, *_drop_in_order(chosen.values, chosen.kept, verdict, judge.worse))
+    if np.array_equal(in_order.kept, joint.kept):
+        return joint
+    rank = ((lambda s: judge.rank(samples(s.values), base, *([reference] if judge.reference else [])))
+            if judge.rank is not None else (lambda s: s.judged[0]))
+    return in_order if rank(in_order) < rank(joint) else joint
 
 
 def _still_lower(runs: _EndToEnd, chosen: _Selection, values, kept, judged, dropped) -> _Selection:
@@ -725,6 +742,26 @@ def _drop_jointly(values, kept, verdict, worse):
             dropped += [int(i) for i in np.flatnonzero(kept)]
             values, kept, judged = np.zeros_like(values), np.zeros_like(kept), alone
     return values, kept, judged, dropped
+
+
+def _drop_in_order(values, kept, verdict, worse):
+    """The kept steps judged in step order, each on top of the ones accepted before it (the later
+    steps left to the base sampler): a step is accepted only if those samples are not worse than
+    the base's, so no prefix of the accepted steps is, the whole set included.  Judged together,
+    one step's flattening can hide behind a later one's overshoot; judged in order, a correction
+    fitted on the states an earlier one makes can be refused although the two together help
+    (docs/digits.md, "Judged in step order").  One judged run a kept step.
+    ``(values, kept, verdict, dropped)``."""
+    accepted, dropped, judged = np.zeros_like(values), [], (0.0, 0.0)
+    for step in np.flatnonzero(kept):
+        trial = accepted.copy()
+        trial[step] = values[step]
+        v = verdict(trial)
+        if worse(v):
+            dropped.append(int(step))
+        else:
+            accepted, judged = trial, v
+    return accepted, kept & ~np.isin(np.arange(len(kept)), dropped), judged, dropped
 
 
 def _error_summary(base, iia):

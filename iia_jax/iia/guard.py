@@ -56,7 +56,7 @@ import numpy as np
 
 from ..metrics.quality import polynomial_kernel
 
-__all__ = ["reference_verdict", "reference_mmd", "spread_deficit", "feature_mmd", "median_bandwidth_of",
+__all__ = ["reference_verdict", "reference_mmd", "distance_z", "spread_deficit", "feature_mmd", "median_bandwidth_of",
            "paired_mmd_difference", "clip_to_reference", "CLIP_TAIL", "BANDWIDTH_SCALE", "SPREAD_TOLERANCE"]
 
 CLIP_TAIL = 1e-3        # samples are judged clipped to the reference's 0.1 %..99.9 % value range
@@ -248,6 +248,16 @@ def reference_verdict(candidate, base, reference, tolerance: float = SPREAD_TOLE
     d, se = _mmd_of_clipped(*sets, BANDWIDTH_SCALE)
     z = (d / se if se > 0 else 0.0, (f - tolerance) / f_se if f_se > 0 else 0.0)
     return float(max(z)), 1.0
+
+
+def distance_z(candidate, base, reference) -> float:
+    """The distribution view of :func:`reference_verdict` alone, as a z-score (difference / se of
+    :func:`reference_mmd`; 0 where the se is 0, the candidate being the base): how the guard ranks
+    two selections that both pass (:data:`iia_jax.iia.config.IN_ORDER_JUDGE`).  The verdict itself
+    is no score for that: its spread floor is a veto, and a correction a little flatter than the
+    floor's tolerance allows would rank below one that barely changes the base."""
+    d, se = reference_mmd(candidate, base, reference)
+    return float(d / se) if se > 0 else 0.0
 
 
 def feature_mmd(candidate, base, reference, features) -> tuple[float, float]:
