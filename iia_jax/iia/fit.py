@@ -685,13 +685,24 @@ def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Select
         samples, reference = runs.judged_rows(judge.max_rows)
     else:
         samples, reference = (lambda vals: runs.samples(vals, judge.max_rows)), None
-    base, seen = samples(np.zeros_like(chosen.values)), {}
+    base, seen, ranks = samples(np.zeros_like(chosen.values)), {}, {}
+    ranked = judge.in_order and judge.rank is not None
+    seen_as = (base, reference) if judge.reference else (base,)
 
-    def verdict(vals):      # each selection judged once, whichever pass asks
+    def verdict(vals):      # each selection judged (and ranked) once, whichever pass asks
         key = vals.tobytes()
         if key not in seen:
-            seen[key] = judge(samples(vals), base, reference)
+            x = samples(vals)
+            seen[key] = judge(x, *seen_as)
+            ranks[key] = float(judge.rank(x, *seen_as)) if ranked else seen[key][0]
         return seen[key]
+
+    def rank(selection):    # known for every selection a pass judged; the base's is its own
+        key = selection.values.tobytes()
+        if key not in ranks:
+            x = samples(selection.values) if selection.kept.any() else base
+            ranks[key] = float(judge.rank(x, *seen_as)) if ranked else selection.judged[0]
+        return ranks[key]
 
     joint = _still_lower(runs, chosen, *_drop_jointly(chosen.values, chosen.kept, verdict, judge.worse))
     if not judge.in_order or chosen.kept.sum() < 2:
@@ -699,8 +710,6 @@ def _quality_guard(runs: _EndToEnd, chosen: _Selection, judge: Judge) -> _Select
     in_order = _still_lower(runs, chosen, *_drop_in_order(chosen.values, chosen.kept, verdict, judge.worse))
     if np.array_equal(in_order.kept, joint.kept):
         return joint
-    rank = ((lambda s: judge.rank(samples(s.values), base, *([reference] if judge.reference else [])))
-            if judge.rank is not None else (lambda s: s.judged[0]))
     return in_order if rank(in_order) < rank(joint) else joint
 
 
