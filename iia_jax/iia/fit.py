@@ -41,7 +41,8 @@ time, the one whose removal helps most first, while the samples are worse than t
 sampler's by more than the judge's ``z`` standard errors of its paired difference and a removal
 still lowers it; if none does and the base sampler's own verdict is lower, every step goes.  With
 ``Judge.in_order`` a second pass judges the kept steps in step order, each on top of those accepted
-before it, and the selection the judge finds better is kept.  The
+before it, and of the two selections the one ``Judge.rank`` puts lower is kept
+(:data:`~iia_jax.iia.config.IN_ORDER_JUDGE`: by the distance alone).  The
 default judge (:data:`~iia_jax.iia.config.REFERENCE_JUDGE`) needs nothing model-specific: it
 compares IIA's and the base's samples with the fit's own fine-reference samples of the same rows
 (every row whose reference the fit integrated), in distribution and in spread (IIA may not be
