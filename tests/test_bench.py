@@ -271,6 +271,40 @@ def test_few_steps_is_a_bench_command_that_rewrites_its_page_from_saved_results(
     assert few_steps.verdict(dict(v, iia_median=0.3)) == "quality to IIA, ODE error to the peer"
     assert few_steps.verdict(dict(v, diff=1.0)) == "tie"
     assert few_steps.verdict(dict(v, diff=2.5)) == "**peer wins**"
+    # a tie where even the model's own samples do not beat the peer by 2 se is the judge's floor
+    assert few_steps.verdict(dict(v, diff=1.0, ceiling=[-1.5, 1.0])) == "tie at the judge's floor"
+    assert few_steps.verdict(dict(v, diff=1.0, ceiling=[-4.5, 1.6])) == "tie"
+    assert few_steps.verdict(dict(v, ceiling=[-1.5, 1.0])) == "**IIA wins**"
+
+
+def test_few_steps_ceiling_is_the_model_own_samples_against_the_best_peer(tmp_path):
+    """``--ceiling`` samples the model's 64-step reference and each NFE's best peer from the
+    evaluation noise again and sets each verdict's ceiling to their paired digits_score difference;
+    both are rebuilt here independently of the bench module (heun, 64 Karras steps; iPNDM, 3 steps
+    on the VP-quadratic grid)."""
+    from iia_jax import pretrained, schedules
+    from iia_jax.bench import few_steps
+    from iia_jax.metrics import score_difference
+    n = 24
+    rows = [dict(nfe=3, kind="peer", method="ipndm (ours, base)", grid="vp_quadratic", score=1.0,
+                 median=0.1, file="3_ipndm_vp_quadratic.npy"),
+            dict(nfe=3, kind="peer", method="ipndm (ours, base)", grid="karras", score=9.0, median=0.3,
+                 file="3_ipndm_karras.npy")]
+    saved = dict(n=n, rows=rows, nfes=[3], reference_score=0.0, verdicts=[
+        dict(nfe=3, iia="euler + IIA, vp_quadratic", peer="ipndm (ours, base), vp_quadratic", diff=-1.0,
+             diff_se=1.0, iia_median=0.05, peer_median=0.1, fit_s=1.0, real_nfe=3)],
+        provenance=dict(command="c", date="d", machine="m", versions="v", revision="r"))
+    (tmp_path / "few_steps.json").write_text(json.dumps(saved))
+    assert main(["few-steps", "--ceiling", "--out", str(tmp_path), "--samples", str(tmp_path / "s")]) == 0
+    res = json.loads((tmp_path / "few_steps.json").read_text())
+    D, x = pretrained.digits(), 80.0 * jax.random.normal(jax.random.PRNGKey(21), (n, 8, 8, 1))
+    ref = iia_jax.sample(D, iia_jax.plan("heun", schedules.karras(64, 0.002, 80.0)), x)
+    peer = iia_jax.sample(D, iia_jax.plan("ipndm", schedules.vp_quadratic(3, 0.002, 80.0)), x)
+    np.testing.assert_allclose(res["verdicts"][0]["ceiling"], score_difference(np.asarray(ref), np.asarray(peer),
+                                                                               paired=True), rtol=1e-3)
+    assert not (tmp_path / "s" / "3_ipndm_karras.npy").exists()     # only the best peer is sampled
+    assert "the model's own samples - peer" in (tmp_path / "few_steps.md").read_text()
+    assert res["ceiling_run"]["command"].startswith("iia-jax bench few-steps --ceiling")
 
 
 def test_few_steps_saves_each_nfe_as_it_ends_and_credits_every_run(tmp_path, monkeypatch):
