@@ -480,10 +480,10 @@ def page(res: dict, image: str | None = None) -> str:
                      f"{verdict(v)} | {_target(v.get('target'))} | {target_verdict(v) if v.get('target') else '-'} |")
     if any(v.get("ceiling") for v in res["verdicts"]):
         lines += ["", "\"The model's own samples - peer\": the same paired `digits_score` difference with the "
-                  "model's own 64-step samples of these draws in IIA's place, in se after the bar: what an exact "
+                  "model's own 64-step samples of these draws in IIA's place (in brackets, in se): what an exact "
                   "solver of this model's ODE would win by. Where it is not below -2 se, no sampler of this model "
-                  "can clear the bar, and the tie is the judge's floor (\"tie at the judge's floor\"); where it "
-                  "is, the bar asks IIA to come within (ceiling + 2 se) of the exact samples' score. Most of that se "
+                  "can clear the bar: the tie is the judge's floor (\"tie at the judge's floor\"). Where it is, "
+                  "a win asks IIA to score within about |difference| - 2 se of the exact samples. Most of that se "
                   "comes from the 600 real digits the score is measured against, so more draws do not shrink it "
                   "([digits.md](digits.md#the-guarantee-iia-with-the-fits-defaults-against-its-base-nfe-3-10))."
                   + (f" Measured by `{res['ceiling_run']['command']}` ({res['ceiling_run']['date']}, revision "
