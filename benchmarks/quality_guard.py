@@ -53,8 +53,8 @@ are that row's: the row is copied (``same_steps_as``) and only the new fit is ti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's
 import iia_jax  # noqa: E402
 from iia_jax import pretrained, schedules  # noqa: E402
 from iia_jax.bench.grids import steps_for  # noqa: E402
+from iia_jax.bench.provenance import git_revision  # noqa: E402
 from iia_jax.bench.harness import run_batched  # noqa: E402
 from iia_jax.bench.models import overlapping_mixture  # noqa: E402
 from iia_jax.iia.config import IN_ORDER_JUDGE, REFERENCE_JUDGE, FitConfig  # noqa: E402
@@ -645,15 +646,15 @@ def setup_for(model: str, args) -> dict:
     return setup
 
 
+@functools.cache
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The revision of the code this process runs: read once, when ``main`` starts, so a commit made
+    while cells run does not relabel them (``+dirty``: the package had uncommitted changes)."""
+    return git_revision()
 
 
 def main(argv=None):
+    commit()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="digits", choices=list(REFERENCE_STEPS))
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
