@@ -768,6 +768,9 @@ def main(argv=None):
                 with args.out.open("a") as f:
                     f.write(json.dumps(r, default=float) + "\n")
                 done.add((solver, grid, r["nfe"]))
+                # each compiled program keeps its code mapped; a whole table in one process would reach
+                # the kernel's map limit (as few_steps.py found), so let each cell's programs go
+                jax.clear_caches()
                 p, g = r["plain"], r["guarded"]
                 print(f"{solver:9s} {grid:12s} NFE {r['nfe']:2d}  err {r['median_base']:.4f} -> {g['median']:.4f} "
                       f"(no judge {p['median']:.4f})  guarded {g['diff']:+.3g} +- {g['diff_se']:.2g}  no judge "
