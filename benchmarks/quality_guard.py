@@ -11,6 +11,7 @@
     python benchmarks/quality_guard.py --weights checkpoints/digits_b/weights/digits_b.msgpack --fine-steps 16 \
         --nfe 3 4 5                 # a second digits model (benchmarks/second_model.py) nothing was tuned on
     python benchmarks/quality_guard.py --in-order ...   # the guard judging the kept steps in step order too
+    python benchmarks/quality_guard.py --in-order --against-default   # where it keeps other steps: both, paired
     python benchmarks/quality_guard.py --cost dpmpp_2m:karras:5 ...   # what that costs a fit
 
 Setting (as ``benchmarks/digits.py``): noise ``80 N(0, I)`` (fit and evaluation keys split from
@@ -243,6 +244,44 @@ def recheck(setup: dict, args) -> None:
         g = new["guarded"]
         print(f"  measured again: IIA - base {g['diff']:+.3g} +- {g['diff_se']:.2g}, kept {g['kept']}, "
               f"median {r['median_base']:.4f} -> {g['median']:.4f}", flush=True)
+
+
+def against_default(args, fresh_seed: int = 1, fresh_n: int = 4000) -> str:
+    """The cells where ``--in-order`` kept other steps than the default guard, both selections paired
+    against each other and against the base sampler: on the table's draws and on ``fresh_n`` fresh
+    ones (``fresh_seed``).  Both are the same deterministic fit up to the guard, which only zeroes
+    steps, so each selection's coefficients are the unguarded ones with the other steps zeroed."""
+    default = {(r["solver"], r["grid"], r["nfe"]): r for r in load(known_table(args))}
+    cells = [r for r in load(args.out) if not r.get("same_steps_as")
+             and r["guarded"]["kept"] != default[(r["solver"], r["grid"], r["nfe"])]["guarded"]["kept"]]
+    denoiser = load_weights(args.weights) if args.weights else pretrained.digits()
+    fresh = noise_for(args, fresh_seed, fresh_n)[1]
+    cfg = FitConfig()
+    pm = lambda d: plus_minus(d[0], d[1], True)  # noqa: E731
+    lines = [f"| solver | grid | NFE | steps kept: default / in order | draws | default - base | in order - base "
+             f"| in order - default |", "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for r in cells:
+        plan = iia_jax.plan(r["solver"], GRIDS[r["grid"]](r["steps"]))
+        z = np.load(samples_folder(args) / f"{r['solver']}_{r['grid']}_{plan.nfe}.npz")
+        kept = default[(r["solver"], r["grid"], r["nfe"])]["guarded"]["kept"]
+        only = lambda steps: np.where(np.isin(np.arange(len(z["plain_values"])), steps)[:, None],  # noqa: E731
+                                      z["plain_values"], 0.0)
+        assert np.array_equal(only(r["guarded"]["kept"]), z["guarded_values"]), "the guard did more than zero steps"
+        spec = feature_spec(r["solver"], cfg.preset, cfg.history)
+        run = lambda steps, x: np.asarray(candidate_samples(denoiser, r["solver"], spec, plan.sigmas,  # noqa: E731
+                                                            only(steps), x))
+        x_eval = noise_for(args, 0)[1]
+        for label, x, base, mine in (
+                (f"table's {len(x_eval):,}", x_eval, z["base"], z["guarded"]),
+                (f"fresh {fresh_n:,}", fresh, np.asarray(iia_jax.sample(denoiser, plan, fresh)), None)):
+            mine = run(r["guarded"]["kept"], x) if mine is None else mine
+            theirs = run(kept, x)
+            lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {', '.join(map(str, kept)) or '-'} / "
+                         f"{', '.join(map(str, r['guarded']['kept'])) or '-'} | {label} | "
+                         f"{pm(score_difference(theirs, base, paired=True))} | {pm(score_difference(mine, base, paired=True))} | "
+                         f"{pm(score_difference(mine, theirs, paired=True))} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def confirm(args) -> str:
@@ -615,6 +654,16 @@ def explain(setup: dict, solver: str, grid: str, nfe: int, args) -> str:
     return "\n".join(lines)
 
 
+def noise_for(args, eval_seed: int | None = None, n: int | None = None):
+    """``(x_fit, x_eval)``: the fit's and the evaluation's noise, split from ``--seed``; evaluation
+    seed 0 is the table's draws, ``k > 0`` fresh ones (the evaluation key folded with ``k``)."""
+    fresh = getattr(args, "eval_seed", 0) if eval_seed is None else eval_seed
+    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
+    key_eval = jax.random.fold_in(key_eval, fresh) if fresh else key_eval
+    return (SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE),
+            SIGMA_MAX * jax.random.normal(key_eval, (n or args.n,) + SHAPE))
+
+
 def setup_for(model: str, args) -> dict:
     """Denoiser, fit and evaluation noise, the ODE reference from the evaluation noise (cached),
     and for the mixture its exact samples and the kernel bandwidth."""
@@ -622,11 +671,8 @@ def setup_for(model: str, args) -> dict:
         denoiser = load_weights(args.weights) if args.weights else pretrained.digits()
     else:
         denoiser = overlapping_mixture().denoiser
-    key_fit, key_eval = jax.random.split(jax.random.PRNGKey(args.seed))
-    fresh = getattr(args, "eval_seed", 0)    # 0: the table's evaluation draws; else fresh ones
-    key_eval = jax.random.fold_in(key_eval, fresh) if fresh else key_eval
-    x_fit = SIGMA_MAX * jax.random.normal(key_fit, (args.fit_batch,) + SHAPE)
-    x_eval = SIGMA_MAX * jax.random.normal(key_eval, (args.n,) + SHAPE)
+    x_fit, x_eval = noise_for(args)
+    fresh = getattr(args, "eval_seed", 0)
     name = f"reference_seed{args.seed}" + (f"_eval{fresh}" if fresh else "") + f"_n{args.n}.npy"
     if args.weights:
         cache = args.samples / name
@@ -694,6 +740,8 @@ def main(argv=None):
                     "samples of benchmarks/quality_refit.py and stop")
     ap.add_argument("--cost", nargs="+", metavar="SOLVER:GRID:NFE", help="fit these cells with the default "
                     "judge and with IN_ORDER_JUDGE, print model evaluations and fit time, and stop")
+    ap.add_argument("--against-default", action="store_true", help="with --in-order: where it kept other steps than "
+                    "the default guard, both paired against each other and the base, on the table's and 4,000 fresh draws")
     ap.add_argument("--in-order", action="store_true", help="the guard also judges the kept steps in step "
                     "order (iia_jax.iia.IN_ORDER_JUDGE); results default to docs/quality_guard_<name>_in_order.jsonl")
     args = ap.parse_args(argv)
@@ -713,6 +761,11 @@ def main(argv=None):
         return
     if args.confirm:
         print(confirm(args))
+        return
+    if args.against_default:
+        if not args.in_order:
+            raise SystemExit("--against-default compares the --in-order guard's cells with the default's: add --in-order")
+        print(against_default(args))
         return
     if args.se_parts:
         print(se_parts(args))
