@@ -422,5 +422,7 @@ def test_pages_show_the_tracked_results():
         results, text = root / "docs" / f"quality_guard_{model}.jsonl", (root / "docs" / page).read_text()
         assert qg.grid_summary(results) in text, (model, page)
         assert qg.table(results) in text, (model, page)
+    # the guard judged in step order too, over the same grid (docs/digits.md, "Judged in step order")
+    assert qg.grid_summary(root / "docs" / "quality_guard_digits_in_order.jsonl") in (root / "docs" / "digits.md").read_text()
     confirmed = argparse.Namespace(out=root / "docs" / "quality_guard_digits.jsonl", eval_seed=1, n=4000, model="digits")
     assert qg.confirm(confirmed) in (root / "docs" / "digits.md").read_text()   # measured: nothing left to run
