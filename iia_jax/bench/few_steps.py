@@ -6,6 +6,7 @@ report (whose digits rows have too few draws for that).
     iia-jax bench few-steps --out docs --nfes 5     # NFE 5 again, the other NFE's rows kept
     iia-jax bench few-steps --out docs --nfes 6 8 10   # the higher NFE too (longer fits)
     iia-jax bench few-steps --out docs --table      # the page from the saved results, nothing run
+    iia-jax bench few-steps --out docs --ceiling    # add what the model's own samples win by (minutes)
 
 ``python benchmarks/few_steps.py ARGS`` is the same with ``--out docs``.
 
