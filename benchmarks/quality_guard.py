@@ -206,7 +206,7 @@ def cost(setup: dict, cells: list, args) -> str:
                                         quality=judge, progress=False).report
         fit(REFERENCE_JUDGE)        # compiles what both fits run
         (a, b) = (fit(REFERENCE_JUDGE), fit(IN_ORDER_JUDGE))
-        kept = lambda r: ", ".join(map(str, np.flatnonzero(np.asarray(r.kept)))) or "-"  # noqa: E731
+        kept = lambda r: steps_text(np.flatnonzero(np.asarray(r.kept)))  # noqa: E731
         lines.append(f"| {solver} {grid} NFE {plan.nfe} | {kept(a)} / {kept(b)} | {a.model_evaluations:,} / "
                      f"{b.model_evaluations:,} | {b.model_evaluations / a.model_evaluations:.3f} | "
                      f"{a.fit_seconds:.0f} / {b.fit_seconds:.0f} |")
@@ -276,8 +276,8 @@ def against_default(args, fresh_seed: int = 1, fresh_n: int = 4000) -> str:
                 (f"fresh {fresh_n:,}", fresh, np.asarray(iia_jax.sample(denoiser, plan, fresh)), None)):
             mine = run(r["guarded"]["kept"], x) if mine is None else mine
             theirs = run(kept, x)
-            lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {', '.join(map(str, kept)) or '-'} / "
-                         f"{', '.join(map(str, r['guarded']['kept'])) or '-'} | {label} | "
+            lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {steps_text(kept)} / "
+                         f"{steps_text(r['guarded']['kept'])} | {label} | "
                          f"{pm(score_difference(theirs, base, paired=True))} | {pm(score_difference(mine, base, paired=True))} | "
                          f"{pm(score_difference(mine, theirs, paired=True))} |")
             print(lines[-1], flush=True)
@@ -318,8 +318,8 @@ def confirm(args) -> str:
         if a is None:
             continue
         g, h = r["guarded"], a["guarded"]
-        lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {', '.join(map(str, g['kept']))} / "
-                     f"{', '.join(map(str, h['kept']))} | {plus_minus(g['diff'], g['diff_se'], digits)}, {r['n']:,} | "
+        lines.append(f"| {r['solver']} | {r['grid']} | {r['nfe']} | {steps_text(g['kept'])} / "
+                     f"{steps_text(h['kept'])} | {plus_minus(g['diff'], g['diff_se'], digits)}, {r['n']:,} | "
                      f"{plus_minus(h['diff'], h['diff_se'], digits)}, {a['n']:,} | {h['diff'] / h['diff_se']:+.1f} | "
                      f"{verdict(h['diff'], h['diff_se'])} |")
     return "\n".join(lines)
@@ -349,6 +349,11 @@ def verdict(diff: float, se: float) -> str:
     if diff > WORSE_Z * se:
         return "**worse**"
     return "better" if diff < -BETTER_Z * se else "tie"
+
+
+def steps_text(steps) -> str:
+    """``0, 3, 4``: a selection of steps as the tables show it (``-``: none)."""
+    return ", ".join(map(str, steps)) or "-"
 
 
 def plus_minus(value: float, se: float, digits: bool) -> str:
@@ -397,7 +402,7 @@ def table(path: Path) -> str:
         lines.append(
             f"| {r['solver']} | {r['grid']} | {r['nfe']}{'*' if r.get('transcribed') else ''} | "
             f"{r['median_base']:.4f} -> {g['median']:.4f} | {pm(g)} | {v} | "
-            f"{', '.join(map(str, g['kept'])) or '-'} of {r['steps']} | {', '.join(map(str, r['dropped'])) or '-'} | "
+            f"{steps_text(g['kept'])} of {r['steps']} | {steps_text(r['dropped'])} | "
             f"{pm(p)} | {r['fit_s']:.0f} |")
     tell = lambda c: (f"{sum(c.values())} cells: {c.get('better', 0)} better, {c.get('tie', 0)} tie, "  # noqa: E731
                       f"{c.get('**worse**', 0)} worse by more than one paired se")
@@ -561,10 +566,10 @@ def with_feature_judge(setup: dict, args) -> str:
         x0 = evaluate(denoiser, plan, res.coeffs, x_eval)
         d, se = score_difference(x0, base, paired=True)
         g = rows[(solver, grid, int(nfe))]["guarded"]
-        kept = ", ".join(map(str, np.flatnonzero(np.asarray(res.coeffs.kept)))) or "-"
+        kept = steps_text(np.flatnonzero(np.asarray(res.coeffs.kept)))
         lines.append(f"| {solver} | {grid} | {nfe} | {plus_minus(g['diff'], g['diff_se'], True)} | "
-                     f"{', '.join(map(str, g['kept'])) or '-'} | {plus_minus(d, se, True)} | {kept} | "
-                     f"{', '.join(map(str, res.report.quality_dropped)) or '-'} | "
+                     f"{steps_text(g['kept'])} | {plus_minus(d, se, True)} | {kept} | "
+                     f"{steps_text(res.report.quality_dropped)} | "
                      f"{ode_error(base, ref).median:.4f} -> {ode_error(x0, ref).median:.4f} | {seconds:.0f} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
