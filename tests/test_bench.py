@@ -289,7 +289,13 @@ def test_few_steps_ceiling_is_the_model_own_samples_against_the_best_peer(tmp_pa
     rows = [dict(nfe=3, kind="peer", method="ipndm (ours, base)", grid="vp_quadratic", score=1.0,
                  median=0.1, file="3_ipndm_vp_quadratic.npy"),
             dict(nfe=3, kind="peer", method="ipndm (ours, base)", grid="karras", score=9.0, median=0.3,
-                 file="3_ipndm_karras.npy")]
+                 file="3_ipndm_karras.npy"),
+            dict(nfe=3, kind="iia", method="euler + IIA", grid="vp_quadratic", score=0.5, median=0.05,
+                 file="3_euler_iia.npy", kept=[0], fit_s=1.0, real_nfe=3)]
+    D, x = pretrained.digits(), 80.0 * jax.random.normal(jax.random.PRNGKey(21), (n, 8, 8, 1))
+    iia = np.asarray(iia_jax.sample(D, iia_jax.plan("euler", schedules.vp_quadratic(3, 0.002, 80.0)), x))
+    (tmp_path / "s").mkdir()
+    np.save(tmp_path / "s" / "3_euler_iia.npy", iia)      # the best IIA row's samples: not fitted again
     saved = dict(n=n, rows=rows, nfes=[3], reference_score=0.0, verdicts=[
         dict(nfe=3, iia="euler + IIA, vp_quadratic", peer="ipndm (ours, base), vp_quadratic", diff=-1.0,
              diff_se=1.0, iia_median=0.05, peer_median=0.1, fit_s=1.0, real_nfe=3)],
@@ -297,12 +303,22 @@ def test_few_steps_ceiling_is_the_model_own_samples_against_the_best_peer(tmp_pa
     (tmp_path / "few_steps.json").write_text(json.dumps(saved))
     assert main(["few-steps", "--ceiling", "--out", str(tmp_path), "--samples", str(tmp_path / "s")]) == 0
     res = json.loads((tmp_path / "few_steps.json").read_text())
-    D, x = pretrained.digits(), 80.0 * jax.random.normal(jax.random.PRNGKey(21), (n, 8, 8, 1))
     ref = iia_jax.sample(D, iia_jax.plan("heun", schedules.karras(64, 0.002, 80.0)), x)
     peer = iia_jax.sample(D, iia_jax.plan("ipndm", schedules.vp_quadratic(3, 0.002, 80.0)), x)
     np.testing.assert_allclose(res["verdicts"][0]["ceiling"], score_difference(np.asarray(ref), np.asarray(peer),
                                                                                paired=True), rtol=1e-3)
     assert not (tmp_path / "s" / "3_ipndm_karras.npy").exists()     # only the best peer is sampled
+    # what a win needs: the best IIA row's samples moved back toward the reference, against the best peer
+    ref, peer = np.asarray(ref), np.asarray(peer)
+    for (t, median, d, se), want_t in zip(res["verdicts"][0]["toward"], few_steps.TOWARD):
+        moved = ref + want_t * (iia - ref)
+        assert t == want_t
+        np.testing.assert_allclose(median, want_t * np.median(np.sqrt(np.mean((iia - ref) ** 2, axis=(1, 2, 3)))),
+                                   rtol=1e-3)
+        np.testing.assert_allclose([d, se], score_difference(moved, peer, paired=True), rtol=1e-3)
+    tie = dict(res["verdicts"][0], diff=-1.0, diff_se=1.0, ceiling=[-5.0, 1.0])
+    assert "| 3 | euler + IIA, vp_quadratic | 0.5 |" in "\n".join(few_steps.toward_section([tie]))
+    assert few_steps.toward_section([dict(tie, ceiling=[-1.0, 1.0])]) == []     # at the floor: nothing to need
     assert "the model's own samples - peer" in (tmp_path / "few_steps.md").read_text()
     assert res["ceiling_run"]["command"].startswith("iia-jax bench few-steps --ceiling")
 

@@ -82,6 +82,7 @@ LADDER_CONTRAST = (0.8, 0.9, 0.97, 1.0, 1.03, 1.1, 1.25)   # scaled about the me
 LADDER_BLUR = (0, 0.3, 0.5, 0.7, 1.0)                       # Gaussian blur, px
 LADDER_NOISE = (0, 0.05, 0.1, 0.2, 0.4)                     # pixel noise std (then clipped)
 LADDER_HEUN_STEPS = (2, 3, 5, 9, 17, 64)                    # heun at NFE 3 ... 33, and the target
+TOWARD = (0.75, 0.5, 0.25)   # the fractions of IIA's own error left by toward_reference
 
 
 def noise(n: int, seed: int):
@@ -294,13 +295,14 @@ def compare(rows: list, old: dict, samples: Path, n: int) -> list:
             continue
         # an IIA row that kept no step is its base sampler: the best IIA row is one that keeps a step
         iia_rows, peer_rows = [r for r in mine if r["kind"] != "peer" and r["kept"]], [r for r in mine if r["kind"] == "peer"]
-        best_iia, best_peer = (min(group, key=lambda r: r["score"]) for group in (iia_rows, peer_rows))
+        best_iia, best_peer = best_iia_row(mine, nfe), best_peer_row(mine, nfe)
         a, b = np.load(samples / best_iia["file"]), np.load(samples / best_peer["file"])
         d, se = score_difference(a, b, paired=True)
         verdicts.append(dict(nfe=nfe, iia=_name(best_iia), peer=_name(best_peer), diff=d, diff_se=se,
                              iia_median=best_iia["median"], peer_median=best_peer["median"],
                              target=to_target(a, b, ref), fit_s=best_iia["fit_s"], real_nfe=best_iia["real_nfe"],
-                             nearest=_nearest(iia_rows, peer_rows, samples, ref), ceiling=ceiling(ref, b)))
+                             nearest=_nearest(iia_rows, peer_rows, samples, ref), ceiling=ceiling(ref, b),
+                             toward=toward_reference(ref, a, b)))
     return verdicts
 
 
@@ -312,9 +314,28 @@ def ceiling(ref, peer) -> list:
     return [float(v) for v in score_difference(ref, peer, paired=True)]
 
 
+def toward_reference(ref, iia, peer, fractions=TOWARD) -> list:
+    """``[[t, median ODE error, d, se], ...]``: IIA's samples moved back toward the model's own samples
+    of the same draws, ``ref + t (iia - ref)`` (each keeps the fraction t of its own error), against
+    the best peer (paired ``digits_score``).  The largest t whose difference is below -2 se is how
+    much more exact IIA must get, along the error it has, for the verdict to be a win: what lies
+    between the tie and the :func:`ceiling`."""
+    out = []
+    for t in fractions:
+        moved = ref + t * (iia - ref)
+        out.append([t, float(ode_error(moved, ref).median), *(float(v) for v in score_difference(moved, peer, paired=True))])
+    return out
+
+
 def best_peer_row(rows: list, nfe: int) -> dict:
     """The peer row of ``nfe`` with the lowest ``digits_score``."""
     return min((r for r in rows if r["nfe"] == nfe and r["kind"] == "peer"), key=lambda r: r["score"])
+
+
+def best_iia_row(rows: list, nfe: int) -> dict:
+    """The IIA row of ``nfe`` that keeps a step (one that keeps none is its base sampler) with the
+    lowest ``digits_score``."""
+    return min((r for r in rows if r["nfe"] == nfe and r["kind"] != "peer" and r["kept"]), key=lambda r: r["score"])
 
 
 def measure_ceilings(res: dict, samples: Path) -> None:
@@ -334,6 +355,9 @@ def measure_ceilings(res: dict, samples: Path) -> None:
             np.save(f, peer_samples(denoiser, row["method"], row["grid"], v["nfe"], x))
         v["ceiling"] = ceiling(ref, np.load(f))
         print(f"NFE {v['nfe']}: the model's own samples - {_name(row)}: {_target(v['ceiling'])}", flush=True)
+        best = best_iia_row(res["rows"], v["nfe"])
+        if (samples / best["file"]).exists():   # its fit is not run again for this
+            v["toward"] = toward_reference(ref, np.load(samples / best["file"]), np.load(f))
 
 
 def _name(row: dict) -> str:
@@ -490,6 +514,7 @@ def page(res: dict, image: str | None = None) -> str:
                   + (f" Measured by `{res['ceiling_run']['command']}` ({res['ceiling_run']['date']}, revision "
                      f"{res['ceiling_run']['revision']}) from the same draws and the same peer samples."
                      if res.get("ceiling_run") else "")]
+    lines += toward_section(res["verdicts"])
     lines += ["", "\"To the model's samples\": the sampler's true target. The same judge features and kernel "
               "as `digits_score`, but against the model's own 64-step samples of the same noise instead of real "
               "digits: 1000 x the paired MMD^2 (a U-statistic that leaves out each draw's own pair, so a low ODE "
@@ -538,6 +563,25 @@ def page(res: dict, image: str | None = None) -> str:
     lines[-2] += (" Fit times are wall times, compilation included. heun has odd NFE only: its row at an even NFE "
               "is its next lower odd NFE (NFE 4: 3, with 2 steps).")
     return "\n".join(lines)
+
+
+def toward_section(verdicts: list) -> list:
+    """The page's lines on what a win needs where IIA ties but the model's own samples would win."""
+    open_ = [v for v in verdicts if v.get("toward") and verdict(v) == "tie"]
+    if not open_:
+        return []
+    lines = ["", "Where IIA ties but the model's own samples would win: IIA's best samples moved back toward the "
+             "model's own samples of the same draws, `ref + t (iia - ref)`, so that they keep the fraction t of "
+             "their own error, against the same best peer (`few_steps.toward_reference`). The largest t whose "
+             "difference clears -2 se says how much more exact IIA must get, along the error it has, to win:", "",
+             "| NFE | best IIA | t | median ODE error | digits_score moved IIA - peer | in se |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for v in open_:
+        lines += [f"| {v['nfe']} | {v['iia']} | 1 | {v['iia_median']:.4f} | {v['diff']:+.1f} +- {v['diff_se']:.1f} | "
+                  f"{v['diff'] / v['diff_se']:+.1f} |"]
+        lines += [f"| {v['nfe']} | {v['iia']} | {t:g} | {m:.4f} | {d:+.1f} +- {se:.1f} | {d / se:+.1f} |"
+                  for t, m, d, se in v["toward"]]
+    return lines
 
 
 def _rung(param: str, point, pair, median=None) -> str:
