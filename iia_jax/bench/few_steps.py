@@ -136,7 +136,7 @@ def measure(args, saved: dict | None, save) -> None:
     if cache.exists():
         ref = np.load(cache)
     else:
-        ref = _sample_reference(denoiser, x)
+        ref = sample_reference(denoiser, x)
         np.save(cache, ref)
     ladder = target_ladders(denoiser, x, ref)
     rows = [r for r in (saved or {}).get("rows", []) if r["nfe"] not in args.nfes]
@@ -190,7 +190,7 @@ def reference_file(samples: Path, n: int) -> Path:
     return samples / f"reference_n{n}.npy"
 
 
-def _sample_reference(denoiser, x):
+def sample_reference(denoiser, x):
     """The model's own samples of ``x``: heun with 64 Karras steps, every judge's target."""
     rp = iia_jax.plan("heun", schedules.karras(64, SIGMA_MIN, SIGMA_MAX))
     return run_batched(jax.jit(lambda r: iia_jax.sample(denoiser, rp, r)), x, batch=BATCH)
@@ -346,7 +346,7 @@ def measure_ceilings(res: dict, samples: Path) -> None:
     samples.mkdir(parents=True, exist_ok=True)
     ref = _reference_samples(samples, n)
     if ref is None:
-        ref = _sample_reference(denoiser, x)
+        ref = sample_reference(denoiser, x)
         np.save(reference_file(samples, n), ref)
     for v in res["verdicts"]:
         row = best_peer_row(res["rows"], v["nfe"])
