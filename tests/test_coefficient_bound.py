@@ -41,3 +41,15 @@ def test_tuning_starts_from_the_fit_and_lowers_the_final_error():
     np.testing.assert_allclose(losses[-1][1], _mean_rms(D, plan, tuned, x, ref), rtol=1e-4)
     assert losses[0] == [0, losses[0][1]] and abs(losses[0][1] - start) < 1e-4 * start
     assert losses[-1][1] < 0.95 * start
+
+
+def test_the_page_is_what_the_saved_results_give():
+    """docs/coefficient_bound.md is ``--table``'s page of docs/coefficient_bound.json, and it says
+    how far the tuning still moved."""
+    import json
+    bench, docs = _bench(), Path(__file__).resolve().parents[1] / "docs"
+    res = json.loads((docs / "coefficient_bound.json").read_text())
+    assert bench.page(res) == (docs / "coefficient_bound.md").read_text()
+    assert "its last 100 iterations lowered the fit rows' error by" in bench.page(res)
+    short = dict(res, losses=[[0, 1.0], [50, 0.9]])
+    assert "stopped after 50 iterations, before it settled" in bench.page(short)
