@@ -6,7 +6,8 @@ report (whose digits rows have too few draws for that).
     iia-jax bench few-steps --out docs --nfes 5     # NFE 5 again, the other NFE's rows kept
     iia-jax bench few-steps --out docs --nfes 6 8 10   # the higher NFE too (longer fits)
     iia-jax bench few-steps --out docs --table      # the page from the saved results, nothing run
-    iia-jax bench few-steps --out docs --ceiling    # add what the model's own samples win by (minutes)
+    iia-jax bench few-steps --out docs --ceiling    # add what the model's own samples win by, and
+                                                    # what a win would ask of IIA (minutes)
 
 ``python benchmarks/few_steps.py ARGS`` is the same with ``--out docs``.
 
@@ -649,7 +650,8 @@ def main(argv=None):
     ap.add_argument("--table", action="store_true", help="write the page from OUT/few_steps.json and stop")
     ap.add_argument("--note", help="with --table: the run's conditions, kept in the results and shown on the page")
     ap.add_argument("--ceiling", action="store_true", help="add to the saved results what the model's own samples "
-                    "win by against each NFE's best peer (samples the reference and best peers again where missing)")
+                    "win by against each NFE's best peer (samples the reference and best peers again where missing), "
+                    "and where IIA ties, its best samples moved toward the model's own (toward_reference)")
     args = ap.parse_args(argv)
     out, samples = Path(args.out), Path(args.samples)
     results, page_path = out / "few_steps.json", out / "few_steps.md"
