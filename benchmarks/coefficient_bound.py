@@ -137,8 +137,8 @@ def page(res: dict) -> str:
                      f"{j['diff']:+.1f} +- {j['diff_se']:.1f} |")
     d, se = res["tuned_minus_fitted"]
     lines += ["", f"Tuned - fitted, paired `digits_score`: {d:+.1f} +- {se:.1f}. The fit took {res['fit_s']:.0f} s, "
-              f"the tuning {res['tune_s']:.0f} s. A win over the peer at this NFE needs a median ODE error about a "
-              "quarter of the fit's ([few_steps.md](few_steps.md)).", "",
+              f"the tuning {res['tune_s']:.0f} s. Against the peers at this NFE, and what a win there would ask of "
+              "IIA: [few_steps.md](few_steps.md).", "",
               f"*`{meta['command']}` ({meta['date']}); {meta['machine']}; {meta['versions']}; "
               f"revision {meta['revision']}.*", ""]
     return "\n".join(lines)
