@@ -78,10 +78,10 @@ def judged(samples, ref, peer) -> dict:
     return dict(median=err.median, rmse=err.rmse, score=digits_score(samples), diff=d, diff_se=se)
 
 
-def peer_and_reference(saved: dict, nfe: int, x, samples: Path):
+def peer_and_reference(denoiser, saved: dict, nfe: int, x, samples: Path):
     """The best peer's name and samples at ``nfe`` in few_steps' ``saved`` results, and the model's
     own samples of ``x`` (read where saved, else sampled again from the same noise)."""
-    row, denoiser = few_steps.best_peer_row(saved["rows"], nfe), pretrained.digits()
+    row = few_steps.best_peer_row(saved["rows"], nfe)
     f, r = samples / row["file"], few_steps.reference_file(samples, len(x))
     peer = np.load(f) if f.exists() else few_steps.peer_samples(denoiser, row["method"], row["grid"], nfe, x)
     ref = np.load(r) if r.exists() else few_steps.sample_reference(denoiser, x)
@@ -92,7 +92,7 @@ def measure(args) -> dict:
     D = pretrained.digits()
     saved = json.loads((ROOT / "docs" / "few_steps.json").read_text())
     x_fit, x = few_steps.noise(1024, 20), few_steps.noise(saved["n"], 21)
-    peer_name, peer, ref = peer_and_reference(saved, args.nfe, x, Path(args.samples))
+    peer_name, peer, ref = peer_and_reference(D, saved, args.nfe, x, Path(args.samples))
     t = time.perf_counter()
     pf = iia_jax.fit_plan(D, args.solver, steps_for(args.nfe, args.solver), x_fit, sigma_min=few_steps.SIGMA_MIN,
                           sigma_max=few_steps.SIGMA_MAX, progress=False)
@@ -103,10 +103,9 @@ def measure(args) -> dict:
     values, losses = tune(D, pf.plan, pf.coeffs, rows, jnp.asarray(rows_ref), args.iterations, args.lr)
     tune_s = time.perf_counter() - t
 
-    def evaluate(coeffs):
-        return run_batched(jax.jit(lambda r: iia_jax.iia_sample(D, pf.plan, coeffs, r)), x, batch=few_steps.BATCH)
-
-    fitted, tuned = evaluate(pf.coeffs), evaluate(dataclasses.replace(pf.coeffs, values=values))
+    sample = jax.jit(lambda values, r: iia_jax.iia_sample(D, pf.plan, dataclasses.replace(pf.coeffs, values=values), r))
+    fitted, tuned = (run_batched(lambda r: sample(v, r), x, batch=few_steps.BATCH)
+                     for v in (jnp.asarray(pf.coeffs.values), values))     # one compiled sampler for both
     d, se = score_difference(tuned, fitted, paired=True)
     return dict(solver=args.solver, nfe=args.nfe, grid=pf.report.chosen, sigmas=np.asarray(pf.plan.sigmas).tolist(),
                 rows=args.rows, iterations=args.iterations, lr=args.lr, fit_s=fit_s, tune_s=tune_s, peer=peer_name,

@@ -1,6 +1,7 @@
 """``benchmarks/coefficient_bound.py``: every step's IIA coefficients tuned together, end to end
 through the sampler, starting from the fit's.  Checked on an exact Gaussian mixture against the
 final error written out here with numpy."""
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def test_tuning_starts_from_the_fit_and_lowers_the_final_error():
     start = _mean_rms(D, plan, coeffs, x, ref)
     np.testing.assert_allclose(losses[-1][1], start, rtol=1e-4)
     values, losses = bench.tune(D, plan, coeffs, x, ref, iterations=40, lr=1e-2)
-    tuned = bench.dataclasses.replace(coeffs, values=values)
+    tuned = dataclasses.replace(coeffs, values=values)
     np.testing.assert_allclose(losses[-1][1], _mean_rms(D, plan, tuned, x, ref), rtol=1e-4)
     assert losses[0] == [0, losses[0][1]] and abs(losses[0][1] - start) < 1e-4 * start
     assert losses[-1][1] < 0.95 * start

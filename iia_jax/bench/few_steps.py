@@ -294,8 +294,7 @@ def compare(rows: list, old: dict, samples: Path, n: int) -> list:
         if ref is None or not all((samples / r["file"]).exists() for r in mine):
             verdicts.append(old[nfe])
             continue
-        # an IIA row that kept no step is its base sampler: the best IIA row is one that keeps a step
-        iia_rows, peer_rows = [r for r in mine if r["kind"] != "peer" and r["kept"]], [r for r in mine if r["kind"] == "peer"]
+        iia_rows, peer_rows = iia_rows_keeping(mine, nfe), [r for r in mine if r["kind"] == "peer"]
         best_iia, best_peer = best_iia_row(mine, nfe), best_peer_row(mine, nfe)
         a, b = np.load(samples / best_iia["file"]), np.load(samples / best_peer["file"])
         d, se = score_difference(a, b, paired=True)
@@ -333,10 +332,14 @@ def best_peer_row(rows: list, nfe: int) -> dict:
     return min((r for r in rows if r["nfe"] == nfe and r["kind"] == "peer"), key=lambda r: r["score"])
 
 
+def iia_rows_keeping(rows: list, nfe: int) -> list:
+    """The IIA rows of ``nfe`` that keep a step (a fit that keeps none is its base sampler)."""
+    return [r for r in rows if r["nfe"] == nfe and r["kind"] != "peer" and r["kept"]]
+
+
 def best_iia_row(rows: list, nfe: int) -> dict:
-    """The IIA row of ``nfe`` that keeps a step (one that keeps none is its base sampler) with the
-    lowest ``digits_score``."""
-    return min((r for r in rows if r["nfe"] == nfe and r["kind"] != "peer" and r["kept"]), key=lambda r: r["score"])
+    """The IIA row of ``nfe`` that keeps a step with the lowest ``digits_score``."""
+    return min(iia_rows_keeping(rows, nfe), key=lambda r: r["score"])
 
 
 def measure_ceilings(res: dict, samples: Path) -> None:
